@@ -1,1 +1,33 @@
-fn main() {}
+//! taskcell: run untrusted tenant Node.js functions in pre-warmed Linux sandboxes.
+//!
+//! `taskcell serve` is the daemon (see `daemon`); `taskcell jail` runs one command in a one-off sandbox with
+//! exactly the isolation tenants get (see `jail`).
+
+mod args;
+mod jail;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  taskcell serve [--config FILE] [--socket PATH] [--state-dir DIR] [--pool-size N] [--rootfs DIR]
+                 [--timeout-ms N] [--memory BYTES] [--pids N]
+  taskcell jail [--memory BYTES] [--pids N] [--bind-ro HOST:INSIDE]... [--rootfs DIR] -- CMD [ARGS...]";
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    match argv.next().as_deref() {
+        Some("jail") => jail::main(argv.collect()),
+        Some("-h") | Some("--help") | Some("help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("taskcell: unknown command {other:?}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        None => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The mount namespace and the new root.
+//!
+//! Parent side: [`MountPlan::new`] prepares every path, flag and option string before the fork. Child side:
+//! [`MountPlan::build_root`] assembles the new root on a tmpfs and [`pivot`] moves into it and detaches the
+//! host's tree. Nothing here allocates in the child.
+//!
+//! The new root holds: the rootfs's top-level directories bound read-only (nosuid, nodev), its symlinks, `/proc`
+//! of the sandbox's own PID namespace, a size-limited `/tmp` (nosuid, nodev, noexec), a `/dev` of four host device
+//! nodes bound in, and any `--bind-ro` paths. The tmpfs under it all is made read-only last.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::rootfs::Entry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("opening {path}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("bind target {0} must be an absolute path without '..'")]
+    BadTarget(PathBuf),
+    #[error("path {0} contains a NUL byte")]
+    Nul(PathBuf),
+}
+
+/// The step of the child's mount work that failed, reported with its errno.
+#[derive(Clone, Copy, Debug)]
+pub enum MountStep {
+    Private,
+    RootTmpfs,
+    RootfsDir,
+    RootfsSymlink,
+    Proc,
+    Tmp,
+    Dev,
+    BindRo,
+    RootReadOnly,
+    Pivot,
+}
+
+enum Op {
+    /// mkdir (mode 0755), ignoring EEXIST.
+    Mkdir(CString),
+    /// An empty file as a mount point.
+    Touch(CString),
+    Symlink { target: CString, link: CString },
+    Mount { source: CString, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+}
+
+/// Everything the child needs to build its root, prepared by the parent.
+///
+/// The new root is assembled on a tmpfs mounted over the rootfs's own empty `/tmp` directory: a mount point
+/// that hides none of the paths bound from (the rootfs's directories, the `--bind-ro` sources). Sources are
+/// named by path, not by descriptors opened before the fork: those would refer to mounts of the host's
+/// namespace, which the kernel refuses to bind from inside a new one.
+pub struct MountPlan {
+    new_root: CString,
+    steps: Vec<(MountStep, Op)>,
+}
+
+pub struct BindRo {
+    pub host: PathBuf,
+    pub inside: PathBuf,
+}
+
+const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
+const LOCKED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME | libc::MS_NODIRATIME | libc::MS_RELATIME;
+
+impl MountPlan {
+    pub fn new(rootfs: &Path, entries: &[Entry], tmp_bytes: u64, binds: &[BindRo]) -> Result<MountPlan, MountError> {
+        let root = rootfs.join("tmp");
+        let at = |inside: &str| root.join(inside.trim_start_matches('/'));
+        let mut steps = Vec::new();
+        // No mount event of ours may reach the host, and none of the host's may reach us.
+        steps.push((MountStep::Private, Op::Mount { source: c("none")?, target: c("/")?, fstype: None, flags: libc::MS_REC | libc::MS_PRIVATE, data: None }));
+        steps.push((MountStep::RootTmpfs, Op::Mount {
+            source: c("tmpfs")?,
+            target: cpath(&root)?,
+            fstype: Some(c("tmpfs")?),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(c("size=1m,nr_inodes=4096,mode=0755")?),
+        }));
+        for entry in entries {
+            match entry {
+                Entry::Dir(name) => {
+                    let src = rootfs.join(name);
+                    let target = cpath(&at(name))?;
+                    steps.push((MountStep::RootfsDir, Op::Mkdir(target.clone())));
+                    steps.push((MountStep::RootfsDir, bind(cpath(&src)?, target.clone(), libc::MS_REC)));
+                    let flags = locked_flags(&rootfs.join(name)) | libc::MS_NOSUID | libc::MS_NODEV;
+                    steps.push((MountStep::RootfsDir, remount_ro(target, flags)));
+                }
+                Entry::Symlink { name, target } => {
+                    steps.push((MountStep::RootfsSymlink, Op::Symlink { target: cpath(target)?, link: cpath(&at(name))? }));
+                }
+            }
+        }
+        let proc_dir = cpath(&at("proc"))?;
+        steps.push((MountStep::Proc, Op::Mkdir(proc_dir.clone())));
+        steps.push((MountStep::Proc, Op::Mount {
+            source: c("proc")?,
+            target: proc_dir,
+            fstype: Some(c("proc")?),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: None,
+        }));
+        let tmp_dir = cpath(&at("tmp"))?;
+        steps.push((MountStep::Tmp, Op::Mkdir(tmp_dir.clone())));
+        steps.push((MountStep::Tmp, Op::Mount {
+            source: c("tmpfs")?,
+            target: tmp_dir,
+            fstype: Some(c("tmpfs")?),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: Some(CString::new(format!("size={tmp_bytes},nr_inodes=16384,mode=1777")).expect("no NUL")),
+        }));
+        steps.push((MountStep::Dev, Op::Mkdir(cpath(&at("dev"))?)));
+        for dev in DEVICES {
+            let target = cpath(&at(&format!("dev/{dev}")))?;
+            steps.push((MountStep::Dev, Op::Touch(target.clone())));
+            steps.push((MountStep::Dev, bind(cpath(&PathBuf::from(format!("/dev/{dev}")))?, target, 0)));
+        }
+        for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+            steps.push((MountStep::Dev, Op::Symlink { target: c(target)?, link: cpath(&at(&format!("dev/{name}")))? }));
+        }
+        for b in binds {
+            let inside = &b.inside;
+            if !inside.is_absolute() || inside.components().any(|c| matches!(c, std::path::Component::ParentDir)) || inside == Path::new("/") {
+                return Err(MountError::BadTarget(inside.clone()));
+            }
+            let is_dir = std::fs::metadata(&b.host).map_err(|source| MountError::Open { path: b.host.clone(), source })?.is_dir();
+            let target = at(&inside.to_string_lossy());
+            // Parents first, as mkdir -p would.
+            let mut parents: Vec<PathBuf> = target.ancestors().skip(1).take_while(|p| *p != root.as_path()).map(Path::to_path_buf).collect();
+            parents.reverse();
+            for p in parents {
+                steps.push((MountStep::BindRo, Op::Mkdir(cpath(&p)?)));
+            }
+            let ctarget = cpath(&target)?;
+            steps.push((MountStep::BindRo, if is_dir { Op::Mkdir(ctarget.clone()) } else { Op::Touch(ctarget.clone()) }));
+            steps.push((MountStep::BindRo, bind(cpath(&b.host)?, ctarget.clone(), libc::MS_REC)));
+            let flags = locked_flags(&b.host) | libc::MS_NOSUID | libc::MS_NODEV;
+            steps.push((MountStep::BindRo, remount_ro(ctarget, flags)));
+        }
+        // Last: the tmpfs holding the mount points becomes read-only too.
+        steps.push((MountStep::RootReadOnly, Op::Mount {
+            source: c("tmpfs")?,
+            target: cpath(&root)?,
+            fstype: None,
+            flags: libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            data: None,
+        }));
+        Ok(MountPlan { new_root: cpath(&root)?, steps })
+    }
+
+    /// Child side: carry out the plan, in order.
+    pub fn build_root(&self) -> Result<(), (MountStep, i32)> {
+        for (step, op) in &self.steps {
+            run(op).map_err(|e| (*step, e))?;
+        }
+        Ok(())
+    }
+
+    /// Child side: make the new root `/` and detach the host's tree from this namespace.
+    pub fn pivot(&self) -> Result<(), (MountStep, i32)> {
+        let fail = |e| (MountStep::Pivot, e);
+        // SAFETY: new_root is a NUL-terminated path prepared before the fork.
+        crate::pid::check(unsafe { libc::chdir(self.new_root.as_ptr()) }).map_err(fail)?;
+        // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then detaches it,
+        // without needing a directory for it in the (read-only) new root.
+        let dot = c".".as_ptr();
+        // SAFETY: both arguments are static NUL-terminated strings.
+        crate::pid::check(unsafe { libc::syscall(libc::SYS_pivot_root, dot, dot) as libc::c_int }).map_err(fail)?;
+        // SAFETY: as above.
+        crate::pid::check(unsafe { libc::umount2(dot, libc::MNT_DETACH) }).map_err(fail)?;
+        // SAFETY: a static NUL-terminated string.
+        crate::pid::check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(fail)
+    }
+}
+
+fn run(op: &Op) -> Result<(), i32> {
+    // SAFETY (all calls below): every pointer is to a NUL-terminated CString owned by the plan, which outlives
+    // the call; null pointers are passed only where the syscall documents them as optional.
+    unsafe {
+        match op {
+            Op::Mkdir(path) => {
+                if libc::mkdir(path.as_ptr(), 0o755) < 0 && crate::pid::errno() != libc::EEXIST {
+                    return Err(crate::pid::errno());
+                }
+                Ok(())
+            }
+            Op::Touch(path) => {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o444);
+                if fd < 0 {
+                    return Err(crate::pid::errno());
+                }
+                libc::close(fd);
+                Ok(())
+            }
+            Op::Symlink { target, link } => crate::pid::check(libc::symlink(target.as_ptr(), link.as_ptr())),
+            Op::Mount { source, target, fstype, flags, data } => crate::pid::check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+                *flags,
+                data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+            )),
+        }
+    }
+}
+
+fn bind(source: CString, target: CString, extra: libc::c_ulong) -> Op {
+    Op::Mount { source, target, fstype: None, flags: libc::MS_BIND | extra, data: None }
+}
+
+fn remount_ro(target: CString, flags: libc::c_ulong) -> Op {
+    Op::Mount { source: c("none").expect("static"), target, fstype: None, flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags, data: None }
+}
+
+/// The flags of the mount holding `path` that a user namespace may not clear on a bind remount (the kernel
+/// refuses a remount that drops them). statvfs's ST_* values equal the MS_* ones for these flags.
+fn locked_flags(path: &Path) -> libc::c_ulong {
+    let Ok(cpath) = cpath(path) else { return 0 };
+    // SAFETY: `st` is a local the kernel fills; cpath is NUL-terminated.
+    let flags = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(cpath.as_ptr(), &mut st) < 0 {
+            return 0;
+        }
+        st.f_flag
+    };
+    flags as libc::c_ulong & LOCKED
+}
+
+fn c(s: &str) -> Result<CString, MountError> {
+    CString::new(s).map_err(|_| MountError::Nul(PathBuf::from(s)))
+}
+
+fn cpath(p: &Path) -> Result<CString, MountError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| MountError::Nul(p.to_path_buf()))
+}

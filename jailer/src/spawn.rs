@@ -1,0 +1,563 @@
+//! Making a sandbox: the one ordered recipe, and the parent's side of the fork.
+//!
+//! The parent prepares everything (paths, argv, envp, the mount plan, the cgroup with its limits) and then
+//! clones the child into new user, mount, network, PID, IPC and UTS namespaces. The child runs
+//! [`child_recipe`], which makes only system calls: no allocation, no lock, no log, so that it is safe to fork
+//! from a threaded process. A failure in the child reaches the parent as a fixed-size record (step, errno) over
+//! a close-on-exec pipe: end-of-file on that pipe means `execve` succeeded.
+//!
+//! docs/jailer.md lists the same steps in the same order.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, Limits};
+use crate::mount::{BindRo, MountError, MountPlan, MountStep};
+use crate::pid::{self, Status};
+use crate::rootfs::{self, RootfsError};
+use crate::user::{self, UserError};
+use crate::{caps, net, seccomp};
+
+/// What every sandbox of one jailer shares.
+#[derive(Clone, Debug)]
+pub struct JailerConfig {
+    pub rootfs: PathBuf,
+    pub limits: Limits,
+    /// Size of the sandbox's /tmp in bytes.
+    pub tmp_bytes: u64,
+    /// Host uid (and gid) of a sandbox = uid_base + host pid of its first process.
+    pub uid_base: u32,
+    pub binds_ro: Vec<(PathBuf, PathBuf)>,
+    pub hostname: String,
+    /// RLIMIT_NOFILE inside.
+    pub max_files: u64,
+    /// RLIMIT_FSIZE inside, bytes.
+    pub max_file_size: u64,
+}
+
+impl Default for JailerConfig {
+    fn default() -> Self {
+        JailerConfig {
+            rootfs: rootfs::default_path(),
+            limits: Limits::default(),
+            tmp_bytes: 16 << 20,
+            uid_base: 1_000_000_000,
+            binds_ro: Vec::new(),
+            hostname: "taskcell".into(),
+            max_files: 1024,
+            max_file_size: 64 << 20,
+        }
+    }
+}
+
+/// Where the sandbox's fds 0, 1 and 2 come from.
+pub enum Stdio {
+    /// The caller's own 0, 1 and 2 (`taskcell jail`).
+    Inherit,
+    /// Given descriptors for stdin, stdout and stderr.
+    Fds([OwnedFd; 3]),
+}
+
+/// One sandbox to make.
+pub struct SandboxSpec {
+    /// argv[0] is the path inside the sandbox.
+    pub argv: Vec<String>,
+    /// Extra environment entries (`KEY=value`) on top of the fixed minimal set.
+    pub env: Vec<String>,
+    pub stdio: Stdio,
+    /// Becomes fd 3 in the sandbox (the daemon's socket).
+    pub socket: Option<OwnedFd>,
+    /// Overrides the jailer's limits for this sandbox.
+    pub limits: Option<Limits>,
+}
+
+/// The environment every sandbox gets; nothing of the caller's environment is passed on.
+pub const BASE_ENV: [&str; 4] = ["PATH=/usr/bin", "HOME=/tmp", "LANG=C.UTF-8", "TZ=UTC"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("cgroup")]
+    Cgroup(#[from] CgroupError),
+    #[error("rootfs")]
+    Rootfs(#[from] RootfsError),
+    #[error("mount plan")]
+    Mount(#[from] MountError),
+    #[error("user namespace")]
+    User(#[from] UserError),
+    #[error("{what}")]
+    Os { what: &'static str, source: std::io::Error },
+    #[error("argument or environment entry contains a NUL byte")]
+    Nul,
+    #[error("empty command")]
+    NoCommand,
+    #[error("sandbox setup failed at step {step:?}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Child { step: Step, errno: i32 },
+}
+
+/// The steps of [`child_recipe`], reported with an errno when one fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    DeathSignal,
+    AwaitParent,
+    BecomeUser,
+    CgroupNamespace,
+    Mount(MountStepCode),
+    Hostname,
+    Loopback,
+    Rlimits,
+    Descriptors,
+    Session,
+    Signals,
+    DropCapabilities,
+    NoNewPrivs,
+    Seccomp,
+    Exec,
+}
+
+/// [`MountStep`] as a plain number for the fixed-size failure record.
+pub type MountStepCode = u32;
+
+impl Step {
+    fn code(self) -> (u32, u32) {
+        let n = match self {
+            Step::DeathSignal => 1,
+            Step::AwaitParent => 2,
+            Step::BecomeUser => 3,
+            Step::CgroupNamespace => 4,
+            Step::Mount(m) => return (5, m),
+            Step::Hostname => 6,
+            Step::Loopback => 7,
+            Step::Rlimits => 8,
+            Step::Descriptors => 9,
+            Step::Session => 10,
+            Step::Signals => 11,
+            Step::DropCapabilities => 12,
+            Step::NoNewPrivs => 13,
+            Step::Seccomp => 14,
+            Step::Exec => 15,
+        };
+        (n, 0)
+    }
+
+    fn from_code(code: u32, sub: u32) -> Step {
+        const ALL: [Step; 14] = [
+            Step::DeathSignal, Step::AwaitParent, Step::BecomeUser, Step::CgroupNamespace, Step::Hostname,
+            Step::Loopback, Step::Rlimits, Step::Descriptors, Step::Session, Step::Signals, Step::DropCapabilities,
+            Step::NoNewPrivs, Step::Seccomp, Step::Exec,
+        ];
+        if code == 5 {
+            return Step::Mount(sub);
+        }
+        ALL.into_iter().find(|s| s.code().0 == code).unwrap_or(Step::Exec)
+    }
+}
+
+fn mount_step_code(m: MountStep) -> u32 {
+    m as u32
+}
+
+/// How a sandbox ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub status: Status,
+    /// The cgroup's OOM killer killed a process of the sandbox.
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    pub fn seccomp_killed(&self) -> bool {
+        self.status == Status::Signaled(libc::SIGSYS)
+    }
+}
+
+/// A running sandbox. Dropping it kills it and removes its cgroup (blocking up to a few milliseconds).
+pub struct Sandbox {
+    pub pid: i32,
+    pub host_uid: u32,
+    pidfd: OwnedFd,
+    cgroup: Option<Cgroup>,
+    exit: Option<Exit>,
+}
+
+impl Sandbox {
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// SIGKILL the sandbox's first process; its PID namespace takes every other process with it.
+    pub fn kill(&self) {
+        let _ = pid::signal(self.pidfd.as_fd(), libc::SIGKILL);
+    }
+
+    /// Reap the sandbox if it has ended (or wait for it with `block`), noting whether the OOM killer struck.
+    pub fn try_wait(&mut self, block: bool) -> std::io::Result<Option<Exit>> {
+        if let Some(exit) = self.exit {
+            return Ok(Some(exit));
+        }
+        let Some(status) = pid::wait(self.pidfd.as_fd(), block)? else { return Ok(None) };
+        let oom_killed = self.cgroup.as_ref().map(|c| c.oom_kills() > 0).unwrap_or(false);
+        let exit = Exit { status, oom_killed };
+        self.exit = Some(exit);
+        Ok(Some(exit))
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<Exit> {
+        Ok(self.try_wait(true)?.expect("blocking wait returns a status"))
+    }
+
+    /// Memory charged to the sandbox's cgroup, bytes.
+    pub fn memory_current(&self) -> u64 {
+        self.cgroup.as_ref().map(|c| c.memory_current()).unwrap_or(0)
+    }
+
+    /// Kill, reap and remove the cgroup now, reporting a cgroup that would not go.
+    pub fn destroy(mut self) -> Result<Exit, CgroupError> {
+        self.kill();
+        let exit = self.wait().unwrap_or(Exit { status: Status::Signaled(libc::SIGKILL), oom_killed: false });
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove()?;
+        }
+        Ok(exit)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            self.kill();
+            let _ = self.try_wait(true);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.remove();
+        }
+    }
+}
+
+/// Makes sandboxes. One per process; `make` may be called from several threads.
+pub struct Jailer {
+    config: JailerConfig,
+    cgroups: CgroupRoot,
+    entries: Vec<rootfs::Entry>,
+    last_cap: u32,
+    counter: AtomicU64,
+}
+
+impl Jailer {
+    pub fn new(config: JailerConfig) -> Result<Jailer, JailError> {
+        let entries = rootfs::entries(&config.rootfs)?;
+        let cgroups = CgroupRoot::create()?;
+        Ok(Jailer { config, cgroups, entries, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
+    }
+
+    pub fn config(&self) -> &JailerConfig {
+        &self.config
+    }
+
+    /// Remove cgroups left by taskcell processes that died without cleaning up.
+    pub fn sweep_stale_cgroups(&self) -> usize {
+        self.cgroups.sweep_stale()
+    }
+
+    /// Make a sandbox and exec `spec.argv` in it. Returns once execve has succeeded, or with the failed step.
+    pub fn make(&self, spec: SandboxSpec) -> Result<Sandbox, JailError> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let limits = spec.limits.clone().unwrap_or_else(|| self.config.limits.clone());
+        // The cgroup exists, limited, before the child does: it joins before running a line of its own code.
+        let cgroup = self.cgroups.sandbox(&format!("sb-{n}"), &limits)?;
+        let plan = self.prepare(spec)?;
+        let (go_r, go_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let pipes = ChildPipes { go: go_r.as_raw_fd(), release: go_w.as_raw_fd(), status: status_w.as_raw_fd() };
+        let (pid, pidfd) = match clone_child(&plan, &pipes) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
+        // The child's ends: ours must be closed so that end-of-file means what it should on both sides.
+        drop((go_r, status_w));
+        let mut sandbox = Sandbox { pid, host_uid: 0, pidfd, cgroup: Some(cgroup), exit: None };
+        let outcome = self.finish_parent_side(go_w, status_r, &mut sandbox);
+        drop(plan);
+        match outcome {
+            Ok(()) => Ok(sandbox),
+            Err(e) => {
+                sandbox.kill();
+                let _ = sandbox.try_wait(true);
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_parent_side(&self, go_w: OwnedFd, status_r: OwnedFd, sandbox: &mut Sandbox) -> Result<(), JailError> {
+        let host = user::host_id(self.config.uid_base, sandbox.pid)?;
+        sandbox.host_uid = host;
+        user::write_maps(sandbox.pid, host)?;
+        sandbox.cgroup.as_ref().expect("set above").attach(sandbox.pid)?;
+        // Release the child, then learn whether it reached execve.
+        write_byte(go_w.as_fd()).map_err(|source| JailError::Os { what: "releasing the sandbox", source })?;
+        read_failure(status_r.as_fd()).map_err(|source| JailError::Os { what: "reading the sandbox's setup status", source })?
+            .map_or(Ok(()), |(step, errno)| Err(JailError::Child { step, errno }))
+    }
+
+    fn prepare(&self, spec: SandboxSpec) -> Result<ChildPlan, JailError> {
+        if spec.argv.is_empty() {
+            return Err(JailError::NoCommand);
+        }
+        let cstr = |s: &str| CString::new(s).map_err(|_| JailError::Nul);
+        let argv: Vec<CString> = spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+        let mut env: Vec<CString> = BASE_ENV.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
+        for e in &spec.env {
+            env.push(cstr(e)?);
+        }
+        let binds: Vec<BindRo> = self.config.binds_ro.iter().map(|(h, i)| BindRo { host: h.clone(), inside: i.clone() }).collect();
+        let mounts = MountPlan::new(&self.config.rootfs, &self.entries, self.config.tmp_bytes, &binds)?;
+        // Descriptors the child moves to 0-3 are first lifted to 10 and above, so that moving one can never
+        // overwrite another still to be moved.
+        let lift = |fd: OwnedFd| -> Result<OwnedFd, JailError> {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one that we then own.
+            let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+            if new < 0 {
+                return Err(JailError::Os { what: "fcntl(F_DUPFD_CLOEXEC)", source: std::io::Error::last_os_error() });
+            }
+            // SAFETY: `new` was just returned by fcntl.
+            Ok(unsafe { OwnedFd::from_raw_fd(new) })
+        };
+        let stdio = match spec.stdio {
+            Stdio::Inherit => None,
+            Stdio::Fds([a, b, c]) => Some([lift(a)?, lift(b)?, lift(c)?]),
+        };
+        let socket = spec.socket.map(lift).transpose()?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+        env_ptrs.push(std::ptr::null());
+        let rlimits = [
+            (libc::RLIMIT_CORE, 0),
+            (libc::RLIMIT_NOFILE, self.config.max_files),
+            (libc::RLIMIT_FSIZE, self.config.max_file_size),
+        ];
+        Ok(ChildPlan {
+            hostname: self.config.hostname.clone().into_bytes(),
+            mounts,
+            rlimits,
+            stdio,
+            socket,
+            last_cap: self.last_cap,
+            path: argv[0].clone(),
+            _argv: argv,
+            _env: env,
+            argv_ptrs,
+            env_ptrs,
+        })
+    }
+}
+
+/// Everything the child reads, prepared by the parent; the child only borrows it.
+struct ChildPlan {
+    hostname: Vec<u8>,
+    mounts: MountPlan,
+    rlimits: [(libc::__rlimit_resource_t, u64); 3],
+    stdio: Option<[OwnedFd; 3]>,
+    socket: Option<OwnedFd>,
+    last_cap: u32,
+    path: CString,
+    _argv: Vec<CString>,
+    _env: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
+}
+
+/// The child's ends of the two pipes: it reads `go` (the parent's release) and writes `status` (a failure).
+struct ChildPipes {
+    go: RawFd,
+    /// The parent's end of `go`: the child closes its copy so that the parent's death reads as end-of-file.
+    release: RawFd,
+    status: RawFd,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(JailError::Os { what: "pipe2", source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+const NAMESPACES: libc::c_int =
+    libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+
+/// Clone the child into its namespaces; returns its host pid and pidfd in the parent. The child never returns.
+fn clone_child(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(i32, OwnedFd), JailError> {
+    let mut pidfd: RawFd = -1;
+    let flags = (NAMESPACES | libc::CLONE_PIDFD) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: raw clone without CLONE_VM behaves like fork: the child gets a copy of this thread's stack and
+    // the process's memory, and runs only `child_recipe`, which makes system calls and never returns. The
+    // pidfd pointer is to a local that the kernel fills in the parent.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, &mut pidfd as *mut RawFd, 0usize, 0usize) };
+    if rc < 0 {
+        return Err(JailError::Os { what: "clone", source: std::io::Error::last_os_error() });
+    }
+    if rc == 0 {
+        let (step, errno) = match child_recipe(plan, pipes) {
+            Err(failure) => failure,
+            Ok(never) => match never {},
+        };
+        report_failure(pipes.status, step, errno);
+        // SAFETY: _exit ends the child without running the parent's destructors or atexit handlers.
+        unsafe { libc::_exit(127) };
+    }
+    // SAFETY: CLONE_PIDFD stored a new descriptor owned by us in `pidfd`.
+    Ok((rc as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+enum Never {}
+
+/// The child's side of making a sandbox, in order. Each line is one step; only system calls happen here.
+fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i32)> {
+    // Die with the supervising thread: a sandbox never outlives the process that is accountable for it.
+    pid::die_with_parent().map_err(|e| (Step::DeathSignal, e))?;
+    // Wait for the parent to write our uid/gid maps and move us into our cgroup (EOF: the parent is gone).
+    await_parent(pipes).map_err(|e| (Step::AwaitParent, e))?;
+    // Take on the mapped uid/gid 1000 before creating any file (unmapped ids cannot own files).
+    user::become_sandbox_user().map_err(|e| (Step::BecomeUser, e))?;
+    // A cgroup namespace rooted at our own cgroup, now that we are in it: the sandbox sees only "/".
+    // SAFETY: unshare takes a flag word.
+    pid::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map_err(|e| (Step::CgroupNamespace, e))?;
+    // Assemble the new root (tmpfs, rootfs binds, /proc, /tmp, /dev, --bind-ro) while the host's paths are visible.
+    plan.mounts.build_root().map_err(|(m, e)| (Step::Mount(mount_step_code(m)), e))?;
+    // Enter it and detach the host's tree: from here on no host path can be named.
+    plan.mounts.pivot().map_err(|(m, e)| (Step::Mount(mount_step_code(m)), e))?;
+    // Our own hostname, in our own UTS namespace.
+    // SAFETY: the hostname bytes were prepared by the parent and outlive the call.
+    pid::check(unsafe { libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) }).map_err(|e| (Step::Hostname, e))?;
+    // Loopback up: the namespace's only device, so that Node can serve and connect on 127.0.0.1.
+    net::loopback_up().map_err(|e| (Step::Loopback, e))?;
+    // Resource limits that cgroups do not cover: no core dumps, open files, file size.
+    set_rlimits(plan).map_err(|e| (Step::Rlimits, e))?;
+    // Stdio and the daemon's socket to 0-3, everything else closed.
+    arrange_fds(plan, pipes.status).map_err(|e| (Step::Descriptors, e))?;
+    // A session of our own: no controlling terminal of the host's.
+    pid::new_session().map_err(|e| (Step::Session, e))?;
+    // Default signal dispositions and an empty mask, whatever the supervisor had.
+    pid::reset_signals().map_err(|e| (Step::Signals, e))?;
+    // No capability left in any set, so none survives execve.
+    caps::drop_all(plan.last_cap).map_err(|e| (Step::DropCapabilities, e))?;
+    // No privilege gain through execve, ever; required for the filter.
+    caps::no_new_privs().map_err(|e| (Step::NoNewPrivs, e))?;
+    // The seccomp filters, last, so that the steps above may use syscalls the sandbox may not.
+    seccomp::install_all().map_err(|e| (Step::Seccomp, e))?;
+    // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays owned by the plan.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr()) };
+    Err((Step::Exec, pid::errno()))
+}
+
+fn await_parent(pipes: &ChildPipes) -> Result<(), i32> {
+    // SAFETY: closes this process's copy of the parent's end; the parent's own copy is unaffected.
+    unsafe { libc::close(pipes.release) };
+    let go = pipes.go;
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into a local.
+        let n = unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) };
+        if n == 1 {
+            return Ok(());
+        }
+        if n == 0 {
+            return Err(libc::EPIPE);
+        }
+        if pid::errno() != libc::EINTR {
+            return Err(pid::errno());
+        }
+    }
+}
+
+fn set_rlimits(plan: &ChildPlan) -> Result<(), i32> {
+    for (resource, value) in plan.rlimits {
+        let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
+        // SAFETY: `lim` is a local rlimit read by the kernel.
+        pid::check(unsafe { libc::setrlimit(resource, &lim) })?;
+    }
+    Ok(())
+}
+
+fn arrange_fds(plan: &ChildPlan, status_fd: RawFd) -> Result<(), i32> {
+    if let Some(stdio) = &plan.stdio {
+        for (target, fd) in stdio.iter().enumerate() {
+            // SAFETY: dup2 between descriptors this process holds; targets 0-2 are ours to replace.
+            pid::check(unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) })?;
+        }
+    }
+    let mut keep_from = 3;
+    if let Some(sock) = &plan.socket {
+        // SAFETY: as above; fd 3 is ours to replace (every source was lifted to 10 or above).
+        pid::check(unsafe { libc::dup2(sock.as_raw_fd(), 3) })?;
+        keep_from = 4;
+    }
+    // Close everything from keep_from up, except the status pipe, which is close-on-exec and so closes itself
+    // exactly when execve succeeds.
+    // SAFETY: close_range on ranges of descriptors; none is used afterwards except status_fd, kept open.
+    unsafe {
+        if status_fd > keep_from {
+            pid::check(libc::close_range(keep_from as u32, (status_fd - 1) as u32, 0))?;
+        }
+        pid::check(libc::close_range((status_fd + 1) as u32, u32::MAX, 0))?;
+    }
+    Ok(())
+}
+
+fn report_failure(fd: RawFd, step: Step, errno: i32) {
+    let (code, sub) = step.code();
+    let mut record = [0u8; 12];
+    record[0..4].copy_from_slice(&code.to_ne_bytes());
+    record[4..8].copy_from_slice(&sub.to_ne_bytes());
+    record[8..12].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writes 12 bytes from a local array; a short write is impossible on a pipe for <= PIPE_BUF bytes.
+    unsafe { libc::write(fd, record.as_ptr().cast(), record.len()) };
+}
+
+fn write_byte(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    // SAFETY: writes one byte from a static.
+    let n = unsafe { libc::write(fd.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Read the child's failure record; `None` on end-of-file (execve succeeded and closed the pipe).
+fn read_failure(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Step, i32)>> {
+    let mut record = [0u8; 12];
+    let mut got = 0;
+    while got < record.len() {
+        // SAFETY: reads into the unfilled tail of a local array.
+        let n = unsafe { libc::read(fd.as_raw_fd(), record[got..].as_mut_ptr().cast(), record.len() - got) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    if got < record.len() {
+        return Ok(None);
+    }
+    let word = |i: usize| u32::from_ne_bytes(record[i..i + 4].try_into().expect("4 bytes"));
+    Ok(Some((Step::from_code(word(0), word(4)), word(8) as i32)))
+}
+
+/// The command line of `argv` as a path, for messages.
+pub fn display_argv(argv: &[String]) -> String {
+    argv.join(" ")
+}

@@ -1,0 +1,155 @@
+//! `taskcell jail`: one command in a one-off sandbox with exactly the isolation that tenants get.
+//!
+//! Stdio passes through; the exit status is the command's (128 + signal when killed). SIGINT, SIGTERM and
+//! SIGHUP sent to taskcell kill the sandbox and are answered the same way, so that its cgroup is always removed.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use jailer::{Jailer, JailerConfig, SandboxSpec, Stdio};
+
+use crate::args::{self, ArgError, Flags};
+
+struct Options {
+    config: JailerConfig,
+    argv: Vec<String>,
+}
+
+fn parse(raw: Vec<String>) -> Result<Options, ArgError> {
+    let mut config = JailerConfig::default();
+    let mut flags = Flags::new(raw);
+    while let Some((flag, inline)) = flags.next_flag() {
+        match flag.as_str() {
+            "--memory" => config.limits.memory = args::bytes(&flag, &flags.value(&flag, inline)?)?,
+            "--pids" => config.limits.pids = args::count(&flag, &flags.value(&flag, inline)?)?,
+            "--bind-ro" => config.binds_ro.push(args::bind(&flag, &flags.value(&flag, inline)?)?),
+            "--rootfs" => config.rootfs = PathBuf::from(flags.value(&flag, inline)?),
+            "--tmp-size" => config.tmp_bytes = args::bytes(&flag, &flags.value(&flag, inline)?)?,
+            "--cpus" => {
+                let v = flags.value(&flag, inline)?;
+                let cpus: f64 = v.parse().ok().filter(|c: &f64| *c > 0.0).ok_or(ArgError::Invalid { flag: flag.clone(), value: v, what: "CPU count" })?;
+                config.limits.cpu_quota_us = Some((cpus * config.limits.cpu_period_us as f64) as u64);
+            }
+            _ if !flag.starts_with('-') => {
+                // No `--`: the command starts here.
+                let mut argv = vec![flag];
+                argv.extend(flags.rest());
+                return Ok(Options { config, argv });
+            }
+            _ => return Err(ArgError::Unknown(flag)),
+        }
+    }
+    Ok(Options { config, argv: flags.rest() })
+}
+
+pub fn main(raw: Vec<String>) -> ExitCode {
+    let mut opts = match parse(raw) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("taskcell jail: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if opts.argv.is_empty() {
+        eprintln!("taskcell jail: no command given (taskcell jail [FLAGS] -- CMD [ARGS...])");
+        return ExitCode::from(2);
+    }
+    // A bare name is looked up where the rootfs keeps programs, as a shell would with PATH=/usr/bin.
+    if !opts.argv[0].contains('/') {
+        opts.argv[0] = format!("/usr/bin/{}", opts.argv[0]);
+    }
+    match run(opts) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(msg) => {
+            eprintln!("taskcell jail: {msg}");
+            ExitCode::from(125)
+        }
+    }
+}
+
+fn run(opts: Options) -> Result<i32, String> {
+    let memory = opts.config.limits.memory;
+    let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
+    let jailer = Jailer::new(opts.config).map_err(|e| error_chain(&e))?;
+    let spec = SandboxSpec { argv: opts.argv.clone(), env: Vec::new(), stdio: Stdio::Inherit, socket: None, limits: None };
+    let mut sandbox = jailer.make(spec).map_err(|e| format!("{}: {}", opts.argv[0], error_chain(&e)))?;
+    let mut forwarded = None;
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: sandbox.pidfd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll reads and writes the two-element local array.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("poll: {}", std::io::Error::last_os_error()));
+        }
+        if fds[1].revents & libc::POLLIN != 0 {
+            forwarded = Some(read_signal(&signals));
+            sandbox.kill();
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            break;
+        }
+    }
+    let exit = sandbox.wait().map_err(|e| format!("waiting for the sandbox: {e}"))?;
+    drop(sandbox);
+    drop(jailer);
+    if let Some(sig) = forwarded {
+        return Ok(128 + sig);
+    }
+    if exit.seccomp_killed() {
+        eprintln!(
+            "taskcell jail: {} was killed by seccomp (SIGSYS): it made a system call that policies/sandbox.json does not allow",
+            opts.argv[0]
+        );
+    } else if exit.oom_killed {
+        eprintln!("taskcell jail: {} was killed by the sandbox's memory limit ({memory} bytes)", opts.argv[0]);
+    }
+    Ok(exit.status.code())
+}
+
+fn block_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: `set` is a local sigset_t initialised before use; signalfd returns a new descriptor we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn read_signal(fd: &OwnedFd) -> i32 {
+    // SAFETY: reads one signalfd_siginfo into a local of exactly that size.
+    unsafe {
+        let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+        let n = libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>());
+        if n > 0 {
+            info.ssi_signo as i32
+        } else {
+            libc::SIGTERM
+        }
+    }
+}
+
+/// An error and its sources on one line: "cgroup: writing \"5\" to /x: Permission denied".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
