@@ -4,6 +4,7 @@
 //! exactly the isolation tenants get (see `jail`).
 
 mod args;
+mod daemon;
 mod jail;
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
     match argv.next().as_deref() {
         Some("jail") => jail::main(argv.collect()),
+        Some("serve") => daemon::main(argv.collect()),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

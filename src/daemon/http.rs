@@ -1,0 +1,283 @@
+//! HTTP/1.1 framing for the front socket: requests parsed with httparse, responses written whole.
+//!
+//! Owns the limits (header and body sizes) in one place and turns every malformed input into an [`HttpError`]
+//! with the status and kind the API promises. Knows nothing of routes or tenants.
+
+use bytes::Bytes;
+
+/// Limits of one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Request line and headers, bytes (431 beyond).
+    pub max_head: usize,
+    /// Body, bytes (413 beyond).
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_head: 16 << 10, max_body: 1 << 20 }
+    }
+}
+
+pub const MAX_HEADERS: usize = 64;
+
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    pub query: Option<String>,
+    pub body: Bytes,
+    /// False for `Connection: close` (or HTTP/1.0 without keep-alive).
+    pub keep_alive: bool,
+    /// The client's `X-Request-Id`, when it is a sane token.
+    pub request_id: Option<String>,
+}
+
+/// Why a request could not be read. The connection is answered and then closed: after a framing error the
+/// next byte's place in the stream is unknown.
+#[derive(Debug)]
+pub struct HttpError {
+    pub status: u16,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl HttpError {
+    fn new(status: u16, kind: &'static str, message: impl Into<String>) -> HttpError {
+        HttpError { status, kind, message: message.into() }
+    }
+}
+
+pub enum Parsed {
+    /// More bytes are needed.
+    Partial,
+    /// A whole request, and how many bytes of the buffer it took.
+    Complete(Request, usize),
+}
+
+/// Parse one request from the front of `buf`.
+pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head {
+                return Err(HttpError::new(431, "bad_request", format!("request headers exceed {} bytes", limits.max_head)));
+            }
+            return Ok(Parsed::Partial);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HttpError::new(431, "bad_request", format!("more than {MAX_HEADERS} request headers")));
+        }
+        Err(e) => return Err(HttpError::new(400, "bad_request", format!("malformed HTTP request: {e}"))),
+    };
+    if head_len > limits.max_head {
+        return Err(HttpError::new(431, "bad_request", format!("request headers exceed {} bytes", limits.max_head)));
+    }
+    let version = req.version.unwrap_or(1);
+    let mut keep_alive = version >= 1;
+    let mut content_length: Option<usize> = None;
+    let mut request_id = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let text = std::str::from_utf8(h.value).unwrap_or("").trim();
+            let n: usize = text
+                .parse()
+                .map_err(|_| HttpError::new(400, "bad_request", format!("invalid Content-Length {text:?}")))?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(HttpError::new(400, "bad_request", "conflicting Content-Length headers"));
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::new(411, "bad_request", "chunked request bodies are not accepted; send Content-Length"));
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.split(',').any(|t| t.trim() == "close") {
+                keep_alive = false;
+            } else if v.split(',').any(|t| t.trim() == "keep-alive") {
+                keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            let ok = !h.value.is_empty() && h.value.len() <= 128 && h.value.iter().all(|b| b.is_ascii_graphic());
+            if ok {
+                request_id = Some(String::from_utf8_lossy(h.value).into_owned());
+            }
+        }
+    }
+    let length = content_length.unwrap_or(0);
+    if length > limits.max_body {
+        return Err(HttpError::new(413, "payload_too_large", format!("request body of {length} bytes exceeds the limit of {} bytes", limits.max_body)));
+    }
+    if buf.len() < head_len + length {
+        return Ok(Parsed::Partial);
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    let request = Request {
+        method: req.method.unwrap_or("").to_string(),
+        path,
+        query,
+        body: Bytes::copy_from_slice(&buf[head_len..head_len + length]),
+        keep_alive,
+        request_id,
+    };
+    Ok(Parsed::Complete(request, head_len + length))
+}
+
+/// Reason phrases for the statuses the API uses.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        507 => "Insufficient Storage",
+        _ => "Unknown",
+    }
+}
+
+/// A response, written whole with Content-Length.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Response {
+        Response { status, content_type: "application/json", headers: Vec::new(), body: body.into() }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The API's error body: `{"error": {"kind", "message"}, "logs": [...]}`.
+    pub fn error(status: u16, kind: &str, message: &str, logs: Option<&[u8]>) -> Response {
+        let mut body = format!(
+            "{{\"error\":{{\"kind\":{},\"message\":{}}}",
+            serde_json::Value::from(kind),
+            serde_json::Value::from(message)
+        )
+        .into_bytes();
+        if let Some(logs) = logs {
+            body.extend_from_slice(b",\"logs\":");
+            body.extend_from_slice(logs);
+        }
+        body.push(b'}');
+        Response::json(status, body)
+    }
+
+    /// Serialise head and body into `out`.
+    pub fn write(&self, out: &mut Vec<u8>, request_id: &str, keep_alive: bool) {
+        use std::io::Write;
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if self.status != 204 {
+            let _ = write!(out, "Content-Type: {}\r\nContent-Length: {}\r\n", self.content_type, self.body.len());
+        } else {
+            out.extend_from_slice(b"Content-Length: 0\r\n");
+        }
+        let _ = write!(out, "X-Request-Id: {request_id}\r\n");
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
+        if self.status != 204 {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// The head of the chunked log stream.
+pub fn stream_head(out: &mut Vec<u8>, request_id: &str) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\nX-Request-Id: {request_id}\r\nConnection: keep-alive\r\n\r\n"
+    );
+}
+
+/// One chunk of the log stream.
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(raw: &[u8]) -> (Request, usize) {
+        match parse(raw, &Limits::default()) {
+            Ok(Parsed::Complete(r, n)) => (r, n),
+            Ok(Parsed::Partial) => panic!("partial"),
+            Err(e) => panic!("error {e:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_request_with_body_and_query() {
+        let (r, n) = complete(b"POST /v1/logs?tenant=a HTTP/1.1\r\nContent-Length: 2\r\nX-Request-Id: abc\r\n\r\n{}rest");
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.query.as_deref()), ("POST", "/v1/logs", Some("tenant=a")));
+        assert_eq!(&r.body[..], b"{}");
+        assert_eq!(r.request_id.as_deref(), Some("abc"));
+        assert!(r.keep_alive);
+        assert_eq!(n, 76);
+    }
+
+    #[test]
+    fn partial_until_the_body_is_there() {
+        assert!(matches!(parse(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", &Limits::default()), Ok(Parsed::Partial)));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: x", &Limits::default()), Ok(Parsed::Partial)));
+    }
+
+    #[test]
+    fn errors_have_the_promised_statuses() {
+        let status = |raw: &[u8]| parse(raw, &Limits::default()).err().map(|e| e.status);
+        assert_eq!(status(b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), Some(413));
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Some(400));
+        assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(411));
+        let mut huge = b"GET / HTTP/1.1\r\nX-A: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 20_000));
+        assert_eq!(status(&huge), Some(431));
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(!r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn error_body_shape() {
+        let r = Response::error(404, "not_found", "no \"x\"", Some(b"[]"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["kind"], "not_found");
+        assert_eq!(v["error"]["message"], "no \"x\"");
+        assert!(v["logs"].is_array());
+    }
+}

@@ -1,0 +1,257 @@
+//! `taskcell serve`: the daemon.
+//!
+//! Startup (config, state directory, stale socket and cgroups, jailer, threads) lives here; the event loop
+//! lives in `server`. See docs/api.md for the API decisions the spec leaves open.
+
+mod http;
+mod logs;
+mod metrics;
+mod routes;
+mod server;
+mod slab;
+mod spawner;
+mod store;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jailer::{Jailer, JailerConfig};
+
+use crate::args::{self, ArgError, Flags};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub pool_size: usize,
+    pub rootfs: Option<PathBuf>,
+    pub timeout: Duration,
+    pub memory: u64,
+    pub pids: u64,
+    pub tmp_bytes: u64,
+    pub cpus: f64,
+    pub idle_timeout: Duration,
+    pub max_age: Duration,
+    pub max_requests: u64,
+    pub queue_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_body: usize,
+    pub spawners: usize,
+    pub max_starting: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Config {
+            socket: PathBuf::from("/run/taskcell/taskcell.sock"),
+            state_dir: PathBuf::from("/var/lib/taskcell"),
+            pool_size: (cores * 2).clamp(2, 16),
+            rootfs: None,
+            timeout: Duration::from_millis(5000),
+            memory: 128 << 20,
+            pids: 64,
+            tmp_bytes: 16 << 20,
+            cpus: 1.0,
+            idle_timeout: Duration::from_secs(300),
+            max_age: Duration::from_secs(3600),
+            max_requests: 100_000,
+            queue_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            max_body: 1 << 20,
+            spawners: cores.clamp(1, 4),
+            max_starting: cores.clamp(1, 4) * 2,
+        }
+    }
+}
+
+impl Config {
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ArgError> {
+        let flag = format!("--{key}");
+        let ms = |v: &str| args::count(&flag, v).map(Duration::from_millis);
+        match key {
+            "socket" => self.socket = PathBuf::from(value),
+            "state-dir" => self.state_dir = PathBuf::from(value),
+            "pool-size" => self.pool_size = args::count(&flag, value)? as usize,
+            "rootfs" => self.rootfs = Some(PathBuf::from(value)),
+            "timeout-ms" => self.timeout = ms(value)?,
+            "memory" => self.memory = args::bytes(&flag, value)?,
+            "pids" => self.pids = args::count(&flag, value)?,
+            "tmp-size" => self.tmp_bytes = args::bytes(&flag, value)?,
+            "cpus" => {
+                self.cpus = value.parse().ok().filter(|c: &f64| *c > 0.0).ok_or(ArgError::Invalid { flag, value: value.into(), what: "CPU count" })?
+            }
+            "idle-timeout-ms" => self.idle_timeout = ms(value)?,
+            "max-age-ms" => self.max_age = ms(value)?,
+            "max-requests" => self.max_requests = args::count(&flag, value)?.max(1),
+            "queue-timeout-ms" => self.queue_timeout = ms(value)?,
+            "drain-timeout-ms" => self.drain_timeout = ms(value)?,
+            "max-body" => self.max_body = args::bytes(&flag, value)? as usize,
+            "spawners" => self.spawners = args::count(&flag, value)?.max(1) as usize,
+            _ => return Err(ArgError::Unknown(flag)),
+        }
+        Ok(())
+    }
+
+    /// A config file is a JSON object whose keys are the long flags without dashes, e.g.
+    /// `{"socket": "/run/x.sock", "pool-size": 4, "timeout-ms": 2000}`; flags given later override it.
+    fn load_file(&mut self, path: &str) -> Result<(), String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        let obj = value.as_object().ok_or_else(|| format!("{path}: expected a JSON object"))?;
+        for (k, v) in obj {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            self.set(k, &text).map_err(|e| format!("{path}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse(raw: Vec<String>) -> Result<Config, String> {
+    let mut config = Config::default();
+    let mut flags = Flags::new(raw);
+    let mut overrides = Vec::new();
+    while let Some((flag, inline)) = flags.next_flag() {
+        let value = flags.value(&flag, inline).map_err(|e| e.to_string())?;
+        if flag == "--config" {
+            config.load_file(&value)?;
+        } else if let Some(key) = flag.strip_prefix("--") {
+            overrides.push((key.to_string(), value));
+        } else {
+            return Err(format!("unexpected argument {flag:?}"));
+        }
+    }
+    for (k, v) in overrides {
+        config.set(&k, &v).map_err(|e| e.to_string())?;
+    }
+    Ok(config)
+}
+
+pub fn main(raw: Vec<String>) -> ExitCode {
+    let config = match parse(raw) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("taskcell serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskcell serve: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    // Signals first, before any thread exists, so that every thread inherits the mask.
+    let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
+    let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::jail::error_chain(&e))?);
+    let mut jconfig = JailerConfig::default();
+    if let Some(r) = &config.rootfs {
+        jconfig.rootfs = r.clone();
+    }
+    jconfig.limits.memory = config.memory;
+    jconfig.limits.pids = config.pids;
+    jconfig.limits.cpu_quota_us = Some((config.cpus * jconfig.limits.cpu_period_us as f64) as u64);
+    jconfig.tmp_bytes = config.tmp_bytes;
+    let jailer = Jailer::new(jconfig).map_err(|e| format!("cannot make sandboxes: {}", crate::jail::error_chain(&e)))?;
+    let swept = jailer.sweep_stale_cgroups();
+    if swept > 0 {
+        eprintln!("taskcell: removed {swept} stale cgroup group(s) left by an earlier run");
+    }
+    let jailer = Arc::new(jailer);
+    let listener = bind_socket(&config.socket)?;
+    let poll = mio::Poll::new().map_err(|e| format!("epoll: {e}"))?;
+    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).map_err(|e| format!("waker: {e}"))?);
+    // V8's old space well below the cgroup limit, so that most overruns end as a clean heap failure.
+    let heap_mib = (config.memory >> 20) / 2;
+    let node = spawner::NodeCommand {
+        argv: vec![
+            "/usr/bin/node".into(),
+            format!("--max-old-space-size={}", heap_mib.max(16)),
+            runtime::BOOTSTRAP_PATH.into(),
+        ],
+        ready_timeout: Duration::from_secs(20),
+    };
+    let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone());
+    let socket_path = config.socket.clone();
+    let parts = server::Parts { poll, waker, listener, signals, spawner, store };
+    let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
+    eprintln!(
+        "taskcell: serving on {} (pool {}, timeout {} ms, memory {} bytes, pids {})",
+        socket_path.display(),
+        config.pool_size,
+        config.timeout.as_millis(),
+        config.memory,
+        config.pids
+    );
+    notify_ready();
+    let result = server.run().map_err(|e| format!("event loop: {e}"));
+    drop(server);
+    let _ = std::fs::remove_file(&socket_path);
+    eprintln!("taskcell: stopped");
+    result
+}
+
+/// Bind the front socket (mode 0660), replacing a stale socket file but never a live daemon's.
+fn bind_socket(path: &std::path::Path) -> Result<mio::net::UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("{} is in use by a running daemon", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
+    }
+    let listener = mio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// READY=1 to systemd's NOTIFY_SOCKET, if there is one.
+fn notify_ready() {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let msg = format!("READY=1\nMAINPID={}\nSTATUS=serving\n", std::process::id());
+    let sent = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        eprintln!("taskcell: notifying systemd: {e}");
+    }
+}
+
+fn block_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: `set` is a local sigset_t initialised before use; signalfd returns a new descriptor we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}

@@ -1,0 +1,1396 @@
+//! The event loop: connections, routing, sandboxes, timers and log fan-out on one thread.
+//!
+//! Fixed sources have fixed tokens; connections and sandboxes live in generational slabs whose keys are packed
+//! into tokens, so that an event for a closed connection or a dead sandbox can never reach the new owner of its
+//! slot. Every read and write drains until `WouldBlock`. Blocking work happens elsewhere: sandboxes are made on
+//! spawner threads, deployed code is written and fsynced on the store thread, dead sandboxes' cgroups are
+//! removed on the reaper thread; each reports back through the waker.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use runtime::{Decoder, Frame, LogLevel, RunMeta};
+
+use super::http::{self, Parsed, Request, Response};
+use super::logs::{self, Captured};
+use super::metrics::{ColdStart, Gauges, Metrics};
+use super::slab::{Key, Slab};
+use super::spawner::{Spawned, Spawner};
+use super::store::{self, Store, TaskInfo};
+use super::Config;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// Token layout for slab members: kind in the top bits, then generation, slot index and sub-source.
+const CONN_KIND: usize = 1 << 60;
+const SB_KIND: usize = 2 << 60;
+const SB_SOCKET: usize = 0;
+const SB_PIDFD: usize = 1;
+const SB_OUTPUT: usize = 2;
+
+fn conn_token(k: Key) -> Token {
+    Token(CONN_KIND | (k.gen as usize & 0xff_ffff) << 32 | k.index as usize)
+}
+
+fn sb_token(k: Key, sub: usize) -> Token {
+    Token(SB_KIND | (k.gen as usize & 0xff_ffff) << 32 | (k.index as usize) << 2 | sub)
+}
+
+fn decode_token(t: Token) -> Option<(usize, u32, u32, usize)> {
+    let kind = t.0 & (0xf << 60);
+    let gen = ((t.0 >> 32) & 0xff_ffff) as u32;
+    let low = (t.0 & 0xffff_ffff) as u32;
+    match kind {
+        CONN_KIND => Some((CONN_KIND, gen, low, 0)),
+        SB_KIND => Some((SB_KIND, gen, low >> 2, (low & 3) as usize)),
+        _ => None,
+    }
+}
+
+/// Generations in tokens are 24 bits wide; keys compare on the same bits.
+fn same_key(k: Key, gen: u32, index: u32) -> bool {
+    k.index == index && (k.gen & 0xff_ffff) == gen
+}
+
+/// A connection still sending its request may take this long between bytes of it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A log subscriber that falls this far behind loses events.
+const SUBSCRIBER_BACKLOG: usize = 1 << 20;
+/// Output kept from a sandbox's stdout and stderr, to tell a V8 heap failure from other deaths.
+const OUTPUT_TAIL: usize = 8 << 10;
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+
+enum ConnState {
+    /// Reading (or between) requests.
+    Idle,
+    /// A request is being answered; further pipelined requests wait in the buffer, in order.
+    Busy,
+    /// A `/v1/logs` subscriber.
+    Streaming { tenant: Option<String>, dropped: u64 },
+    /// Write what is buffered, then close.
+    Closing,
+}
+
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    state: ConnState,
+    keep_alive: bool,
+    deadline: Instant,
+    read_closed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KillReason {
+    Timeout,
+    Protocol,
+    Idle,
+    MaxAge,
+    MaxRequests,
+    Shutdown,
+}
+
+impl KillReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Timeout => "timeout",
+            KillReason::Protocol => "protocol_error",
+            KillReason::Idle => "idle",
+            KillReason::MaxAge => "max_age",
+            KillReason::MaxRequests => "max_requests",
+            KillReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+struct Sb {
+    sandbox: Option<jailer::Sandbox>,
+    socket: UnixStream,
+    output: OwnedFd,
+    output_tail: Vec<u8>,
+    decoder: Decoder,
+    outbox: Vec<u8>,
+    tenant: Option<String>,
+    in_flight: HashSet<u32>,
+    compiled: HashSet<String>,
+    created: Instant,
+    last_used: Instant,
+    served: u64,
+    killed: Option<KillReason>,
+}
+
+enum Job {
+    Run { task: Option<String>, key: String, source: Bytes, data: Bytes },
+    Compile { task: String, source: Bytes },
+}
+
+struct Invocation {
+    conn: Key,
+    keep_alive: bool,
+    request_id: String,
+    tenant: String,
+    task: Option<String>,
+    sb: Key,
+    cold: bool,
+    started: Instant,
+    deadline: Instant,
+    logs: Captured,
+    compile: Option<Bytes>,
+}
+
+struct Pending {
+    conn: Key,
+    keep_alive: bool,
+    request_id: String,
+    tenant: String,
+    job: Job,
+    started: Instant,
+    give_up: Instant,
+}
+
+/// Work for the store thread, and its answers.
+enum StoreJob {
+    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, started: Instant },
+    Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
+}
+
+struct StoreDone {
+    conn: Key,
+    keep_alive: bool,
+    request_id: String,
+    response: Response,
+}
+
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    listener: Option<UnixListener>,
+    signals: OwnedFd,
+    conns: Slab<Conn>,
+    sbs: Slab<Sb>,
+    tenants: HashMap<String, Key>,
+    pool: VecDeque<Key>,
+    starting: usize,
+    pending: VecDeque<Pending>,
+    invocations: HashMap<u32, Invocation>,
+    deadlines: BTreeMap<(Instant, u32), ()>,
+    next_id: u32,
+    spawner: Spawner,
+    spawn_backoff: Option<(Instant, Duration)>,
+    last_spawn_error: Option<String>,
+    store: Arc<Store>,
+    store_jobs: Sender<StoreJob>,
+    store_done: Receiver<StoreDone>,
+    reaper: Sender<jailer::Sandbox>,
+    metrics: Metrics,
+    subscribers: HashSet<Key>,
+    log_dropped: u64,
+    request_seq: u64,
+    boot_id: String,
+    started: Instant,
+    draining: Option<Instant>,
+}
+
+pub struct Parts {
+    pub poll: Poll,
+    pub waker: Arc<Waker>,
+    pub listener: UnixListener,
+    pub signals: OwnedFd,
+    pub spawner: Spawner,
+    pub store: Arc<Store>,
+}
+
+impl Server {
+    pub fn new(config: Config, parts: Parts) -> io::Result<Server> {
+        let Parts { poll, waker, mut listener, signals, spawner, store } = parts;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
+        let reaper = start_reaper_thread();
+        let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
+        Ok(Server {
+            config,
+            poll,
+            listener: Some(listener),
+            signals,
+            conns: Slab::default(),
+            sbs: Slab::default(),
+            tenants: HashMap::new(),
+            pool: VecDeque::new(),
+            starting: 0,
+            pending: VecDeque::new(),
+            invocations: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            next_id: 1,
+            spawner,
+            spawn_backoff: None,
+            last_spawn_error: None,
+            store,
+            store_jobs,
+            store_done,
+            reaper,
+            metrics: Metrics::default(),
+            subscribers: HashSet::new(),
+            log_dropped: 0,
+            request_seq: 0,
+            boot_id,
+            started: Instant::now(),
+            draining: None,
+        })
+    }
+
+    /// Run until SIGTERM or SIGINT has drained everything.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        self.refill_pool();
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            let now = Instant::now();
+            let mut wake_at = next_housekeeping;
+            if let Some(((t, _), _)) = self.deadlines.first_key_value() {
+                wake_at = wake_at.min(*t);
+            }
+            let timeout = wake_at.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    SIGNALS => self.on_signal(),
+                    token => match decode_token(token) {
+                        Some((CONN_KIND, gen, index, _)) => {
+                            if let Some(key) = self.conns.keys().into_iter().find(|k| same_key(*k, gen, index)) {
+                                self.on_conn_event(key, event.is_readable() || event.is_read_closed(), event.is_writable());
+                            }
+                        }
+                        Some((SB_KIND, gen, index, sub)) => {
+                            let key = self.sbs.keys().into_iter().find(|k| same_key(*k, gen, index));
+                            if let Some(key) = key {
+                                match sub {
+                                    SB_SOCKET => self.on_sandbox_socket(key, event.is_readable() || event.is_read_closed(), event.is_writable()),
+                                    SB_PIDFD => self.on_sandbox_exit(key),
+                                    _ => self.on_sandbox_output(key),
+                                }
+                            }
+                        }
+                        _ => {}
+                    },
+                }
+            }
+            // Answers from the helper threads arrive through the waker; check them every turn (cheap).
+            self.collect_spawned();
+            self.collect_store_results();
+            self.fire_deadlines();
+            if Instant::now() >= next_housekeeping {
+                self.housekeeping();
+                next_housekeeping = Instant::now() + HOUSEKEEPING;
+            }
+            if self.draining.is_some() && self.drained() {
+                self.shutdown();
+                return Ok(());
+            }
+        }
+    }
+
+    // ---- connections -------------------------------------------------------------------------------
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let conn = Conn {
+                        stream,
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        state: ConnState::Idle,
+                        keep_alive: true,
+                        deadline: Instant::now() + IDLE_TIMEOUT,
+                        read_closed: false,
+                    };
+                    let key = self.conns.insert(conn);
+                    let conn = self.conns.get_mut(key).expect("just inserted");
+                    if let Err(e) = self.poll.registry().register(&mut conn.stream, conn_token(key), Interest::READABLE | Interest::WRITABLE) {
+                        eprintln!("taskcell: registering a connection: {e}");
+                        self.conns.remove(key);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: leave the rest in the backlog for the next turn.
+                    eprintln!("taskcell: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_conn_event(&mut self, key: Key, readable: bool, writable: bool) {
+        if writable {
+            self.flush(key);
+        }
+        if readable {
+            self.read_conn(key);
+        }
+        self.advance(key);
+    }
+
+    fn read_conn(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let limit = self.config.max_body + (64 << 10);
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            // A busy connection's pipelined input is bounded: stop reading and let the socket push back.
+            if conn.input.len() > limit {
+                return;
+            }
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    conn.read_closed = true;
+                    return;
+                }
+                Ok(n) => {
+                    if conn.input.is_empty() && matches!(conn.state, ConnState::Idle) {
+                        conn.deadline = Instant::now() + REQUEST_TIMEOUT;
+                    }
+                    if !matches!(conn.state, ConnState::Streaming { .. }) {
+                        conn.input.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    conn.read_closed = true;
+                    conn.state = ConnState::Closing;
+                    conn.output.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Parse and dispatch what the connection has buffered, as far as its state allows; close it when done.
+    fn advance(&mut self, key: Key) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            match conn.state {
+                ConnState::Busy => return,
+                ConnState::Streaming { .. } => {
+                    if conn.read_closed {
+                        self.close(key);
+                    }
+                    return;
+                }
+                ConnState::Closing => {
+                    if conn.output.is_empty() {
+                        self.close(key);
+                    }
+                    return;
+                }
+                ConnState::Idle => {}
+            }
+            if conn.input.is_empty() {
+                if conn.read_closed && conn.output.is_empty() {
+                    self.close(key);
+                }
+                return;
+            }
+            let limits = http::Limits { max_head: 16 << 10, max_body: self.config.max_body };
+            match http::parse(&conn.input, &limits) {
+                Ok(Parsed::Partial) => {
+                    if conn.read_closed {
+                        self.close(key);
+                    } else if conn.input.len() > limits.max_head + limits.max_body + (64 << 10) {
+                        self.fail_conn(key, 413, "payload_too_large", "request too large");
+                    }
+                    return;
+                }
+                Ok(Parsed::Complete(request, used)) => {
+                    conn.input.drain(..used);
+                    conn.state = ConnState::Busy;
+                    conn.keep_alive = request.keep_alive && self.draining.is_none();
+                    self.handle(key, request);
+                    // Pick up the next pipelined request, if this one was answered at once; and if the client
+                    // pushed back while busy, read the rest now (edge-triggered readiness will not repeat).
+                    self.read_conn(key);
+                }
+                Err(e) => {
+                    self.fail_conn(key, e.status, e.kind, &e.message);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answer a framing error and close: the rest of the stream cannot be trusted.
+    fn fail_conn(&mut self, key: Key, status: u16, kind: &str, message: &str) {
+        let request_id = self.new_request_id();
+        self.metrics.http_request(status);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.input.clear();
+            Response::error(status, kind, message, None).write(&mut conn.output, &request_id, false);
+            conn.state = ConnState::Closing;
+            conn.keep_alive = false;
+        }
+        self.flush(key);
+        self.advance(key);
+    }
+
+    fn respond(&mut self, key: Key, request_id: &str, keep_alive: bool, response: Response) {
+        self.metrics.http_request(response.status);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let keep = keep_alive && conn.keep_alive && self.draining.is_none();
+        response.write(&mut conn.output, request_id, keep);
+        conn.state = if keep { ConnState::Idle } else { ConnState::Closing };
+        conn.deadline = Instant::now() + IDLE_TIMEOUT;
+        self.flush(key);
+        self.advance(key);
+    }
+
+    fn flush(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let mut written = 0;
+        while written < conn.output.len() {
+            match conn.stream.write(&conn.output[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    conn.output.clear();
+                    conn.read_closed = true;
+                    conn.state = ConnState::Closing;
+                    return;
+                }
+            }
+        }
+        conn.output.drain(..written);
+        if let ConnState::Streaming { dropped, .. } = &mut conn.state {
+            if *dropped > 0 && conn.output.len() < SUBSCRIBER_BACKLOG / 2 {
+                http::chunk(&mut conn.output, &logs::dropped_line(*dropped));
+                *dropped = 0;
+            }
+        }
+    }
+
+    fn close(&mut self, key: Key) {
+        if let Some(mut conn) = self.conns.remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+        self.subscribers.remove(&key);
+    }
+
+    fn new_request_id(&mut self) -> String {
+        self.request_seq += 1;
+        format!("{}-{:x}", self.boot_id, self.request_seq)
+    }
+
+    // ---- routes ------------------------------------------------------------------------------------
+
+    fn handle(&mut self, key: Key, req: Request) {
+        let request_id = req.request_id.clone().unwrap_or_else(|| self.new_request_id());
+        let keep = req.keep_alive;
+        let segments: Vec<&str> = req.path.strip_prefix('/').unwrap_or(&req.path).split('/').collect();
+        let method = req.method.as_str();
+        let route = super::routes::route(&segments);
+        let route = match route {
+            Some(r) => r,
+            None => return self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("no such endpoint: {}", req.path), None)),
+        };
+        if !route.methods.contains(&method) {
+            let allow = route.methods.join(", ");
+            let msg = format!("{method} is not allowed on {}; allowed: {allow}", req.path);
+            return self.respond(key, &request_id, keep, Response::error(405, "method_not_allowed", &msg, None).header("Allow", allow));
+        }
+        for name in route.tenant.iter().chain(route.task.iter()) {
+            if !store::valid_name(name) {
+                let msg = format!("invalid name {name:?}: names match ^[a-z0-9][a-z0-9_-]{{0,62}}$");
+                return self.respond(key, &request_id, keep, Response::error(400, "bad_request", &msg, None));
+            }
+        }
+        let tenant = route.tenant.map(str::to_string);
+        let task = route.task.map(str::to_string);
+        use super::routes::Endpoint::*;
+        match (route.endpoint, method) {
+            (Health, _) => {
+                let body = self.health_json();
+                self.respond(key, &request_id, keep, Response::json(200, body));
+            }
+            (Metrics, _) => {
+                let text = self.metrics.render(&self.gauges());
+                let mut r = Response::json(200, text);
+                r.content_type = super::metrics::CONTENT_TYPE;
+                self.respond(key, &request_id, keep, r);
+            }
+            (Logs, _) => self.subscribe(key, &request_id, req.query.as_deref()),
+            (RunAdhoc, _) => self.run_adhoc(key, request_id, keep, tenant.expect("route has a tenant"), req.body),
+            (Tasks, _) => {
+                let tenant = tenant.expect("route has a tenant");
+                let response = match self.store.list(&tenant) {
+                    Ok(list) => {
+                        let tasks: Vec<serde_json::Value> = list.iter().map(task_json).collect();
+                        Response::json(200, serde_json::json!({ "tasks": tasks }).to_string())
+                    }
+                    Err(e) => Response::error(500, "internal", &format!("listing tasks: {}", crate::jail::error_chain(&e)), None),
+                };
+                self.respond(key, &request_id, keep, response);
+            }
+            (Task, "GET") => {
+                let (tenant, task) = (tenant.expect("tenant"), task.expect("task"));
+                let response = match self.store.get(&tenant, &task) {
+                    Ok(Some((info, source))) => Response { status: 200, content_type: "application/javascript", headers: vec![("ETag", format!("\"{}\"", info.sha256))], body: source },
+                    Ok(None) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
+                    Err(e) => Response::error(500, "internal", &crate::jail::error_chain(&e), None),
+                };
+                self.respond(key, &request_id, keep, response);
+            }
+            (Task, "PUT") => self.deploy(key, request_id, keep, tenant.expect("tenant"), task.expect("task"), req.body),
+            (Task, _) => {
+                let job = StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant: tenant.expect("tenant"), task: task.expect("task") };
+                let _ = self.store_jobs.send(job);
+            }
+            (RunTask, _) => self.run_task(key, request_id, keep, tenant.expect("tenant"), task.expect("task"), req.body),
+        }
+    }
+
+    fn run_adhoc(&mut self, key: Key, request_id: String, keep: bool, tenant: String, body: Bytes) {
+        #[derive(serde::Deserialize)]
+        struct Body<'a> {
+            #[serde(borrow)]
+            code: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            data: Option<&'a serde_json::value::RawValue>,
+        }
+        let parsed: Body = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.invocation("bad_request");
+                return self.respond(key, &request_id, keep, Response::error(400, "bad_request", &format!("invalid JSON body: {e}"), None));
+            }
+        };
+        let Some(code) = parsed.code else {
+            self.metrics.invocation("bad_request");
+            return self.respond(key, &request_id, keep, Response::error(400, "bad_request", "the body needs a \"code\" field holding the task's source", None));
+        };
+        let data = parsed.data.map(|d| Bytes::copy_from_slice(d.get().as_bytes())).unwrap_or_else(|| Bytes::from_static(b"null"));
+        let source = Bytes::copy_from_slice(code.as_bytes());
+        let job = Job::Run { task: None, key: format!("adhoc:{}", store::sha256_hex(&source)), source, data };
+        self.invoke(key, request_id, keep, tenant, job, Instant::now());
+    }
+
+    fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, body: Bytes) {
+        let data = if body.iter().all(|b| b.is_ascii_whitespace()) {
+            Bytes::from_static(b"null")
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            self.metrics.invocation("bad_request");
+            return self.respond(key, &request_id, keep, Response::error(400, "bad_request", "the body must be JSON (the task's input) or empty", None));
+        } else {
+            body
+        };
+        match self.store.get(&tenant, &task) {
+            Ok(Some((info, source))) => {
+                let job = Job::Run { key: format!("task:{task}:{}", info.sha256), task: Some(task), source, data };
+                self.invoke(key, request_id, keep, tenant, job, Instant::now());
+            }
+            Ok(None) => {
+                self.metrics.invocation("not_found");
+                self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None))
+            }
+            Err(e) => self.respond(key, &request_id, keep, Response::error(500, "internal", &crate::jail::error_chain(&e), None)),
+        }
+    }
+
+    fn deploy(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, source: Bytes) {
+        if std::str::from_utf8(&source).is_err() {
+            return self.respond(key, &request_id, keep, Response::error(400, "bad_request", "the task source must be UTF-8", None));
+        }
+        // The syntax check runs in the tenant's sandbox; storing happens when it answers `Compiled`.
+        self.invoke(key, request_id, keep, tenant, Job::Compile { task, source }, Instant::now());
+    }
+
+    fn subscribe(&mut self, key: Key, request_id: &str, query: Option<&str>) {
+        let mut tenant = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("tenant", t)) if store::valid_name(t) => tenant = Some(t.to_string()),
+                Some(("tenant", t)) => {
+                    let msg = format!("invalid tenant name {t:?}");
+                    return self.respond(key, request_id, true, Response::error(400, "bad_request", &msg, None));
+                }
+                _ => {}
+            }
+        }
+        self.metrics.http_request(200);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        http::stream_head(&mut conn.output, request_id);
+        conn.state = ConnState::Streaming { tenant, dropped: 0 };
+        conn.input.clear();
+        self.subscribers.insert(key);
+        self.flush(key);
+    }
+
+    fn publish(&mut self, tenant: &str, task: Option<&str>, request_id: Option<&str>, level: &str, message: &str) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let line = logs::event_line(tenant, task, request_id, level, message);
+        let subs: Vec<Key> = self.subscribers.iter().copied().collect();
+        for key in subs {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let ConnState::Streaming { tenant: filter, dropped } = &mut conn.state else { continue };
+            if filter.as_deref().is_some_and(|f| f != tenant) {
+                continue;
+            }
+            if conn.output.len() > SUBSCRIBER_BACKLOG {
+                *dropped += 1;
+                self.log_dropped += 1;
+                continue;
+            }
+            if *dropped > 0 {
+                http::chunk(&mut conn.output, &logs::dropped_line(*dropped));
+                *dropped = 0;
+            }
+            http::chunk(&mut conn.output, &line);
+            self.flush(key);
+        }
+    }
+
+    fn health_json(&self) -> String {
+        let idle = self.pool.len();
+        serde_json::json!({
+            "status": if self.draining.is_some() { "draining" } else { "ok" },
+            "pool": { "size": self.config.pool_size, "idle": idle, "starting": self.starting },
+            "sandboxes": { "tenants": self.tenants.len(), "total": self.sbs.len() },
+            "invocations_in_flight": self.invocations.len(),
+            "queued": self.pending.len(),
+            "connections": self.conns.len(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "last_spawn_error": self.last_spawn_error,
+        })
+        .to_string()
+    }
+
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            pool_target: self.config.pool_size as u64,
+            pool_idle: self.pool.len() as u64,
+            tenant_sandboxes: self.tenants.len() as u64,
+            connections_open: self.conns.len() as u64,
+            log_subscribers: self.subscribers.len() as u64,
+            log_events_dropped: self.log_dropped,
+        }
+    }
+
+    // ---- invocations -------------------------------------------------------------------------------
+
+    fn invoke(&mut self, conn: Key, request_id: String, keep_alive: bool, tenant: String, job: Job, started: Instant) {
+        if self.draining.is_some() {
+            self.metrics.invocation("overloaded");
+            let r = Response::error(503, "overloaded", "taskcell is shutting down", None).header("Retry-After", "1");
+            return self.respond(conn, &request_id, keep_alive, r);
+        }
+        let (sb, cold) = match self.tenants.get(&tenant).copied() {
+            Some(sb) => (sb, false),
+            None => match self.take_from_pool() {
+                Some(sb) => {
+                    self.metrics.cold_start(ColdStart::Pool);
+                    self.assign(sb, &tenant);
+                    (sb, true)
+                }
+                None => {
+                    let give_up = Instant::now() + self.config.queue_timeout;
+                    self.pending.push_back(Pending { conn, keep_alive, request_id, tenant, job, started, give_up });
+                    self.ensure_capacity();
+                    return;
+                }
+            },
+        };
+        self.dispatch(sb, conn, keep_alive, request_id, tenant, job, cold, started);
+    }
+
+    fn take_from_pool(&mut self) -> Option<Key> {
+        while let Some(sb) = self.pool.pop_front() {
+            if self.sbs.get(sb).is_some_and(|s| s.killed.is_none()) {
+                self.refill_pool();
+                return Some(sb);
+            }
+        }
+        None
+    }
+
+    fn assign(&mut self, sb: Key, tenant: &str) {
+        if let Some(s) = self.sbs.get_mut(sb) {
+            s.tenant = Some(tenant.to_string());
+            s.created = Instant::now();
+            s.last_used = Instant::now();
+        }
+        self.tenants.insert(tenant.to_string(), sb);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(&mut self, sb: Key, conn: Key, keep_alive: bool, request_id: String, tenant: String, job: Job, cold: bool, started: Instant) {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let deadline = Instant::now() + self.config.timeout;
+        let s = self.sbs.get_mut(sb).expect("dispatch to a live sandbox");
+        let (frame, task, compile) = match job {
+            Job::Run { task, key, source, data } => {
+                let send_source = !s.compiled.contains(&key);
+                if send_source {
+                    s.compiled.insert(key.clone());
+                }
+                let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key };
+                let source = if send_source { source } else { Bytes::new() };
+                (Frame::Run { id, meta, source, data }, task, None)
+            }
+            Job::Compile { task, source } => {
+                let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()) };
+                (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source))
+            }
+        };
+        if runtime::encode(&frame, &mut s.outbox).is_err() {
+            let r = Response::error(500, "internal", "could not encode the invocation", None);
+            return self.respond(conn, &request_id, keep_alive, r);
+        }
+        s.in_flight.insert(id);
+        s.last_used = Instant::now();
+        s.served += 1;
+        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs: Captured::default(), compile });
+        self.deadlines.insert((deadline, id), ());
+        self.flush_sandbox(sb);
+    }
+
+    /// Finish an invocation with a response (or a store job, for a deploy that compiled).
+    fn complete(&mut self, id: u32, outcome: Result<Bytes, (u16, &'static str, String)>) {
+        let Some(inv) = self.invocations.remove(&id) else { return };
+        self.deadlines.remove(&(inv.deadline, id));
+        if let Some(s) = self.sbs.get_mut(inv.sb) {
+            s.in_flight.remove(&id);
+            s.last_used = Instant::now();
+        }
+        let elapsed = inv.started.elapsed();
+        let logs = inv.logs.finish();
+        if let (Some(source), Ok(_)) = (&inv.compile, &outcome) {
+            // A deploy that compiled: now store it durably, off the loop.
+            let job = StoreJob::Put {
+                conn: inv.conn,
+                keep_alive: inv.keep_alive,
+                request_id: inv.request_id,
+                tenant: inv.tenant,
+                task: inv.task.unwrap_or_default(),
+                source: source.clone(),
+                started: inv.started,
+            };
+            let _ = self.store_jobs.send(job);
+            return;
+        }
+        let response = match outcome {
+            Ok(result) => {
+                self.metrics.invocation("ok");
+                self.metrics.observe(elapsed);
+                let mut body = Vec::with_capacity(result.len() + logs.len() + 64);
+                body.extend_from_slice(b"{\"result\":");
+                body.extend_from_slice(&result);
+                body.extend_from_slice(b",\"logs\":");
+                body.extend_from_slice(&logs);
+                body.extend_from_slice(format!(",\"cold\":{},\"duration_us\":{}}}", inv.cold, elapsed.as_micros()).as_bytes());
+                Response::json(200, body)
+            }
+            Err((status, kind, message)) => {
+                self.metrics.invocation(kind);
+                self.metrics.observe(elapsed);
+                let mut r = Response::error(status, kind, &message, Some(&logs));
+                if status == 503 {
+                    r = r.header("Retry-After", "1");
+                }
+                r
+            }
+        };
+        self.respond(inv.conn, &inv.request_id, inv.keep_alive, response);
+        self.recycle_if_spent(inv.sb);
+    }
+
+    fn fire_deadlines(&mut self) {
+        let now = Instant::now();
+        while let Some(((t, id), _)) = self.deadlines.first_key_value() {
+            if *t > now {
+                break;
+            }
+            let id = *id;
+            self.deadlines.pop_first();
+            let Some(inv) = self.invocations.get(&id) else { continue };
+            let sb = inv.sb;
+            let limit = self.config.timeout.as_millis();
+            self.complete(id, Err((504, "timeout", format!("the invocation ran past its time limit of {limit} ms; its sandbox was killed"))));
+            self.kill_sandbox(sb, KillReason::Timeout);
+        }
+    }
+
+    // ---- sandboxes ---------------------------------------------------------------------------------
+
+    fn refill_pool(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        if let Some((until, _)) = self.spawn_backoff {
+            if Instant::now() < until {
+                return;
+            }
+        }
+        let demand = self.config.pool_size + self.waiting_tenants();
+        while self.pool.len() + self.starting < demand && self.starting < self.config.max_starting {
+            self.starting += 1;
+            self.spawner.request();
+        }
+    }
+
+    fn ensure_capacity(&mut self) {
+        self.refill_pool();
+    }
+
+    fn waiting_tenants(&self) -> usize {
+        let mut seen: Vec<&str> = Vec::new();
+        for p in &self.pending {
+            if !seen.contains(&p.tenant.as_str()) && !self.tenants.contains_key(&p.tenant) {
+                seen.push(&p.tenant);
+            }
+        }
+        seen.len()
+    }
+
+    fn collect_spawned(&mut self) {
+        while let Ok(outcome) = self.spawner.results.try_recv() {
+            self.starting = self.starting.saturating_sub(1);
+            match outcome {
+                Ok(spawned) => {
+                    self.spawn_backoff = None;
+                    self.last_spawn_error = None;
+                    self.metrics.sandbox_created();
+                    if let Some(sb) = self.adopt(spawned) {
+                        self.pool.push_back(sb);
+                        self.serve_pending();
+                    }
+                }
+                Err(message) => {
+                    eprintln!("taskcell: could not make a sandbox: {message}");
+                    let pause = self.spawn_backoff.map_or(Duration::from_millis(250), |(_, p)| (p * 2).min(Duration::from_secs(10)));
+                    self.spawn_backoff = Some((Instant::now() + pause, pause));
+                    self.last_spawn_error = Some(message.clone());
+                    // Requests queued for a sandbox will not get one from this attempt: answer them now
+                    // rather than at their deadline, unless another start is still under way.
+                    if self.starting == 0 && self.pool.is_empty() {
+                        let pending: Vec<Pending> = self.pending.drain(..).collect();
+                        for p in pending {
+                            if let Some(&sb) = self.tenants.get(&p.tenant) {
+                                self.dispatch(sb, p.conn, p.keep_alive, p.request_id, p.tenant, p.job, false, p.started);
+                                continue;
+                            }
+                            self.metrics.invocation("overloaded");
+                            let msg = format!("no sandbox could be made: {message}");
+                            let r = Response::error(503, "overloaded", &msg, None).header("Retry-After", "1");
+                            self.respond(p.conn, &p.request_id, p.keep_alive, r);
+                        }
+                    }
+                }
+            }
+        }
+        self.refill_pool();
+    }
+
+    fn adopt(&mut self, spawned: Spawned) -> Option<Key> {
+        let Spawned { sandbox, socket, output, .. } = spawned;
+        // SAFETY: setting O_NONBLOCK on a pipe descriptor we own.
+        unsafe { libc::fcntl(output.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let sb = Sb {
+            socket: UnixStream::from_std(socket),
+            output,
+            output_tail: Vec::new(),
+            decoder: Decoder::new(),
+            outbox: Vec::new(),
+            tenant: None,
+            in_flight: HashSet::new(),
+            compiled: HashSet::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            served: 0,
+            killed: None,
+            sandbox: Some(sandbox),
+        };
+        let key = self.sbs.insert(sb);
+        let registry = self.poll.registry();
+        let s = self.sbs.get_mut(key).expect("just inserted");
+        let pidfd = s.sandbox.as_ref().expect("set").pidfd().as_raw_fd();
+        let ok = registry.register(&mut s.socket, sb_token(key, SB_SOCKET), Interest::READABLE | Interest::WRITABLE).is_ok()
+            && registry.register(&mut SourceFd(&pidfd), sb_token(key, SB_PIDFD), Interest::READABLE).is_ok()
+            && registry.register(&mut SourceFd(&s.output.as_raw_fd()), sb_token(key, SB_OUTPUT), Interest::READABLE).is_ok();
+        if !ok {
+            eprintln!("taskcell: could not register a sandbox with the event loop");
+            self.remove_sandbox(key);
+            return None;
+        }
+        Some(key)
+    }
+
+    /// Give sandboxes (from the pool) to the tenants whose requests are queued, oldest first.
+    fn serve_pending(&mut self) {
+        let mut waiting = std::mem::take(&mut self.pending);
+        while let Some(p) = waiting.pop_front() {
+            let sb = match self.tenants.get(&p.tenant).copied() {
+                Some(sb) => Some((sb, false)),
+                None => self.take_from_pool().map(|sb| {
+                    self.metrics.cold_start(ColdStart::OnDemand);
+                    self.assign(sb, &p.tenant);
+                    (sb, true)
+                }),
+            };
+            match sb {
+                Some((sb, cold)) => self.dispatch(sb, p.conn, p.keep_alive, p.request_id, p.tenant, p.job, cold, p.started),
+                None => self.pending.push_back(p),
+            }
+        }
+    }
+
+    fn flush_sandbox(&mut self, key: Key) {
+        let Some(s) = self.sbs.get_mut(key) else { return };
+        let mut written = 0;
+        let mut broken = false;
+        while written < s.outbox.len() {
+            match s.socket.write(&s.outbox[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        s.outbox.drain(..written);
+        if broken {
+            // The runtime closed its end: it is dying; its pidfd will tell how.
+            s.outbox.clear();
+        }
+    }
+
+    fn on_sandbox_socket(&mut self, key: Key, readable: bool, writable: bool) {
+        if writable {
+            self.flush_sandbox(key);
+        }
+        if !readable {
+            return;
+        }
+        let mut frames = Vec::new();
+        let mut protocol_error = None;
+        {
+            let Some(s) = self.sbs.get_mut(key) else { return };
+            let mut buf = [0u8; 64 << 10];
+            loop {
+                match s.socket.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => s.decoder.feed(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                loop {
+                    match s.decoder.next() {
+                        Ok(Some(f)) => frames.push(f),
+                        Ok(None) => break,
+                        Err(e) => {
+                            protocol_error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if protocol_error.is_some() {
+                    break;
+                }
+            }
+        }
+        for frame in frames {
+            self.on_frame(key, frame);
+        }
+        if let Some(e) = protocol_error {
+            eprintln!("taskcell: sandbox sent a malformed frame ({e}); killing it");
+            self.kill_sandbox(key, KillReason::Protocol);
+        }
+    }
+
+    fn on_frame(&mut self, key: Key, frame: Frame) {
+        let owns = |s: &Server, id: u32| s.invocations.get(&id).is_some_and(|i| i.sb == key);
+        match frame {
+            Frame::Result { id, json } if owns(self, id) => {
+                if json.len() > runtime::RESULT_LIMIT {
+                    let msg = format!("the result is {} bytes, over the limit of {} bytes", json.len(), runtime::RESULT_LIMIT);
+                    self.complete(id, Err((500, "task_error", msg)));
+                } else {
+                    self.complete(id, Ok(json));
+                }
+            }
+            Frame::Compiled { id } if owns(self, id) => self.complete(id, Ok(Bytes::new())),
+            Frame::Error { id, kind, message } if owns(self, id) => {
+                if kind == runtime::ErrorKind::CompileError {
+                    // The sandbox did not keep code that failed to compile.
+                    if let Some(s) = self.sbs.get_mut(key) {
+                        s.compiled.retain(|k| !k.starts_with("adhoc:") && !k.starts_with("task:"));
+                    }
+                }
+                let message: String = message.chars().take(16 << 10).collect();
+                self.complete(id, Err((if kind == runtime::ErrorKind::CompileError { 400 } else { 500 }, kind.as_str(), message)));
+            }
+            Frame::Log { id, level, message } => {
+                let text = String::from_utf8_lossy(&message).into_owned();
+                let tenant = self.sbs.get(key).and_then(|s| s.tenant.clone()).unwrap_or_default();
+                let (task, request_id) = match self.invocations.get_mut(&id) {
+                    Some(inv) if inv.sb == key => {
+                        inv.logs.push(level, &text);
+                        (inv.task.clone(), Some(inv.request_id.clone()))
+                    }
+                    _ => (None, None),
+                };
+                self.publish(&tenant, task.as_deref(), request_id.as_deref(), level.as_str(), &text);
+            }
+            // A frame for an invocation that already ended (timed out) or a frame the runtime must not send.
+            Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } => {}
+            Frame::Ready { .. } | Frame::Run { .. } | Frame::Compile { .. } => {
+                eprintln!("taskcell: sandbox sent an unexpected frame; killing it");
+                self.kill_sandbox(key, KillReason::Protocol);
+            }
+        }
+        let _ = LogLevel::Log;
+    }
+
+    fn on_sandbox_output(&mut self, key: Key) {
+        let Some(s) = self.sbs.get_mut(key) else { return };
+        drain_output(s);
+    }
+
+    fn kill_sandbox(&mut self, key: Key, reason: KillReason) {
+        let Some(s) = self.sbs.get_mut(key) else { return };
+        if s.killed.is_none() {
+            s.killed = Some(reason);
+        }
+        if let Some(sandbox) = &s.sandbox {
+            sandbox.kill();
+        }
+        // From now on the tenant's next request gets a fresh sandbox.
+        if let Some(t) = s.tenant.clone() {
+            if self.tenants.get(&t) == Some(&key) {
+                self.tenants.remove(&t);
+            }
+        }
+        self.pool.retain(|k| *k != key);
+    }
+
+    fn on_sandbox_exit(&mut self, key: Key) {
+        let Some(s) = self.sbs.get_mut(key) else { return };
+        let Some(sandbox) = s.sandbox.as_mut() else { return };
+        let exit = match sandbox.try_wait(false) {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("taskcell: waiting for a sandbox: {e}");
+                return;
+            }
+        };
+        drain_output(s);
+        let tail = String::from_utf8_lossy(&s.output_tail).into_owned();
+        let heap = tail.contains("JavaScript heap out of memory") || tail.contains("Reached heap limit");
+        let memory = exit.oom_killed || heap;
+        let reason = if memory {
+            "memory_limit"
+        } else if let Some(r) = s.killed {
+            r.as_str()
+        } else if exit.seccomp_killed() {
+            "seccomp"
+        } else {
+            "crashed"
+        };
+        self.metrics.sandbox_killed(reason);
+        let killed = s.killed;
+        let in_flight: Vec<u32> = s.in_flight.iter().copied().collect();
+        let (status, kind, message) = if memory {
+            let limit = self.config.memory;
+            (507, "memory_limit", format!("the sandbox hit its memory limit of {limit} bytes{}", if heap { " (V8 heap exhausted)" } else { " (killed by the cgroup OOM killer)" }))
+        } else if killed == Some(KillReason::Timeout) {
+            (502, "sandbox_crashed", "the sandbox was killed because another invocation in it ran past its time limit".to_string())
+        } else if exit.seccomp_killed() {
+            (502, "sandbox_crashed", "the sandbox was killed by seccomp (SIGSYS): the task made a system call that the sandbox's policy forbids".to_string())
+        } else {
+            let how = match exit.status {
+                jailer::pid::Status::Exited(c) => format!("exited with status {c}"),
+                jailer::pid::Status::Signaled(sig) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+            };
+            (502, "sandbox_crashed", format!("the sandbox {how} during the invocation"))
+        };
+        for id in in_flight {
+            self.complete(id, Err((status, kind, message.clone())));
+        }
+        if !tail.trim().is_empty() && killed.is_none() {
+            eprintln!("taskcell: sandbox output before it died: {}", tail.trim().chars().rev().take(500).collect::<String>().chars().rev().collect::<String>());
+        }
+        self.remove_sandbox(key);
+        self.refill_pool();
+    }
+
+    fn remove_sandbox(&mut self, key: Key) {
+        let Some(mut s) = self.sbs.remove(key) else { return };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut s.socket);
+        let _ = registry.deregister(&mut SourceFd(&s.output.as_raw_fd()));
+        if let Some(sandbox) = s.sandbox.take() {
+            let _ = registry.deregister(&mut SourceFd(&sandbox.pidfd().as_raw_fd()));
+            // Removing the cgroup may wait for the kernel: the reaper thread does it.
+            let _ = self.reaper.send(sandbox);
+        }
+        if let Some(t) = &s.tenant {
+            if self.tenants.get(t) == Some(&key) {
+                self.tenants.remove(t);
+            }
+        }
+        self.pool.retain(|k| *k != key);
+    }
+
+    fn recycle_if_spent(&mut self, key: Key) {
+        let Some(s) = self.sbs.get(key) else { return };
+        if s.in_flight.is_empty() && s.killed.is_none() && s.served >= self.config.max_requests {
+            self.kill_sandbox(key, KillReason::MaxRequests);
+        }
+    }
+
+    // ---- timers and signals ------------------------------------------------------------------------
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        // Connections that stalled mid-request or idled too long.
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get(key) else { continue };
+            let expired = now >= conn.deadline;
+            match conn.state {
+                ConnState::Idle if expired && !conn.input.is_empty() => {
+                    self.fail_conn(key, 408, "bad_request", "the request was not completed in time");
+                }
+                ConnState::Idle if expired => self.close(key),
+                ConnState::Closing if expired => self.close(key),
+                _ => {}
+            }
+        }
+        // Requests that waited too long for a sandbox.
+        let mut still = VecDeque::new();
+        while let Some(p) = self.pending.pop_front() {
+            if now >= p.give_up {
+                self.metrics.invocation("overloaded");
+                let waited = self.config.queue_timeout.as_millis();
+                let r = Response::error(503, "overloaded", &format!("no sandbox could be had within {waited} ms"), None).header("Retry-After", "1");
+                self.respond(p.conn, &p.request_id, p.keep_alive, r);
+            } else {
+                still.push_back(p);
+            }
+        }
+        self.pending = still;
+        // Tenant sandboxes that idled, aged or served enough.
+        for (key, reason) in self.spent_sandboxes(now) {
+            self.kill_sandbox(key, reason);
+        }
+        self.refill_pool();
+    }
+
+    fn spent_sandboxes(&self, now: Instant) -> Vec<(Key, KillReason)> {
+        let mut out = Vec::new();
+        for (key, s) in self.sbs.iter() {
+            if s.tenant.is_none() || s.killed.is_some() || !s.in_flight.is_empty() {
+                continue;
+            }
+            if now.duration_since(s.last_used) >= self.config.idle_timeout {
+                out.push((key, KillReason::Idle));
+            } else if now.duration_since(s.created) >= self.config.max_age {
+                out.push((key, KillReason::MaxAge));
+            } else if s.served >= self.config.max_requests {
+                out.push((key, KillReason::MaxRequests));
+            }
+        }
+        out
+    }
+
+    fn on_signal(&mut self) {
+        let mut info = [0u8; 128];
+        // SAFETY: reads signalfd_siginfo records (128 bytes) into a local buffer of that size.
+        while unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {
+            if self.draining.is_none() {
+                eprintln!("taskcell: stopping: finishing in-flight work (up to {} ms)", self.config.drain_timeout.as_millis());
+                self.draining = Some(Instant::now() + self.config.drain_timeout);
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                let _ = std::fs::remove_file(&self.config.socket);
+                for key in self.conns.keys() {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.keep_alive = false;
+                        if matches!(c.state, ConnState::Streaming { .. }) || (matches!(c.state, ConnState::Idle) && c.input.is_empty()) {
+                            c.state = ConnState::Closing;
+                        }
+                    }
+                    if let Some(c) = self.conns.get_mut(key) {
+                        if matches!(c.state, ConnState::Closing) && c.output.is_empty() {
+                            self.close(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drained(&self) -> bool {
+        let deadline_passed = self.draining.is_some_and(|d| Instant::now() >= d);
+        deadline_passed || (self.invocations.is_empty() && self.pending.is_empty() && self.conns.iter().all(|(_, c)| c.output.is_empty()))
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<u32> = self.invocations.keys().copied().collect();
+        for id in ids {
+            self.complete(id, Err((503, "overloaded", "taskcell stopped before the invocation finished".into())));
+        }
+        for key in self.conns.keys() {
+            self.flush(key);
+            self.close(key);
+        }
+        for key in self.sbs.keys() {
+            self.kill_sandbox(key, KillReason::Shutdown);
+        }
+        for key in self.sbs.keys() {
+            if let Some(mut s) = self.sbs.remove(key) {
+                if let Some(sandbox) = s.sandbox.take() {
+                    // Kill, reap and remove the cgroup, here and now: nothing may outlive the daemon.
+                    if let Err(e) = sandbox.destroy() {
+                        eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+                    }
+                }
+            }
+        }
+        // Let the reaper finish what it was given.
+        let (tx, _) = mpsc::channel();
+        let reaper = std::mem::replace(&mut self.reaper, tx);
+        drop(reaper);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    fn collect_store_results(&mut self) {
+        while let Ok(done) = self.store_done.try_recv() {
+            self.respond(done.conn, &done.request_id, done.keep_alive, done.response);
+        }
+    }
+}
+
+fn drain_output(s: &mut Sb) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        // SAFETY: a non-blocking read into a local buffer from a pipe we own.
+        let n = unsafe { libc::read(s.output.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        s.output_tail.extend_from_slice(&buf[..n as usize]);
+        if s.output_tail.len() > OUTPUT_TAIL {
+            let cut = s.output_tail.len() - OUTPUT_TAIL;
+            s.output_tail.drain(..cut);
+        }
+    }
+}
+
+fn task_json(info: &TaskInfo) -> serde_json::Value {
+    serde_json::json!({"task": info.task, "sha256": info.sha256, "size": info.size, "updated": info.updated})
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTRAP => "SIGTRAP",
+        _ => "signal",
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most 4 bytes into the local array.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    u32::from_ne_bytes(b)
+}
+
+fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>, Receiver<StoreDone>) {
+    let (jobs_tx, jobs) = mpsc::channel::<StoreJob>();
+    let (done_tx, done) = mpsc::channel::<StoreDone>();
+    std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            for job in jobs {
+                let done = match job {
+                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, started } => {
+                        let response = match store.put(&tenant, &task, &source) {
+                            Ok((info, created)) => {
+                                let _ = started;
+                                let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
+                                Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256))
+                            }
+                            Err(e) => Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None),
+                        };
+                        StoreDone { conn, keep_alive, request_id, response }
+                    }
+                    StoreJob::Delete { conn, keep_alive, request_id, tenant, task } => {
+                        let response = match store.delete(&tenant, &task) {
+                            Ok(true) => Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Bytes::new() },
+                            Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
+                            Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::jail::error_chain(&e)), None),
+                        };
+                        StoreDone { conn, keep_alive, request_id, response }
+                    }
+                };
+                if done_tx.send(done).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        })
+        .expect("spawning the store thread");
+    (jobs_tx, done)
+}
+
+fn start_reaper_thread() -> Sender<jailer::Sandbox> {
+    let (tx, rx) = mpsc::channel::<jailer::Sandbox>();
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            for sandbox in rx {
+                if let Err(e) = sandbox.destroy() {
+                    eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+                }
+            }
+        })
+        .expect("spawning the reaper thread");
+    tx
+}

@@ -1,0 +1,163 @@
+//! Threads that make sandboxes off the event loop and wait for their Node runtime to say it is ready.
+//!
+//! Booting Node takes over 100 ms; the loop never waits for it. A job goes in over a channel; a booted sandbox
+//! (or the reason it could not be made) comes back over another, with a `mio::Waker` poke. The threads live as
+//! long as the daemon: each sandbox's PR_SET_PDEATHSIG is tied to the thread that cloned it.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jailer::{Jailer, SandboxSpec, Stdio};
+use runtime::{Decoder, Frame};
+
+/// A sandbox whose runtime has sent `Ready`.
+pub struct Spawned {
+    pub sandbox: jailer::Sandbox,
+    pub socket: UnixStream,
+    /// Read end of the pipe on the sandbox's stdout and stderr.
+    pub output: OwnedFd,
+    pub boot: Duration,
+}
+
+pub type Outcome = Result<Spawned, String>;
+
+pub struct Spawner {
+    jobs: Sender<()>,
+    pub results: Receiver<Outcome>,
+}
+
+/// How Node is started in every sandbox.
+#[derive(Clone)]
+pub struct NodeCommand {
+    pub argv: Vec<String>,
+    pub ready_timeout: Duration,
+}
+
+impl Spawner {
+    pub fn start(jailer: Arc<Jailer>, node: NodeCommand, threads: usize, waker: Arc<mio::Waker>) -> Spawner {
+        let (jobs, job_rx) = mpsc::channel::<()>();
+        let (result_tx, results) = mpsc::channel::<Outcome>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for i in 0..threads.max(1) {
+            let (jailer, node, job_rx, result_tx, waker) = (jailer.clone(), node.clone(), job_rx.clone(), result_tx.clone(), waker.clone());
+            std::thread::Builder::new()
+                .name(format!("spawner-{i}"))
+                .spawn(move || loop {
+                    let job = job_rx.lock().expect("spawner queue lock").recv();
+                    if job.is_err() {
+                        return;
+                    }
+                    let outcome = spawn_one(&jailer, &node);
+                    if result_tx.send(outcome).is_err() {
+                        return;
+                    }
+                    let _ = waker.wake();
+                })
+                .expect("spawning a spawner thread");
+        }
+        Spawner { jobs, results }
+    }
+
+    /// Ask for one more sandbox.
+    pub fn request(&self) {
+        let _ = self.jobs.send(());
+    }
+}
+
+fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
+    let started = Instant::now();
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let out_w2 = out_w.try_clone().map_err(|e| format!("dup: {e}"))?;
+    let spec = SandboxSpec {
+        argv: node.argv.clone(),
+        env: Vec::new(),
+        stdio: Stdio::Fds([OwnedFd::from(devnull), out_w, out_w2]),
+        socket: Some(OwnedFd::from(theirs)),
+        limits: None,
+    };
+    let mut sandbox = jailer.make(spec).map_err(|e| crate::jail::error_chain(&e))?;
+    match await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout) {
+        Ok(()) => Ok(Spawned { sandbox, socket: ours, output: out_r, boot: started.elapsed() }),
+        Err(msg) => {
+            sandbox.kill();
+            Err(msg)
+        }
+    }
+}
+
+/// Block (on this spawner thread) until the runtime's `Ready` frame, its death, or the timeout.
+fn await_ready(sandbox: &mut jailer::Sandbox, socket: &UnixStream, output: &OwnedFd, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut decoder = Decoder::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("the sandbox's runtime did not become ready within {} ms", timeout.as_millis()));
+        }
+        let mut fds = [
+            libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sandbox.pidfd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll reads and writes the two-element local array.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, left.as_millis().min(i32::MAX as u128) as i32) };
+        if fds[0].revents != 0 {
+            let n = (&*socket).read(&mut buf).map_err(|e| format!("reading from the sandbox: {e}"))?;
+            if n > 0 {
+                decoder.feed(&buf[..n]);
+                match decoder.next() {
+                    Ok(Some(Frame::Ready { .. })) => {
+                        socket.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
+                        return Ok(());
+                    }
+                    Ok(Some(_)) => return Err("the sandbox's runtime sent a frame before Ready".into()),
+                    Ok(None) => continue,
+                    Err(e) => return Err(format!("the sandbox's runtime sent garbage: {e}")),
+                }
+            }
+        }
+        if fds[1].revents != 0 || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            let exit = sandbox.wait().map_err(|e| format!("waiting: {e}"))?;
+            let tail = read_tail(output);
+            return Err(format!("node exited during start-up with status {}: {}", exit.status.code(), tail.trim()));
+        }
+    }
+}
+
+fn read_tail(fd: &OwnedFd) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: a non-blocking read into a local buffer; the flags call only changes the file status flags.
+        let n = unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+        if out.len() > 64 << 10 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let start = text.len().saturating_sub(2000);
+    text[text.floor_char_boundary(start)..].to_string()
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
