@@ -69,6 +69,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SUBSCRIBER_BACKLOG: usize = 1 << 20;
 /// Output kept from a sandbox's stdout and stderr, to tell a V8 heap failure from other deaths.
 const OUTPUT_TAIL: usize = 8 << 10;
+/// How long a closing connection may keep sending before it is cut off.
+const LINGER: Duration = Duration::from_secs(2);
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 enum ConnState {
@@ -371,7 +373,7 @@ impl Server {
                     if conn.input.is_empty() && matches!(conn.state, ConnState::Idle) {
                         conn.deadline = Instant::now() + REQUEST_TIMEOUT;
                     }
-                    if !matches!(conn.state, ConnState::Streaming { .. }) {
+                    if !matches!(conn.state, ConnState::Streaming { .. } | ConnState::Closing) {
                         conn.input.extend_from_slice(&buf[..n]);
                     }
                 }
@@ -400,8 +402,16 @@ impl Server {
                     return;
                 }
                 ConnState::Closing => {
+                    // Lingering close: once the answer is out, half-close and discard what the client still
+                    // sends (an oversized body, say) until it closes, so that it reads the answer instead of
+                    // a connection reset. Housekeeping ends the wait after LINGER.
+                    conn.input.clear();
                     if conn.output.is_empty() {
-                        self.close(key);
+                        if conn.read_closed {
+                            self.close(key);
+                        } else {
+                            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                        }
                     }
                     return;
                 }
@@ -449,6 +459,7 @@ impl Server {
             Response::error(status, kind, message, None).write(&mut conn.output, &request_id, false);
             conn.state = ConnState::Closing;
             conn.keep_alive = false;
+            conn.deadline = Instant::now() + LINGER;
         }
         self.flush(key);
         self.advance(key);
@@ -460,7 +471,7 @@ impl Server {
         let keep = keep_alive && conn.keep_alive && self.draining.is_none();
         response.write(&mut conn.output, request_id, keep);
         conn.state = if keep { ConnState::Idle } else { ConnState::Closing };
-        conn.deadline = Instant::now() + IDLE_TIMEOUT;
+        conn.deadline = Instant::now() + if keep { IDLE_TIMEOUT } else { LINGER };
         self.flush(key);
         self.advance(key);
     }
