@@ -11,9 +11,9 @@ build:
 	$(CARGO) build --release --workspace
 
 # The sandbox root: the host's Node, exactly the libraries it loads, and the runtime's JavaScript.
-rootfs: $(ROOTFS)/.built
+rootfs: target/rootfs.stamp
 
-$(ROOTFS)/.built: rootfs/build.sh $(wildcard runtime/js/*.js) /usr/bin/node
+target/rootfs.stamp: rootfs/build.sh $(wildcard runtime/js/*.js) /usr/bin/node
 	bash rootfs/build.sh $(ROOTFS)
 	touch $@
 

@@ -375,9 +375,11 @@ function invoke(inv, meta, source, data) {
         else onValue(value);
       };
       returned = reflectApply(handler, undefined, [input, ctx, callback]);
-      // A callback-style task may also return a promise (an async function); anything else it returns
-      // (a timer, say) is not its result.
-      if (typeof thenOf(returned) !== 'function') return;
+      // A callback-style task answers through the callback only. It may be an async function: its
+      // promise's rejection fails the invocation, but its fulfilment (usually undefined, before a timer
+      // calls back) is not the result.
+      if (typeof thenOf(returned) === 'function') promiseThen(promiseResolve(returned), undefined, onError);
+      return;
     } else {
       returned = reflectApply(handler, undefined, [input, ctx]);
     }

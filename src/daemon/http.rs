@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(&r.body[..], b"{}");
         assert_eq!(r.request_id.as_deref(), Some("abc"));
         assert!(r.keep_alive);
-        assert_eq!(n, 76);
+        assert_eq!(n, 75);
     }
 
     #[test]

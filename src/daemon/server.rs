@@ -71,6 +71,8 @@ const SUBSCRIBER_BACKLOG: usize = 1 << 20;
 const OUTPUT_TAIL: usize = 8 << 10;
 /// How long a closing connection may keep sending before it is cut off.
 const LINGER: Duration = Duration::from_secs(2);
+/// A sandbox that has compiled this many distinct sources is recycled when next idle.
+const MAX_COMPILED: usize = 1024;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 enum ConnState {
@@ -150,6 +152,8 @@ struct Invocation {
     deadline: Instant,
     logs: Captured,
     compile: Option<Bytes>,
+    /// The compiled-code key a Run used, forgotten again if the code fails to compile.
+    key: Option<String>,
 }
 
 struct Pending {
@@ -762,19 +766,19 @@ impl Server {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let deadline = Instant::now() + self.config.timeout;
         let s = self.sbs.get_mut(sb).expect("dispatch to a live sandbox");
-        let (frame, task, compile) = match job {
+        let (frame, task, compile, code_key) = match job {
             Job::Run { task, key, source, data } => {
                 let send_source = !s.compiled.contains(&key);
                 if send_source {
                     s.compiled.insert(key.clone());
                 }
-                let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key };
+                let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
                 let source = if send_source { source } else { Bytes::new() };
-                (Frame::Run { id, meta, source, data }, task, None)
+                (Frame::Run { id, meta, source, data }, task, None, Some(key))
             }
             Job::Compile { task, source } => {
                 let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()) };
-                (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source))
+                (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source), None)
             }
         };
         if runtime::encode(&frame, &mut s.outbox).is_err() {
@@ -784,7 +788,7 @@ impl Server {
         s.in_flight.insert(id);
         s.last_used = Instant::now();
         s.served += 1;
-        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs: Captured::default(), compile });
+        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs: Captured::default(), compile, key: code_key });
         self.deadlines.insert((deadline, id), ());
         self.flush_sandbox(sb);
     }
@@ -1060,9 +1064,10 @@ impl Server {
             Frame::Compiled { id } if owns(self, id) => self.complete(id, Ok(Bytes::new())),
             Frame::Error { id, kind, message } if owns(self, id) => {
                 if kind == runtime::ErrorKind::CompileError {
-                    // The sandbox did not keep code that failed to compile.
-                    if let Some(s) = self.sbs.get_mut(key) {
-                        s.compiled.retain(|k| !k.starts_with("adhoc:") && !k.starts_with("task:"));
+                    // The sandbox did not keep code that failed to compile: send it again next time.
+                    let code_key = self.invocations.get(&id).and_then(|i| i.key.clone());
+                    if let (Some(s), Some(k)) = (self.sbs.get_mut(key), code_key) {
+                        s.compiled.remove(&k);
                     }
                 }
                 let message: String = message.chars().take(16 << 10).collect();
@@ -1183,7 +1188,9 @@ impl Server {
 
     fn recycle_if_spent(&mut self, key: Key) {
         let Some(s) = self.sbs.get(key) else { return };
-        if s.in_flight.is_empty() && s.killed.is_none() && s.served >= self.config.max_requests {
+        // Every distinct piece of code stays compiled in the sandbox for its life: bound that too.
+        let spent = s.served >= self.config.max_requests || s.compiled.len() > MAX_COMPILED;
+        if s.in_flight.is_empty() && s.killed.is_none() && spent {
             self.kill_sandbox(key, KillReason::MaxRequests);
         }
     }
