@@ -73,7 +73,15 @@ fn run(opts: Options) -> Result<i32, String> {
     let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
     let jailer = Jailer::new(opts.config).map_err(|e| error_chain(&e))?;
     let spec = SandboxSpec { argv: opts.argv.clone(), env: Vec::new(), stdio: Stdio::Inherit, socket: None, limits: None };
-    let mut sandbox = jailer.make(spec).map_err(|e| format!("{}: {}", opts.argv[0], error_chain(&e)))?;
+    let mut sandbox = match jailer.make(spec) {
+        Ok(s) => s,
+        // The shell's conventions: 127 for a command not found, 126 for one that cannot be executed.
+        Err(e @ jailer::JailError::Child { step: jailer::spawn::Step::Exec, errno }) => {
+            eprintln!("taskcell jail: {}: {}", opts.argv[0], error_chain(&e));
+            return Ok(if errno == libc::ENOENT { 127 } else { 126 });
+        }
+        Err(e) => return Err(format!("{}: {}", opts.argv[0], error_chain(&e))),
+    };
     let mut forwarded = None;
     loop {
         let mut fds = [

@@ -25,7 +25,7 @@ pub enum MountError {
 }
 
 /// The step of the child's mount work that failed, reported with its errno.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MountStep {
     Private,
     RootTmpfs,
@@ -37,6 +37,40 @@ pub enum MountStep {
     BindRo,
     RootReadOnly,
     Pivot,
+}
+
+impl MountStep {
+    const ALL: [MountStep; 10] = [
+        MountStep::Private,
+        MountStep::RootTmpfs,
+        MountStep::RootfsDir,
+        MountStep::RootfsSymlink,
+        MountStep::Proc,
+        MountStep::Tmp,
+        MountStep::Dev,
+        MountStep::BindRo,
+        MountStep::RootReadOnly,
+        MountStep::Pivot,
+    ];
+
+    pub fn from_code(code: u32) -> Option<MountStep> {
+        Self::ALL.get(code as usize).copied()
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            MountStep::Private => "making / private",
+            MountStep::RootTmpfs => "mounting the new root's tmpfs",
+            MountStep::RootfsDir => "binding a rootfs directory read-only",
+            MountStep::RootfsSymlink => "recreating a rootfs symlink",
+            MountStep::Proc => "mounting /proc",
+            MountStep::Tmp => "mounting /tmp",
+            MountStep::Dev => "populating /dev",
+            MountStep::BindRo => "binding a --bind-ro path",
+            MountStep::RootReadOnly => "making the new root read-only",
+            MountStep::Pivot => "pivot_root into the new root",
+        }
+    }
 }
 
 enum Op {

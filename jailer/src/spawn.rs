@@ -92,7 +92,7 @@ pub enum JailError {
     Nul,
     #[error("empty command")]
     NoCommand,
-    #[error("sandbox setup failed at step {step:?}: {}", std::io::Error::from_raw_os_error(*errno))]
+    #[error("sandbox setup failed at step {step}: {}", std::io::Error::from_raw_os_error(*errno))]
     Child { step: Step, errno: i32 },
 }
 
@@ -151,6 +151,29 @@ impl Step {
             return Step::Mount(sub);
         }
         ALL.into_iter().find(|s| s.code().0 == code).unwrap_or(Step::Exec)
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            Step::DeathSignal => "PR_SET_PDEATHSIG",
+            Step::AwaitParent => "waiting for the parent",
+            Step::BecomeUser => "setresuid/setresgid to the sandbox user",
+            Step::CgroupNamespace => "unshare(CLONE_NEWCGROUP)",
+            Step::Mount(code) => MountStep::from_code(*code).map_or("mount", MountStep::describe),
+            Step::Hostname => "sethostname",
+            Step::Loopback => "bringing lo up",
+            Step::Rlimits => "setrlimit",
+            Step::Descriptors => "arranging descriptors",
+            Step::Session => "setsid",
+            Step::Signals => "resetting signals",
+            Step::DropCapabilities => "dropping capabilities",
+            Step::NoNewPrivs => "PR_SET_NO_NEW_PRIVS",
+            Step::Seccomp => "installing the seccomp filters",
+            Step::Exec => "execve",
+        };
+        f.write_str(text)
     }
 }
 
