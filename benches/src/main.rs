@@ -1,1 +1,288 @@
-fn main() {}
+//! `make bench`: taskcell measured side by side with its baselines in one run, on one machine.
+//!
+//! Five groups of rows (see benches/README.md): making a sandbox, warm invocation, cold invocation,
+//! throughput, pool refill and memory. Rows within a group are sampled round-robin so that drift on a
+//! shared machine hits them alike; every figure is a percentile from an hdrhistogram. The daemons and
+//! servers under test are started here, in a temp dir under the output dir, and stopped (SIGTERM, then
+//! wait) before the bench exits. The bench owns nothing else and kills nothing else.
+
+mod daemon;
+mod http;
+mod invoke;
+mod lanes;
+mod pool;
+mod procs;
+mod report;
+mod sandbox;
+mod throughput;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use report::Report;
+
+pub const TASK_JS: &str = include_str!("../js/task.js");
+const SERVER_JS: &str = include_str!("../js/server.js");
+const IDLE_JS: &str = include_str!("../js/idle.js");
+
+/// What every group needs to know about this run.
+pub struct Ctx {
+    pub quick: bool,
+    /// The taskcell binary, or why there is none.
+    pub taskcell: Result<PathBuf, String>,
+    pub rootfs: Option<PathBuf>,
+    pub node: PathBuf,
+    pub out: PathBuf,
+    /// target/bench/tmp-<pid>: sockets, state dirs, logs, fixtures; removed at the end.
+    pub tmp: PathBuf,
+    pub pool_size: usize,
+}
+
+const USAGE: &str = "usage: taskcell-bench [--quick] [--taskcell PATH] [--rootfs DIR] [--node PATH]
+                      [--pool-size N] [--out DIR] [--only 1,2,3,4,5]
+
+  --quick          every row with few samples (make bench-quick; well under two minutes)
+  --taskcell PATH  the taskcell binary (default target/release/taskcell)
+  --rootfs DIR     passed to `taskcell jail` and `taskcell serve` (default: theirs)
+  --node PATH      Node for the baselines (default /usr/bin/node; sandboxes use their own)
+  --pool-size N    the daemons' pre-warmed pool (default 4; the pool-empty row uses 0)
+  --out DIR        where results.json, the no-op fixture and the temp dir go (default target/bench)
+  --only LIST      run only these groups (1 sandbox, 2 warm, 3 cold, 4 throughput, 5 pool/memory)";
+
+struct Args {
+    quick: bool,
+    taskcell: PathBuf,
+    rootfs: Option<PathBuf>,
+    node: PathBuf,
+    pool_size: usize,
+    out: PathBuf,
+    only: Vec<u8>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        quick: false,
+        taskcell: PathBuf::from("target/release/taskcell"),
+        rootfs: None,
+        node: PathBuf::from("/usr/bin/node"),
+        pool_size: 4,
+        out: PathBuf::from("target/bench"),
+        only: vec![1, 2, 3, 4, 5],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--full" => a.quick = false,
+            "--taskcell" => a.taskcell = PathBuf::from(val("--taskcell")?),
+            "--rootfs" => a.rootfs = Some(PathBuf::from(val("--rootfs")?)),
+            "--node" => a.node = PathBuf::from(val("--node")?),
+            "--out" => a.out = PathBuf::from(val("--out")?),
+            "--pool-size" => {
+                a.pool_size = val("--pool-size")?.parse().map_err(|_| "--pool-size needs a number")?;
+                if a.pool_size == 0 {
+                    return Err("--pool-size must be at least 1 (the pool-empty row uses 0 by itself)".into());
+                }
+            }
+            "--only" => {
+                a.only = val("--only")?
+                    .split(',')
+                    .map(|g| g.trim().parse::<u8>().ok().filter(|g| (1..=5).contains(g)).ok_or(format!("bad group {g:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+/// UTC date and time from the system clock, without a date crate.
+fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn first_line(path: &str, key: &str) -> Option<String> {
+    let s = fs::read_to_string(path).ok()?;
+    s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+}
+
+fn version_of(prog: &Path, arg: &str) -> String {
+    Command::new(prog)
+        .arg(arg)
+        .env_clear()
+        .env("PATH", procs::CLEAN_PATH)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_else(|| "not found".into())
+}
+
+fn machine(ctx: &Ctx) -> Vec<(String, String)> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let nproc = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let mut m = vec![
+        ("nproc".to_string(), nproc.to_string()),
+        ("cpu".into(), first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into())),
+        ("kernel".into(), fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
+        ("memory".into(), first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into())),
+        ("node".into(), version_of(&ctx.node, "--version")),
+        (
+            "taskcell".into(),
+            match &ctx.taskcell {
+                Ok(p) => p.display().to_string(),
+                Err(e) => e.clone(),
+            },
+        ),
+        ("load average at start".into(), fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()),
+    ];
+    for tool in ["unshare", "bwrap", "crun"] {
+        let v = procs::which(tool).map(|p| version_of(&p, "--version")).unwrap_or_else(|| "not installed".into());
+        m.push((tool.into(), v));
+    }
+    m
+}
+
+fn ratio(r: &Report, a: &str, b: &str, qa: f64) -> Option<f64> {
+    let ra = r.row(a).filter(|x| x.ok())?;
+    let rb = r.row(b).filter(|x| x.ok())?;
+    Some(ra.hist.value_at_quantile(qa) as f64 / rb.hist.value_at_quantile(0.5).max(1) as f64)
+}
+
+fn goals(r: &Report) -> Vec<String> {
+    let mut g = Vec::new();
+    let verdict = |x: f64, limit: f64| if x <= limit { "met" } else { "NOT met" };
+    if let Some(x) = ratio(r, invoke::TC_WARM, invoke::BARE_WARM, 0.5) {
+        g.push(format!("warm p50 / bare node server p50 = {x:.2} (goal <= 1.5: {})", verdict(x, 1.5)));
+    }
+    if let Some(x) = ratio(r, invoke::COLD_POOL, invoke::BARE_WARM, 0.99) {
+        g.push(format!("cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})", verdict(x, 20.0)));
+    }
+    if let Some(x) = ratio(r, sandbox::JAIL_NOOP, sandbox::UNSHARE, 0.5) {
+        g.push(format!("jail no-op p50 / unshare p50 = {x:.2} (goal <= 1: {})", verdict(x, 1.0)));
+    }
+    if let (Some(a), Some(b)) = (r.row(sandbox::JAIL_NODE).and_then(|x| x.p50()), r.row(sandbox::BARE_NODE).and_then(|x| x.p50())) {
+        g.push(format!(
+            "jail node start p50 - bare node start p50 = {:+.1} ms (isolation on top of Node's own start-up)",
+            (a as f64 - b as f64) / 1e3
+        ));
+    }
+    if let Some(x) = ratio(r, "idle pool sandbox: PSS", "idle bare node: PSS", 0.5) {
+        g.push(format!("idle sandbox PSS / idle bare node PSS = {x:.2} (goal: close to 1)"));
+    }
+    g
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("taskcell-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    procs::install_signal_handlers();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("taskcell-bench: panic: {info}");
+        procs::emergency_cleanup();
+    }));
+
+    let out = args.out.clone();
+    if let Err(e) = fs::create_dir_all(&out) {
+        eprintln!("taskcell-bench: creating {}: {e}", out.display());
+        std::process::exit(1);
+    }
+    let out = fs::canonicalize(&out).unwrap_or(out);
+    let tmp = out.join(format!("tmp-{}", std::process::id()));
+    procs::register_tmpdir(&tmp);
+    let setup = fs::create_dir_all(tmp.join("js"))
+        .and_then(|_| fs::write(tmp.join("js/task.js"), TASK_JS))
+        .and_then(|_| fs::write(tmp.join("js/server.js"), SERVER_JS))
+        .and_then(|_| fs::write(tmp.join("js/idle.js"), IDLE_JS));
+    if let Err(e) = setup {
+        eprintln!("taskcell-bench: setting up {}: {e}", tmp.display());
+        procs::remove_tmpdirs();
+        std::process::exit(1);
+    }
+    let taskcell = if args.taskcell.is_file() {
+        Ok(fs::canonicalize(&args.taskcell).unwrap_or(args.taskcell.clone()))
+    } else {
+        Err(format!("taskcell binary not found at {}", args.taskcell.display()))
+    };
+    let ctx = Ctx {
+        quick: args.quick,
+        taskcell,
+        rootfs: args.rootfs.clone(),
+        node: args.node.clone(),
+        out: out.clone(),
+        tmp: tmp.clone(),
+        pool_size: args.pool_size,
+    };
+
+    let started = Instant::now();
+    let mut report = Report {
+        mode: if ctx.quick { "quick" } else { "full" },
+        date: utc_now(),
+        machine: machine(&ctx),
+        rows: Vec::new(),
+        warnings: Vec::new(),
+        goals: Vec::new(),
+    };
+    eprintln!("taskcell-bench: {} run, groups {:?}", report.mode, args.only);
+    for g in &args.only {
+        if procs::stopping() {
+            break;
+        }
+        let t0 = Instant::now();
+        let rows = match g {
+            1 => sandbox::run(&ctx),
+            2 => invoke::warm(&ctx, &mut report.warnings),
+            3 => invoke::cold(&ctx, &mut report.warnings),
+            4 => throughput::run(&ctx, &mut report.warnings),
+            _ => pool::run(&ctx, &mut report.warnings),
+        };
+        eprintln!("taskcell-bench: group {g} done in {:.1} s", t0.elapsed().as_secs_f64());
+        report.rows.extend(rows);
+    }
+    let interrupted = procs::stopping();
+    if interrupted {
+        report.warnings.push("interrupted: the table holds what was measured before the signal".into());
+    }
+    report.finish();
+    report.goals = goals(&report);
+    report.machine.push(("bench wall time".into(), format!("{:.1} s", started.elapsed().as_secs_f64())));
+    procs::remove_tmpdirs();
+
+    print!("{}", report.table());
+    let json_path = out.join("results.json");
+    let body = serde_json::to_vec_pretty(&report.json()).unwrap_or_default();
+    match fs::write(&json_path, body) {
+        Ok(()) => println!("results: {}", json_path.display()),
+        Err(e) => {
+            eprintln!("taskcell-bench: writing {}: {e}", json_path.display());
+            std::process::exit(1);
+        }
+    }
+    if interrupted {
+        std::process::exit(130);
+    }
+}

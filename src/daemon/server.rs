@@ -56,11 +56,6 @@ fn decode_token(t: Token) -> Option<(usize, u32, u32, usize)> {
     }
 }
 
-/// Generations in tokens are 24 bits wide; keys compare on the same bits.
-fn same_key(k: Key, gen: u32, index: u32) -> bool {
-    k.index == index && (k.gen & 0xff_ffff) == gen
-}
-
 /// A connection still sending its request may take this long between bytes of it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection is closed after this long.
@@ -282,12 +277,12 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     token => match decode_token(token) {
                         Some((CONN_KIND, gen, index, _)) => {
-                            if let Some(key) = self.conns.keys().into_iter().find(|k| same_key(*k, gen, index)) {
+                            if let Some(key) = self.conns.find(index, gen) {
                                 self.on_conn_event(key, event.is_readable() || event.is_read_closed(), event.is_writable());
                             }
                         }
                         Some((SB_KIND, gen, index, sub)) => {
-                            let key = self.sbs.keys().into_iter().find(|k| same_key(*k, gen, index));
+                            let key = self.sbs.find(index, gen);
                             if let Some(key) = key {
                                 match sub {
                                     SB_SOCKET => self.on_sandbox_socket(key, event.is_readable() || event.is_read_closed(), event.is_writable()),

@@ -56,6 +56,14 @@ impl<T> Slab<T> {
         }
     }
 
+    /// The live key at `index` whose generation's low 24 bits are `gen24` (as packed into a mio token).
+    pub fn find(&self, index: u32, gen24: u32) -> Option<Key> {
+        match self.slots.get(index as usize) {
+            Some((gen, Some(_))) if gen & 0xff_ffff == gen24 => Some(Key { index, gen: *gen }),
+            _ => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
