@@ -42,6 +42,10 @@ pub struct Config {
     pub max_body: usize,
     pub spawners: usize,
     pub max_starting: usize,
+    /// Sandboxes alive at once (pool and tenants); a new tenant beyond it takes the place of the least
+    /// recently used idle one.
+    pub max_sandboxes: usize,
+    max_sandboxes_given: bool,
 }
 
 impl Default for Config {
@@ -65,6 +69,8 @@ impl Default for Config {
             max_body: 1 << 20,
             spawners: cores.clamp(1, 4),
             max_starting: cores.clamp(1, 4) * 2,
+            max_sandboxes: default_max_sandboxes(128 << 20),
+            max_sandboxes_given: false,
         }
     }
 }
@@ -80,6 +86,10 @@ impl Config {
             "rootfs" => self.rootfs = Some(PathBuf::from(value)),
             "timeout-ms" => self.timeout = ms(value)?,
             "memory" => self.memory = args::bytes(&flag, value)?,
+            "max-sandboxes" => {
+                self.max_sandboxes = args::count(&flag, value)?.max(1) as usize;
+                self.max_sandboxes_given = true;
+            }
             "pids" => self.pids = args::count(&flag, value)?,
             "tmp-size" => self.tmp_bytes = args::bytes(&flag, value)?,
             "cpus" => {
@@ -114,6 +124,15 @@ impl Config {
     }
 }
 
+/// As many sandboxes as fit in half the machine's memory at their limit, between 8 and 512.
+fn default_max_sandboxes(memory_limit: u64) -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()))
+        .map_or(8 << 30, |kb| kb << 10);
+    ((total / 2 / memory_limit.max(1)) as usize).clamp(8, 512)
+}
+
 fn parse(raw: Vec<String>) -> Result<Config, String> {
     let mut config = Config::default();
     let mut flags = Flags::new(raw);
@@ -131,6 +150,10 @@ fn parse(raw: Vec<String>) -> Result<Config, String> {
     for (k, v) in overrides {
         config.set(&k, &v).map_err(|e| e.to_string())?;
     }
+    if !config.max_sandboxes_given {
+        config.max_sandboxes = default_max_sandboxes(config.memory);
+    }
+    config.max_sandboxes = config.max_sandboxes.max(config.pool_size + 1);
     Ok(config)
 }
 
@@ -151,7 +174,20 @@ pub fn main(raw: Vec<String>) -> ExitCode {
     }
 }
 
+/// Raise the soft limit on open files to the hard one: every connection and sandbox holds descriptors.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit read and write a local rlimit.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn serve(config: Config) -> Result<(), String> {
+    raise_nofile();
     // Signals first, before any thread exists, so that every thread inherits the mask.
     let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
     let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::jail::error_chain(&e))?);

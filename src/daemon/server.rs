@@ -98,6 +98,7 @@ enum KillReason {
     Idle,
     MaxAge,
     MaxRequests,
+    Evicted,
     Shutdown,
 }
 
@@ -109,6 +110,7 @@ impl KillReason {
             KillReason::Idle => "idle",
             KillReason::MaxAge => "max_age",
             KillReason::MaxRequests => "max_requests",
+            KillReason::Evicted => "evicted",
             KillReason::Shutdown => "shutdown",
         }
     }
@@ -865,8 +867,18 @@ impl Server {
                 return;
             }
         }
-        let demand = self.config.pool_size + self.waiting_tenants();
+        let waiting = self.waiting_tenants();
+        let demand = self.config.pool_size + waiting;
+        let mut evictions = waiting;
         while self.pool.len() + self.starting < demand && self.starting < self.config.max_starting {
+            if self.live_sandboxes() + self.starting >= self.config.max_sandboxes {
+                // At the cap, a tenant that is waiting may take the place of the least recently used idle
+                // tenant's sandbox; the pool alone never evicts anyone.
+                if evictions == 0 || !self.evict_idle() {
+                    break;
+                }
+                evictions -= 1;
+            }
             self.starting += 1;
             self.spawner.request();
         }
@@ -874,6 +886,28 @@ impl Server {
 
     fn ensure_capacity(&mut self) {
         self.refill_pool();
+    }
+
+    /// Sandboxes not yet killed (the killed ones are gone as soon as the kernel has reaped them).
+    fn live_sandboxes(&self) -> usize {
+        self.sbs.iter().filter(|(_, s)| s.killed.is_none()).count()
+    }
+
+    /// Kill the least recently used tenant sandbox with nothing in flight; false if there is none.
+    fn evict_idle(&mut self) -> bool {
+        let victim = self
+            .sbs
+            .iter()
+            .filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty())
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, _)| k);
+        match victim {
+            Some(k) => {
+                self.kill_sandbox(k, KillReason::Evicted);
+                true
+            }
+            None => false,
+        }
     }
 
     fn waiting_tenants(&self) -> usize {
