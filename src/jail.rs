@@ -102,16 +102,15 @@ fn run(opts: Options) -> Result<i32, String> {
         }
     }
     let exit = sandbox.wait().map_err(|e| format!("waiting for the sandbox: {e}"))?;
+    let culprit = if exit.seccomp_killed() { sandbox.seccomp_culprit() } else { None };
     drop(sandbox);
     drop(jailer);
     if let Some(sig) = forwarded {
         return Ok(128 + sig);
     }
     if exit.seccomp_killed() {
-        eprintln!(
-            "taskcell jail: {} was killed by seccomp (SIGSYS): it made a system call that policies/sandbox.json does not allow",
-            opts.argv[0]
-        );
+        let culprit = culprit.map_or("a system call".to_string(), |c| format!("the system call {c}"));
+        eprintln!("taskcell jail: {} was killed by seccomp (SIGSYS): it made {culprit}, which policies/sandbox.json does not allow", opts.argv[0]);
     } else if exit.oom_killed {
         eprintln!("taskcell jail: {} was killed by the sandbox's memory limit ({memory} bytes)", opts.argv[0]);
     }

@@ -84,6 +84,36 @@ pub fn syscall_name(nr: u32) -> Option<&'static str> {
 }
 
 /// (number, name) of every syscall the `allow` filter lists, sorted by number.
+/// Parent side, after a sandbox died of SIGSYS: the system call the filter killed it for, as the kernel's
+/// audit record of the kill says (`type=1326 ... uid=<host uid> ... syscall=<nr>` in the kernel log).
+/// The host uid is unique to one live sandbox, so the record is matched on it. Best effort: None when the
+/// kernel log is unreadable, rate-limited, or `kernel.seccomp.actions_logged` omits kill_process.
+pub fn killed_for(host_uid: u32) -> Option<(u32, &'static str)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut kmsg = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg").ok()?;
+    let needle = format!(" uid={host_uid} ");
+    let mut found = None;
+    let mut record = vec![0u8; 8192];
+    // Each read returns one record; EAGAIN at the end of the buffer. Bounded in case the log is busy.
+    for _ in 0..100_000 {
+        let n = match kmsg.read(&mut record) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue, // overwritten while reading
+            Err(_) => break,
+        };
+        let line = String::from_utf8_lossy(&record[..n]);
+        if line.contains("type=1326") && line.contains(&needle) {
+            let nr = line.split(" syscall=").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u32>().ok());
+            if let Some(nr) = nr {
+                found = Some((nr, syscall_name(nr).unwrap_or("unknown")));
+            }
+        }
+    }
+    found
+}
+
 pub fn allowed_syscalls() -> &'static [(u32, &'static str)] {
     &ALLOWED_SYSCALLS
 }

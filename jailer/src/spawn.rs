@@ -195,6 +195,13 @@ impl Exit {
     }
 }
 
+impl Sandbox {
+    /// After a seccomp kill: "syscall NAME (NR)" from the kernel's audit record, when it can be found.
+    pub fn seccomp_culprit(&self) -> Option<String> {
+        seccomp::killed_for(self.host_uid).map(|(nr, name)| format!("{name} ({nr})"))
+    }
+}
+
 /// A running sandbox. Dropping it kills it and removes its cgroup (blocking up to a few milliseconds).
 pub struct Sandbox {
     pub pid: i32,

@@ -32,10 +32,6 @@ impl Captured {
         self.json.push(b'}');
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.json.is_empty() && self.dropped == 0
-    }
-
     /// The finished JSON array, with a last entry saying how much was cut.
     pub fn finish(mut self) -> Vec<u8> {
         if self.dropped > 0 {

@@ -56,10 +56,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        Metrics::default()
-    }
-
     /// One finished invocation; `outcome` is `ok` or the error kind of the API (`timeout`, `task_error`, ...).
     pub fn invocation(&mut self, outcome: &str) {
         bump(&mut self.invocations, outcome);

@@ -1179,7 +1179,8 @@ impl Server {
         } else if killed == Some(KillReason::Timeout) {
             (502, "sandbox_crashed", "the sandbox was killed because another invocation in it ran past its time limit".to_string())
         } else if exit.seccomp_killed() {
-            (502, "sandbox_crashed", "the sandbox was killed by seccomp (SIGSYS): the task made a system call that the sandbox's policy forbids".to_string())
+            let culprit = s.sandbox.as_ref().and_then(|sb| sb.seccomp_culprit()).map_or("a system call".to_string(), |c| format!("the system call {c}"));
+            (502, "sandbox_crashed", format!("the sandbox was killed by seccomp (SIGSYS): the task made {culprit}, which the sandbox's policy forbids"))
         } else {
             let how = match exit.status {
                 jailer::pid::Status::Exited(c) => format!("exited with status {c}"),

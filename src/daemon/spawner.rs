@@ -20,7 +20,6 @@ pub struct Spawned {
     pub socket: UnixStream,
     /// Read end of the pipe on the sandbox's stdout and stderr.
     pub output: OwnedFd,
-    pub boot: Duration,
 }
 
 pub type Outcome = Result<Spawned, String>;
@@ -69,7 +68,6 @@ impl Spawner {
 }
 
 fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
-    let started = Instant::now();
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
@@ -83,7 +81,7 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     };
     let mut sandbox = jailer.make(spec).map_err(|e| crate::jail::error_chain(&e))?;
     match await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout) {
-        Ok(()) => Ok(Spawned { sandbox, socket: ours, output: out_r, boot: started.elapsed() }),
+        Ok(()) => Ok(Spawned { sandbox, socket: ours, output: out_r }),
         Err(msg) => {
             sandbox.kill();
             Err(msg)
