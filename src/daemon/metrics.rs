@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn empty_metrics_render_every_family() {
-        let (samples, types) = parse(&Metrics::new().render(&Gauges::default()));
+        let (samples, types) = parse(&Metrics::default().render(&Gauges::default()));
         for family in [
             "taskcell_invocations_total",
             "taskcell_http_requests_total",
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn counters_and_gauges() {
-        let mut m = Metrics::new();
+        let mut m = Metrics::default();
         m.invocation("ok");
         m.invocation("ok");
         m.invocation("timeout");
@@ -337,7 +337,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_and_inf_equals_count() {
-        let mut m = Metrics::new();
+        let mut m = Metrics::default();
         let observed = [0.0, 0.0005, 0.0007, 0.003, 0.003, 0.2, 1.0, 9.0, 10.0, 11.0, 3600.0];
         for secs in observed {
             m.observe(Duration::from_secs_f64(secs));
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let mut m = Metrics::new();
+        let mut m = Metrics::default();
         let nasty = "a\\b\"c\nd}e,f=\"g";
         m.invocation(nasty);
         m.sandbox_killed("x\n# TYPE evil counter");
