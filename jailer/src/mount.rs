@@ -213,8 +213,8 @@ impl MountPlan {
 }
 
 fn run(op: &Op) -> Result<(), i32> {
-    // SAFETY (all calls below): every pointer is to a NUL-terminated CString owned by the plan, which outlives
-    // the call; null pointers are passed only where the syscall documents them as optional.
+    // SAFETY: every pointer below is to a NUL-terminated CString owned by the plan, which outlives the call;
+    // null pointers are passed only where the syscall documents them as optional.
     unsafe {
         match op {
             Op::Mkdir(path) => {

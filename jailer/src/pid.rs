@@ -2,8 +2,10 @@
 //!
 //! The sandbox's first process is PID 1 of a new PID namespace (created by the `clone` in [`crate::spawn`]): when
 //! it dies the kernel kills every other process of the namespace, so killing one pidfd ends the whole sandbox.
-//! Child side: die with the supervisor thread, and start a new session. Parent side: signals and exit status
-//! through the pidfd, never through a pid that could be reused.
+//! It stays behind as a minimal init (reaping orphans, reporting the command's status) and forks the command,
+//! which is then an ordinary process that its own signals can kill. Child side: die with the supervisor
+//! thread, start a new session, the init. Parent side: signals and exit status through the pidfd, never
+//! through a pid that could be reused.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -97,6 +99,91 @@ pub fn wait(pidfd: BorrowedFd<'_>, block: bool) -> std::io::Result<Option<Status
             libc::CLD_EXITED => Status::Exited(status),
             _ => Status::Signaled(status),
         }));
+    }
+}
+
+/// Child side: fork (a raw clone with SIGCHLD), returning 0 in the child and its pid in the parent.
+pub fn fork() -> Result<i32, i32> {
+    // SAFETY: a raw clone without CLONE_VM behaves like fork; both sides continue with copies of this stack.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    if rc < 0 {
+        Err(errno())
+    } else {
+        Ok(rc as i32)
+    }
+}
+
+/// Where this process's argv and environment strings live (from /proc/self/stat), so that the sandbox's
+/// init, a copy of this process, can blank them: /proc/1/cmdline is readable inside the sandbox and must not
+/// show the daemon's command line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArgsArea {
+    start: usize,
+    end: usize,
+}
+
+impl ArgsArea {
+    pub fn of_self() -> ArgsArea {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name in parentheses (which may hold spaces): arg_start is field 48,
+        // env_end field 51 (1-based), that is the 46th and 49th after the ")".
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<usize> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+        match (fields.get(45), fields.get(48)) {
+            (Some(&start), Some(&end)) if start > 0 && end > start && end - start < (1 << 20) => ArgsArea { start, end },
+            _ => ArgsArea::default(),
+        }
+    }
+}
+
+/// Child side, PID 1 of the sandbox: reap every child until `command` exits, write its wait status to
+/// `report`, and exit (which ends the PID namespace and everything left in it). Never returns.
+pub fn run_init(command: i32, report: i32, status_pipe: i32, args: ArgsArea) -> ! {
+    // SAFETY: blanks this process's own argv/environment strings, a range of its own writable memory found
+    // from /proc/self/stat before the fork; then closes descriptors the init does not use (the command keeps
+    // its own copies); then only wait4, write and _exit, on locals.
+    unsafe {
+        if args.end > args.start {
+            std::ptr::write_bytes(args.start as *mut u8, 0, args.end - args.start);
+            let name = b"taskcell-init";
+            if args.end - args.start > name.len() {
+                std::ptr::copy_nonoverlapping(name.as_ptr(), args.start as *mut u8, name.len());
+            }
+        }
+        libc::close_range(0, (report - 1).max(0) as u32, 0);
+        libc::close_range((report + 1) as u32, u32::MAX, 0);
+        let _ = status_pipe; // closed above: the command's copy alone tells the parent whether exec worked
+        loop {
+            let mut status: libc::c_int = 0;
+            let pid = libc::wait4(-1, &mut status, libc::__WALL, std::ptr::null_mut());
+            if pid == command {
+                libc::write(report, (&status as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>());
+                libc::_exit(0);
+            }
+            if pid < 0 && errno() != libc::EINTR {
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+/// Parent side: the wait status the sandbox's init reported for its command, if it did.
+pub fn read_reported_status(fd: BorrowedFd<'_>) -> Option<Status> {
+    let mut raw: libc::c_int = 0;
+    // SAFETY: a non-blocking read of at most 4 bytes into a local; the init exited, so the pipe has no writer.
+    let n = unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+        libc::read(fd.as_raw_fd(), (&mut raw as *mut libc::c_int).cast(), std::mem::size_of::<libc::c_int>())
+    };
+    if n != std::mem::size_of::<libc::c_int>() as isize {
+        return None;
+    }
+    if libc::WIFEXITED(raw) {
+        Some(Status::Exited(libc::WEXITSTATUS(raw)))
+    } else if libc::WIFSIGNALED(raw) {
+        Some(Status::Signaled(libc::WTERMSIG(raw)))
+    } else {
+        None
     }
 }
 

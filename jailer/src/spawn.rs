@@ -113,6 +113,7 @@ pub enum Step {
     DropCapabilities,
     NoNewPrivs,
     Seccomp,
+    Init,
     Exec,
 }
 
@@ -137,15 +138,16 @@ impl Step {
             Step::NoNewPrivs => 13,
             Step::Seccomp => 14,
             Step::Exec => 15,
+            Step::Init => 16,
         };
         (n, 0)
     }
 
     fn from_code(code: u32, sub: u32) -> Step {
-        const ALL: [Step; 14] = [
+        const ALL: [Step; 15] = [
             Step::DeathSignal, Step::AwaitParent, Step::BecomeUser, Step::CgroupNamespace, Step::Hostname,
             Step::Loopback, Step::Rlimits, Step::Descriptors, Step::Session, Step::Signals, Step::DropCapabilities,
-            Step::NoNewPrivs, Step::Seccomp, Step::Exec,
+            Step::NoNewPrivs, Step::Seccomp, Step::Init, Step::Exec,
         ];
         if code == 5 {
             return Step::Mount(sub);
@@ -171,6 +173,7 @@ impl std::fmt::Display for Step {
             Step::DropCapabilities => "dropping capabilities",
             Step::NoNewPrivs => "PR_SET_NO_NEW_PRIVS",
             Step::Seccomp => "installing the seccomp filters",
+            Step::Init => "forking the command from the sandbox's init",
             Step::Exec => "execve",
         };
         f.write_str(text)
@@ -207,6 +210,8 @@ pub struct Sandbox {
     pub pid: i32,
     pub host_uid: u32,
     pidfd: OwnedFd,
+    /// Where the sandbox's init writes the command's wait status before it exits.
+    exit_report: OwnedFd,
     cgroup: Option<Cgroup>,
     exit: Option<Exit>,
 }
@@ -226,7 +231,10 @@ impl Sandbox {
         if let Some(exit) = self.exit {
             return Ok(Some(exit));
         }
-        let Some(status) = pid::wait(self.pidfd.as_fd(), block)? else { return Ok(None) };
+        let Some(init_status) = pid::wait(self.pidfd.as_fd(), block)? else { return Ok(None) };
+        // The command's own status, as the init reported it; the init's, if it was killed first (a timeout,
+        // the OOM killer, a shutdown).
+        let status = pid::read_reported_status(self.exit_report.as_fd()).unwrap_or(init_status);
         let oom_killed = self.cgroup.as_ref().map(|c| c.oom_kills() > 0).unwrap_or(false);
         let exit = Exit { status, oom_killed };
         self.exit = Some(exit);
@@ -299,7 +307,14 @@ impl Jailer {
         let plan = self.prepare(spec)?;
         let (go_r, go_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
-        let pipes = ChildPipes { go: go_r.as_raw_fd(), release: go_w.as_raw_fd(), status: status_w.as_raw_fd() };
+        let (exit_r, exit_w) = pipe()?;
+        let pipes = ChildPipes {
+            go: go_r.as_raw_fd(),
+            release: go_w.as_raw_fd(),
+            status: status_w.as_raw_fd(),
+            exit: exit_w.as_raw_fd(),
+            exit_read: exit_r.as_raw_fd(),
+        };
         let (pid, pidfd) = match clone_child(&plan, &pipes) {
             Ok(v) => v,
             Err(e) => {
@@ -308,8 +323,8 @@ impl Jailer {
             }
         };
         // The child's ends: ours must be closed so that end-of-file means what it should on both sides.
-        drop((go_r, status_w));
-        let mut sandbox = Sandbox { pid, host_uid: 0, pidfd, cgroup: Some(cgroup), exit: None };
+        drop((go_r, status_w, exit_w));
+        let mut sandbox = Sandbox { pid, host_uid: 0, pidfd, exit_report: exit_r, cgroup: Some(cgroup), exit: None };
         let outcome = self.finish_parent_side(go_w, status_r, &mut sandbox);
         drop(plan);
         match outcome {
@@ -382,6 +397,7 @@ impl Jailer {
             _env: env,
             argv_ptrs,
             env_ptrs,
+            args_area: pid::ArgsArea::of_self(),
         })
     }
 }
@@ -399,6 +415,8 @@ struct ChildPlan {
     _env: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     env_ptrs: Vec<*const libc::c_char>,
+    /// This process's argv and environment strings, which the init blanks in its copy of our memory.
+    args_area: pid::ArgsArea,
 }
 
 /// The child's ends of the two pipes: it reads `go` (the parent's release) and writes `status` (a failure).
@@ -407,6 +425,10 @@ struct ChildPipes {
     /// The parent's end of `go`: the child closes its copy so that the parent's death reads as end-of-file.
     release: RawFd,
     status: RawFd,
+    /// The init's report of the command's wait status (close-on-exec: the command never holds it).
+    exit: RawFd,
+    /// The parent's end of `exit`, closed in the child.
+    exit_read: RawFd,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
@@ -456,6 +478,8 @@ fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i3
     await_parent(pipes).map_err(|e| (Step::AwaitParent, e))?;
     // Take on the mapped uid/gid 1000 before creating any file (unmapped ids cannot own files).
     user::become_sandbox_user().map_err(|e| (Step::BecomeUser, e))?;
+    // Changing uid cleared the death signal: set it again, then make sure the parent did not die meanwhile.
+    pid::die_with_parent().and_then(|()| parent_alive(pipes)).map_err(|e| (Step::DeathSignal, e))?;
     // A cgroup namespace rooted at our own cgroup, now that we are in it: the sandbox sees only "/".
     // SAFETY: unshare takes a flag word.
     pid::check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map_err(|e| (Step::CgroupNamespace, e))?;
@@ -471,7 +495,7 @@ fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i3
     // Resource limits that cgroups do not cover: no core dumps, open files, file size.
     set_rlimits(plan).map_err(|e| (Step::Rlimits, e))?;
     // Stdio and the daemon's socket to 0-3, everything else closed.
-    arrange_fds(plan, pipes.status).map_err(|e| (Step::Descriptors, e))?;
+    arrange_fds(plan, pipes.status, pipes.exit).map_err(|e| (Step::Descriptors, e))?;
     // A session of our own: no controlling terminal of the host's.
     pid::new_session().map_err(|e| (Step::Session, e))?;
     // Default signal dispositions and an empty mask, whatever the supervisor had.
@@ -482,14 +506,36 @@ fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i3
     caps::no_new_privs().map_err(|e| (Step::NoNewPrivs, e))?;
     // The seccomp filters, last, so that the steps above may use syscalls the sandbox may not.
     seccomp::install_all().map_err(|e| (Step::Seccomp, e))?;
+    // PID 1 stays behind as the sandbox's init, under every restriction above: it reaps orphans, lets the
+    // command die of its own signals like any process (PID 1 would ignore them), and reports its status.
+    let command = pid::fork().map_err(|e| (Step::Init, e))?;
+    if command != 0 {
+        pid::run_init(command, pipes.exit, pipes.status, plan.args_area);
+    }
+    // The command dies with its init (the namespace would take it anyway; this says so to the process).
+    pid::die_with_parent().map_err(|e| (Step::DeathSignal, e))?;
     // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays owned by the plan.
     unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env_ptrs.as_ptr()) };
     Err((Step::Exec, pid::errno()))
 }
 
+/// The parent holds its end of `go` until it has read our status: a hang-up on ours means it died.
+fn parent_alive(pipes: &ChildPipes) -> Result<(), i32> {
+    let mut fd = libc::pollfd { fd: pipes.go, events: libc::POLLIN, revents: 0 };
+    // SAFETY: polls one local pollfd without waiting.
+    unsafe { libc::poll(&mut fd, 1, 0) };
+    if fd.revents & libc::POLLHUP != 0 {
+        return Err(libc::EPIPE);
+    }
+    Ok(())
+}
+
 fn await_parent(pipes: &ChildPipes) -> Result<(), i32> {
-    // SAFETY: closes this process's copy of the parent's end; the parent's own copy is unaffected.
-    unsafe { libc::close(pipes.release) };
+    // SAFETY: closes this process's copies of the parent's ends; the parent's own copies are unaffected.
+    unsafe {
+        libc::close(pipes.release);
+        libc::close(pipes.exit_read);
+    }
     let go = pipes.go;
     let mut byte = 0u8;
     loop {
@@ -516,7 +562,7 @@ fn set_rlimits(plan: &ChildPlan) -> Result<(), i32> {
     Ok(())
 }
 
-fn arrange_fds(plan: &ChildPlan, status_fd: RawFd) -> Result<(), i32> {
+fn arrange_fds(plan: &ChildPlan, status_fd: RawFd, exit_fd: RawFd) -> Result<(), i32> {
     if let Some(stdio) = &plan.stdio {
         for (target, fd) in stdio.iter().enumerate() {
             // SAFETY: dup2 between descriptors this process holds; targets 0-2 are ours to replace.
@@ -529,16 +575,19 @@ fn arrange_fds(plan: &ChildPlan, status_fd: RawFd) -> Result<(), i32> {
         pid::check(unsafe { libc::dup2(sock.as_raw_fd(), 3) })?;
         keep_from = 4;
     }
-    // Close everything from keep_from up, except the status pipe, which is close-on-exec and so closes itself
-    // exactly when execve succeeds.
-    // SAFETY: close_range on ranges of descriptors; none is used afterwards except status_fd, kept open.
-    unsafe {
-        if status_fd > keep_from {
-            pid::check(libc::close_range(keep_from as u32, (status_fd - 1) as u32, 0))?;
+    // Close everything from keep_from up, except the status and exit pipes, which are close-on-exec: the
+    // command's copies close exactly when its execve succeeds; the init keeps the exit pipe.
+    let keep = if status_fd < exit_fd { [status_fd, exit_fd] } else { [exit_fd, status_fd] };
+    let mut from = keep_from;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: closes a range of descriptors none of which is used afterwards.
+            pid::check(unsafe { libc::close_range(from as u32, (fd - 1) as u32, 0) })?;
         }
-        pid::check(libc::close_range((status_fd + 1) as u32, u32::MAX, 0))?;
+        from = from.max(fd + 1);
     }
-    Ok(())
+    // SAFETY: as above.
+    pid::check(unsafe { libc::close_range(from as u32, u32::MAX, 0) })
 }
 
 fn report_failure(fd: RawFd, step: Step, errno: i32) {
