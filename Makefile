@@ -35,3 +35,55 @@ bench-quick: all
 clean:
 	$(CARGO) clean
 	rm -rf var
+
+# ---- Installing as a systemd service (see README: "Install on a real host") and proving it in a VM.
+# `make && sudo make install`: never builds (no cargo as root); the sandbox root is rebuilt at install time
+# from this host's Node. DESTDIR stages a package; the paths are those the unit and config name.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+LIBDIR ?= /usr/lib/taskcell
+INSTALL_NODE ?= /usr/bin/node
+# systemd is told about the new unit only when it runs this host (not for a DESTDIR staging).
+SYSTEMD_RUNNING = $(if $(DESTDIR),,$(wildcard /run/systemd/system))
+
+.PHONY: install uninstall vm-test
+
+install:
+	@test -x $(BIN) || { echo "make install: $(BIN) is missing: run make first (as yourself, then sudo make install)" >&2; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/taskcell
+	NODE=$(INSTALL_NODE) bash rootfs/build.sh $(DESTDIR)$(LIBDIR)/rootfs
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed -e 's|/usr/local/bin/taskcell|$(BINDIR)/taskcell|g' -e 's|/etc/taskcell/|$(SYSCONFDIR)/taskcell/|g' \
+		-e 's|/usr/lib/taskcell/|$(LIBDIR)/|g' dist/taskcell.service >$(DESTDIR)$(UNITDIR)/taskcell.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/taskcell.service
+	@# The config is the admin's once installed: never overwritten.
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/taskcell/config.json ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/taskcell/config.json (the default is dist/config.json)"; \
+	else \
+		install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/taskcell && \
+		sed -e 's|/usr/lib/taskcell/|$(LIBDIR)/|g' dist/config.json >$(DESTDIR)$(SYSCONFDIR)/taskcell/config.json && \
+		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/taskcell/config.json && \
+		echo "installed $(DESTDIR)$(SYSCONFDIR)/taskcell/config.json"; \
+	fi
+	$(if $(SYSTEMD_RUNNING),systemctl daemon-reload)
+	@echo "installed; start it with: systemctl enable --now taskcell"
+
+# Keeps the state directory (tenants' deployed tasks) and a config that was changed after install.
+uninstall:
+	$(if $(SYSTEMD_RUNNING),-systemctl disable --now taskcell.service)
+	rm -f $(DESTDIR)$(BINDIR)/taskcell $(DESTDIR)$(UNITDIR)/taskcell.service
+	if [ -d $(DESTDIR)$(LIBDIR)/rootfs ]; then chmod -R u+w $(DESTDIR)$(LIBDIR)/rootfs && rm -rf $(DESTDIR)$(LIBDIR)/rootfs; fi
+	-rmdir $(DESTDIR)$(LIBDIR) 2>/dev/null
+	@conf=$(DESTDIR)$(SYSCONFDIR)/taskcell/config.json; \
+	if [ -f $$conf ] && sed -e 's|/usr/lib/taskcell/|$(LIBDIR)/|g' dist/config.json | cmp -s - $$conf; then \
+		rm -f $$conf; rmdir $(DESTDIR)$(SYSCONFDIR)/taskcell 2>/dev/null || true; \
+	elif [ -f $$conf ]; then echo "kept $$conf (changed since install)"; fi
+	$(if $(SYSTEMD_RUNNING),systemctl daemon-reload)
+	@echo "uninstalled; deployed tasks are kept in /var/lib/taskcell (remove it yourself if unwanted)"
+
+# Debian 12 in qemu (pure cgroup v2, systemd): make install, systemctl, and the checks of vm/guest-check.sh.
+# Needs root, debootstrap and qemu-system-x86; the guest image is cached in target/vm/ (rm -rf target/vm).
+vm-test: all
+	bash vm/run.sh
