@@ -196,6 +196,8 @@ pub struct Server {
     store: Arc<Store>,
     store_jobs: Sender<StoreJob>,
     store_done: Receiver<StoreDone>,
+    /// Store jobs sent and not yet answered: a drain waits for them.
+    store_pending: usize,
     reaper: Sender<jailer::Sandbox>,
     metrics: Metrics,
     subscribers: HashSet<Key>,
@@ -243,6 +245,7 @@ impl Server {
             store,
             store_jobs,
             store_done,
+            store_pending: 0,
             reaper,
             metrics: Metrics::default(),
             subscribers: HashSet::new(),
@@ -577,7 +580,7 @@ impl Server {
             (Task, "PUT") => self.deploy(key, request_id, keep, tenant.expect("tenant"), task.expect("task"), req.body),
             (Task, _) => {
                 let job = StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant: tenant.expect("tenant"), task: task.expect("task") };
-                let _ = self.store_jobs.send(job);
+                self.send_store_job(job);
             }
             (RunTask, _) => self.run_task(key, request_id, keep, tenant.expect("tenant"), task.expect("task"), req.body),
         }
@@ -811,7 +814,7 @@ impl Server {
                 source: source.clone(),
                 started: inv.started,
             };
-            let _ = self.store_jobs.send(job);
+            self.send_store_job(job);
             return;
         }
         let response = match outcome {
@@ -1290,6 +1293,13 @@ impl Server {
                     let _ = self.poll.registry().deregister(&mut l);
                 }
                 let _ = std::fs::remove_file(&self.config.socket);
+                // Requests still waiting for a sandbox will not get one now.
+                let pending: Vec<Pending> = self.pending.drain(..).collect();
+                for p in pending {
+                    self.metrics.invocation("overloaded");
+                    let r = Response::error(503, "overloaded", "taskcell is shutting down", None).header("Retry-After", "1");
+                    self.respond(p.conn, &p.request_id, p.keep_alive, r);
+                }
                 for key in self.conns.keys() {
                     if let Some(c) = self.conns.get_mut(key) {
                         c.keep_alive = false;
@@ -1309,7 +1319,11 @@ impl Server {
 
     fn drained(&self) -> bool {
         let deadline_passed = self.draining.is_some_and(|d| Instant::now() >= d);
-        deadline_passed || (self.invocations.is_empty() && self.pending.is_empty() && self.conns.iter().all(|(_, c)| c.output.is_empty()))
+        deadline_passed
+            || (self.invocations.is_empty()
+                && self.pending.is_empty()
+                && self.store_pending == 0
+                && self.conns.iter().all(|(_, c)| c.output.is_empty()))
     }
 
     fn shutdown(&mut self) {
@@ -1341,8 +1355,15 @@ impl Server {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    fn send_store_job(&mut self, job: StoreJob) {
+        if self.store_jobs.send(job).is_ok() {
+            self.store_pending += 1;
+        }
+    }
+
     fn collect_store_results(&mut self) {
         while let Ok(done) = self.store_done.try_recv() {
+            self.store_pending = self.store_pending.saturating_sub(1);
             self.respond(done.conn, &done.request_id, done.keep_alive, done.response);
         }
     }
