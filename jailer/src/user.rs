@@ -38,9 +38,14 @@ pub fn write_maps(pid: i32, host: u32) -> Result<(), UserError> {
 /// Child side: become INSIDE_ID. The first process of a user namespace keeps its capabilities across this
 /// change (the namespace's root uid is unmapped, so the kernel's "root lost" rule does not apply), which the
 /// mount steps that follow need; they are dropped explicitly later.
+///
+/// Raw system calls, not the libc functions: glibc's setresuid/setresgid broadcast the change to every thread
+/// it knows of, and in a child forked from a threaded process those threads do not exist, so the wrapper
+/// would wait for them forever.
 pub fn become_sandbox_user() -> Result<(), i32> {
-    // SAFETY: setresgid/setresuid take integers only.
-    crate::pid::check(unsafe { libc::setresgid(INSIDE_ID, INSIDE_ID, INSIDE_ID) })?;
+    let id = INSIDE_ID as libc::c_long;
+    // SAFETY: the raw setresgid syscall takes integers only and affects only this (single-threaded) process.
+    crate::pid::check(unsafe { libc::syscall(libc::SYS_setresgid, id, id, id) } as libc::c_int)?;
     // SAFETY: as above.
-    crate::pid::check(unsafe { libc::setresuid(INSIDE_ID, INSIDE_ID, INSIDE_ID) })
+    crate::pid::check(unsafe { libc::syscall(libc::SYS_setresuid, id, id, id) } as libc::c_int)
 }
