@@ -35,6 +35,9 @@ pub struct JailerConfig {
     pub max_files: u64,
     /// RLIMIT_FSIZE inside, bytes.
     pub max_file_size: u64,
+    /// The sandbox's oom_score_adj: when the host itself runs out of memory, its OOM killer should take
+    /// sandboxes before the daemon or anything else of the host's.
+    pub oom_score_adj: Option<i32>,
 }
 
 impl Default for JailerConfig {
@@ -48,6 +51,7 @@ impl Default for JailerConfig {
             hostname: "taskcell".into(),
             max_files: 1024,
             max_file_size: 64 << 20,
+            oom_score_adj: Some(800),
         }
     }
 }
@@ -341,6 +345,10 @@ impl Jailer {
         let host = user::host_id(self.config.uid_base, sandbox.pid)?;
         sandbox.host_uid = host;
         user::write_maps(sandbox.pid, host)?;
+        if let Some(adj) = self.config.oom_score_adj {
+            let path = format!("/proc/{}/oom_score_adj", sandbox.pid);
+            std::fs::write(&path, adj.to_string()).map_err(|source| JailError::Os { what: "writing oom_score_adj", source })?;
+        }
         sandbox.cgroup.as_ref().expect("set above").attach(sandbox.pid)?;
         // Release the child, then learn whether it reached execve.
         write_byte(go_w.as_fd()).map_err(|source| JailError::Os { what: "releasing the sandbox", source })?;

@@ -124,13 +124,15 @@ impl Config {
     }
 }
 
-/// As many sandboxes as fit in half the machine's memory at their limit, between 8 and 512.
+/// Half the machine's memory, at a quarter of the memory limit a sandbox (an idle one costs about 13 MiB of
+/// PSS; the limit is a ceiling, rarely reached by all at once), between 8 and 1024. The host's OOM killer
+/// takes sandboxes first (their oom_score_adj is raised) if tenants do all reach their limits.
 fn default_max_sandboxes(memory_limit: u64) -> usize {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()))
         .map_or(8 << 30, |kb| kb << 10);
-    ((total / 2 / memory_limit.max(1)) as usize).clamp(8, 512)
+    ((total / 2 / (memory_limit / 4).max(1)) as usize).clamp(8, 1024)
 }
 
 fn parse(raw: Vec<String>) -> Result<Config, String> {
