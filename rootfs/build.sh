@@ -147,6 +147,13 @@ for library in "${libraries[@]}"; do
     add_path "$library"
 done
 
+# Distribution builds of Node (Debian's and Ubuntu's nodejs) keep some of their own JavaScript outside the
+# binary (acorn, cjs-module-lexer, undici as "externalized builtins" under /usr/share/nodejs) and read it at
+# every start: copy each such file that Node or its libraries name.
+while read -r builtin; do
+    if [ -f "$builtin" ]; then add_path "$builtin"; fi
+done < <(grep -aohE '/usr/share/nodejs/[A-Za-z0-9_./@+-]+\.js' "$node" "${libraries[@]}" | sort -u)
+
 # Libraries the sandbox's loader must find without the host's ld.so.cache, which the root does
 # not carry: warn about any outside the loader's system search path.
 if [ -n "$interpreter" ]; then

@@ -145,12 +145,17 @@ impl CgroupRoot {
     }
 }
 
+impl CgroupRoot {
+    /// Remove this process's groups (and any sandbox cgroup still in them). Returns false if one would not go.
+    pub fn remove_groups(&self) -> bool {
+        let v2 = matches!(self.layout, Layout::V2 { .. });
+        self.groups.iter().fold(true, |ok, group| remove_tree(group, v2) && ok)
+    }
+}
+
 impl Drop for CgroupRoot {
     fn drop(&mut self) {
-        let v2 = matches!(self.layout, Layout::V2 { .. });
-        for group in &self.groups {
-            remove_tree(group, v2);
-        }
+        self.remove_groups();
     }
 }
 

@@ -297,6 +297,12 @@ impl Jailer {
         &self.config
     }
 
+    /// Remove this jailer's cgroup groups now (dropping the jailer does it too; a daemon whose threads still
+    /// hold it calls this on its way out). Every sandbox must have been destroyed first.
+    pub fn remove_cgroups(&self) -> bool {
+        self.cgroups.remove_groups()
+    }
+
     /// Remove cgroups left by taskcell processes that died without cleaning up.
     pub fn sweep_stale_cgroups(&self) -> usize {
         self.cgroups.sweep_stale()

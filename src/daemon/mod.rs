@@ -235,6 +235,10 @@ fn serve(config: Config) -> Result<(), String> {
     notify_ready();
     let result = server.run().map_err(|e| format!("event loop: {e}"));
     drop(server);
+    // The spawner threads still hold the jailer, so its Drop would never run: remove the groups here.
+    if !jailer.remove_cgroups() {
+        eprintln!("taskcell: some cgroups could not be removed; the next start sweeps them");
+    }
     let _ = std::fs::remove_file(&socket_path);
     eprintln!("taskcell: stopped");
     result

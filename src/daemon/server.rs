@@ -199,6 +199,7 @@ pub struct Server {
     /// Store jobs sent and not yet answered: a drain waits for them.
     store_pending: usize,
     reaper: Sender<jailer::Sandbox>,
+    reaper_thread: Option<std::thread::JoinHandle<()>>,
     metrics: Metrics,
     subscribers: HashSet<Key>,
     log_dropped: u64,
@@ -223,7 +224,7 @@ impl Server {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
-        let reaper = start_reaper_thread();
+        let (reaper, reaper_thread) = start_reaper_thread();
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
             config,
@@ -247,6 +248,7 @@ impl Server {
             store_done,
             store_pending: 0,
             reaper,
+            reaper_thread: Some(reaper_thread),
             metrics: Metrics::default(),
             subscribers: HashSet::new(),
             log_dropped: 0,
@@ -1348,11 +1350,18 @@ impl Server {
                 }
             }
         }
-        // Let the reaper finish what it was given.
+        // Sandboxes still booting on the spawner threads: wait for them and destroy them too.
+        for spawned in self.spawner.stop() {
+            if let Err(e) = spawned.sandbox.destroy() {
+                eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+            }
+        }
+        // Let the reaper finish what it was given: closing its channel ends its loop.
         let (tx, _) = mpsc::channel();
-        let reaper = std::mem::replace(&mut self.reaper, tx);
-        drop(reaper);
-        std::thread::sleep(Duration::from_millis(20));
+        drop(std::mem::replace(&mut self.reaper, tx));
+        if let Some(thread) = self.reaper_thread.take() {
+            let _ = thread.join();
+        }
     }
 
     fn send_store_job(&mut self, job: StoreJob) {
@@ -1449,9 +1458,9 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
     (jobs_tx, done)
 }
 
-fn start_reaper_thread() -> Sender<jailer::Sandbox> {
+fn start_reaper_thread() -> (Sender<jailer::Sandbox>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<jailer::Sandbox>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("reaper".into())
         .spawn(move || {
             for sandbox in rx {
@@ -1461,5 +1470,5 @@ fn start_reaper_thread() -> Sender<jailer::Sandbox> {
             }
         })
         .expect("spawning the reaper thread");
-    tx
+    (tx, thread)
 }

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,10 @@ pub struct Spawned {
 pub type Outcome = Result<Spawned, String>;
 
 pub struct Spawner {
-    jobs: Sender<()>,
+    jobs: Option<Sender<()>>,
     pub results: Receiver<Outcome>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
 }
 
 /// How Node is started in every sandbox.
@@ -41,13 +44,16 @@ impl Spawner {
         let (jobs, job_rx) = mpsc::channel::<()>();
         let (result_tx, results) = mpsc::channel::<Outcome>();
         let job_rx = Arc::new(Mutex::new(job_rx));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let (jailer, node, job_rx, result_tx, waker) = (jailer.clone(), node.clone(), job_rx.clone(), result_tx.clone(), waker.clone());
-            std::thread::Builder::new()
+            let stopping = stopping.clone();
+            let handle = std::thread::Builder::new()
                 .name(format!("spawner-{i}"))
                 .spawn(move || loop {
                     let job = job_rx.lock().expect("spawner queue lock").recv();
-                    if job.is_err() {
+                    if job.is_err() || stopping.load(Ordering::Relaxed) {
                         return;
                     }
                     let outcome = spawn_one(&jailer, &node);
@@ -57,13 +63,27 @@ impl Spawner {
                     let _ = waker.wake();
                 })
                 .expect("spawning a spawner thread");
+            handles.push(handle);
         }
-        Spawner { jobs, results }
+        Spawner { jobs: Some(jobs), results, threads: handles, stopping }
     }
 
     /// Ask for one more sandbox.
     pub fn request(&self) {
-        let _ = self.jobs.send(());
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(());
+        }
+    }
+
+    /// Skip the queued requests, let the sandboxes being booted finish, and hand them back so that they can be
+    /// destroyed properly (their death signal would kill them at exit, but leave their cgroups behind).
+    pub fn stop(&mut self) -> Vec<Spawned> {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        self.results.try_iter().filter_map(Result::ok).collect()
     }
 }
 
