@@ -1,0 +1,780 @@
+//! Shared harness of the daemon's integration tests: a real `taskcell serve` in a temporary directory of its own,
+//! and a small HTTP/1.1 client over its Unix socket.
+//!
+//! [`Daemon`] starts the binary that Cargo built for this test run, waits until `GET /v1/health` answers 200 and
+//! the pre-warmed pool is full, and when dropped stops it with SIGTERM (SIGKILL after 15 s, which fails the test)
+//! and checks that nothing of it is left: no process whose command line names its directory, none of the
+//! processes it started, no `taskcell-<pid>` cgroup, no socket file. Then it removes the directory.
+//!
+//! [`Client`] speaks HTTP/1.1 with keep-alive over one connection, can send raw bytes for malformed input, and
+//! reads with a timeout so that a hang fails the test instead of blocking it forever. Timeouts here only detect
+//! hangs; no test asserts how fast anything is.
+//!
+//! These tests need root (namespaces, cgroups). Without it they print a loud `SKIPPED: needs root`, and fail if
+//! `CI` is set. The rootfs is `target/rootfs` (built by `make`) unless `TASKCELL_TEST_ROOTFS` names another.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any single read may block before the test calls it a hang.
+pub const HANG: Duration = Duration::from_secs(60);
+/// Longest the daemon may take to come up (it boots a pool of sandboxes).
+const START_GUARD: Duration = Duration::from_secs(60);
+/// Longest the harness waits for a full pool before it settles for a partial one (and says so).
+const POOL_GUARD: Duration = Duration::from_secs(20);
+/// Longest the daemon may take to stop after SIGTERM before it is killed and the test fails.
+const STOP_GUARD: Duration = Duration::from_secs(15);
+
+// ---------- preconditions ----------
+
+/// True if the test can run. Without root it says so loudly, and fails under CI, where a skip would hide a
+/// regression.
+pub fn root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("\n**********\nSKIPPED: needs root: {test}\n**********\n");
+    assert!(std::env::var_os("CI").is_none(), "{test} needs root, and CI is set: these tests must not be skipped in CI");
+    false
+}
+
+/// Skip the calling test (with a loud note) unless it runs as root.
+#[macro_export]
+macro_rules! need_root {
+    ($name:expr) => {
+        if !common::root($name) {
+            return;
+        }
+    };
+}
+
+pub fn rootfs() -> PathBuf {
+    let rootfs = match std::env::var_os("TASKCELL_TEST_ROOTFS") {
+        Some(r) => PathBuf::from(r),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/rootfs"),
+    };
+    assert!(
+        rootfs.join("usr/bin/node").exists(),
+        "{} holds no usr/bin/node: run `make` first (it builds the rootfs), or set TASKCELL_TEST_ROOTFS",
+        rootfs.display()
+    );
+    rootfs
+}
+
+// ---------- the daemon ----------
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A `taskcell serve` of this test's own.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    flags: Vec<String>,
+    env: Vec<(String, String)>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    child: Option<Child>,
+    /// Every daemon process this harness started in this directory (restarts included): their cgroup groups
+    /// and sandbox processes must be gone at the end.
+    pids: Vec<u32>,
+    /// Processes seen as descendants of our daemons, with their start times: none may outlive the daemon.
+    descendants: HashSet<(u32, u64)>,
+    /// cgroup directories the daemon lives in (its groups are created below them).
+    cgroup_dirs: Vec<PathBuf>,
+    stopped: bool,
+}
+
+impl Daemon {
+    /// Start a daemon with a pool of 2 and these extra flags (`["--timeout-ms", "1000"]`).
+    pub fn start(name: &str, flags: &[&str]) -> Daemon {
+        Daemon::start_with_env(name, flags, &[])
+    }
+
+    /// As `start`, with these variables added to the daemon's environment.
+    pub fn start_with_env(name: &str, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("taskcell-it-{}-{n}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the test's temporary directory");
+        let mut all = vec!["--pool-size".to_string(), "2".to_string(), "--rootfs".to_string(), rootfs().display().to_string()];
+        all.extend(flags.iter().map(|s| s.to_string()));
+        let d = Daemon {
+            socket: dir.join("s.sock"),
+            state: dir.join("state"),
+            log: dir.join("daemon.log"),
+            dir,
+            flags: all,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            inner: Mutex::new(Inner { child: None, pids: Vec::new(), descendants: HashSet::new(), cgroup_dirs: Vec::new(), stopped: false }),
+        };
+        d.spawn();
+        d
+    }
+
+    /// One daemon shared by the tests of a file, stopped and checked when the test binary exits.
+    pub fn shared(cell: &'static OnceLock<Daemon>, name: &str, flags: &[&str]) -> &'static Daemon {
+        Daemon::shared_with_env(cell, name, flags, &[])
+    }
+
+    pub fn shared_with_env(cell: &'static OnceLock<Daemon>, name: &str, flags: &[&str], env: &[(&str, &str)]) -> &'static Daemon {
+        cell.get_or_init(|| {
+            let d = Daemon::start_with_env(name, flags, env);
+            register_at_exit(cell);
+            d
+        })
+    }
+
+    fn spawn(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open the daemon's log");
+        let child = Command::new(env!("CARGO_BIN_EXE_taskcell"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.flags)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .expect("start taskcell serve");
+        let pid = child.id();
+        inner.pids.push(pid);
+        for dir in cgroup_dirs(pid) {
+            if !inner.cgroup_dirs.contains(&dir) {
+                inner.cgroup_dirs.push(dir);
+            }
+        }
+        inner.child = Some(child);
+        inner.stopped = false;
+        drop(inner);
+        self.wait_ready();
+    }
+
+    /// The daemon's current process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).child.as_ref().expect("daemon running").id()
+    }
+
+    /// Ready: health answers 200 and the pool is full. A pool that stays short of full (a sandbox start that
+    /// hangs) is reported loudly after `POOL_GUARD` but does not stop the test as long as one sandbox is idle:
+    /// `pool_fills_at_start` in tests/api.rs is the test that fails for it.
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            self.assert_running("while starting");
+            let last = match self.try_health() {
+                Ok(h) => {
+                    let (idle, size) = (h["pool"]["idle"].as_u64().unwrap_or(0), h["pool"]["size"].as_u64().unwrap_or(0));
+                    if idle >= size || (idle >= 1 && start.elapsed() > POOL_GUARD) {
+                        if idle < size {
+                            eprintln!("\n**********\nWARNING: the pool of {} is not full after {POOL_GUARD:?}: {h}\n**********", self.dir.display());
+                        }
+                        self.snapshot_descendants();
+                        return;
+                    }
+                    format!("health {h}")
+                }
+                Err(e) => e,
+            };
+            assert!(start.elapsed() < START_GUARD, "the daemon did not become ready in {START_GUARD:?}; last: {last}\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn try_health(&self) -> Result<Value, String> {
+        let mut c = Client::try_connect(&self.socket).map_err(|e| format!("connect: {e}"))?;
+        c.set_timeout(Duration::from_secs(10));
+        match c.try_request("GET", "/v1/health", &[], b"") {
+            Ok(r) if r.status == 200 => serde_json::from_slice(&r.body).map_err(|e| format!("health is not JSON: {e}")),
+            Ok(r) => Err(format!("health answered {} {}", r.status, r.text())),
+            Err(e) => Err(format!("health: {e}")),
+        }
+    }
+
+    /// Wait until the pre-warmed pool is full; the last health seen if it is not within `guard`.
+    pub fn wait_pool_full(&self, guard: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            let last = match self.try_health() {
+                Ok(h) if h["pool"]["idle"].as_u64() >= h["pool"]["size"].as_u64() => return Ok(()),
+                Ok(h) => format!("health {h}"),
+                Err(e) => e,
+            };
+            if start.elapsed() > guard {
+                return Err(last);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panic (with the log) if the daemon has exited.
+    pub fn assert_running(&self, when: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let child = inner.child.as_mut().expect("daemon started");
+        if let Ok(Some(status)) = child.try_wait() {
+            drop(inner);
+            panic!("the daemon exited ({status}) {when}\n{}", self.log_tail());
+        }
+    }
+
+    /// Remember the daemon's current descendants, so that the final check can tell if any outlived it.
+    pub fn snapshot_descendants(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(child) = &inner.child else { return };
+        let found = descendants(child.id());
+        inner.descendants.extend(found);
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(40);
+        format!("--- daemon log ({}), last lines ---\n{}\n---", self.log.display(), lines[from..].join("\n"))
+    }
+
+    // ---- lifecycle operations for tests ----
+
+    /// Send a signal to the daemon without waiting.
+    pub fn signal(&self, sig: i32) {
+        self.snapshot_descendants();
+        let pid = self.pid();
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped (we hold its Child).
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// Wait for the daemon to exit after a signal; panics after `guard`.
+    pub fn wait_exit(&self, guard: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let child = inner.child.as_mut().expect("daemon started");
+                if let Ok(Some(status)) = child.try_wait() {
+                    inner.stopped = true;
+                    return status;
+                }
+            }
+            if start.elapsed() > guard {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let child = inner.child.as_mut().expect("daemon started");
+                let _ = child.kill();
+                let _ = child.wait();
+                inner.stopped = true;
+                drop(inner);
+                panic!("the daemon did not exit within {guard:?}; killed it\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` the daemon and reap it.
+    pub fn kill9(&self) {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(STOP_GUARD);
+    }
+
+    /// Start the daemon again over the same directory, socket and state, with the same flags.
+    pub fn restart(&self) {
+        {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            assert!(inner.stopped, "restart of a daemon that is still running");
+        }
+        self.spawn();
+    }
+
+    /// SIGTERM, wait, and check that nothing is left. Idempotent. Returns the problems found.
+    fn stop_and_check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let running = !self.inner.lock().unwrap_or_else(|e| e.into_inner()).stopped;
+        if running {
+            self.signal(libc::SIGTERM);
+            let start = Instant::now();
+            loop {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let child = inner.child.as_mut().expect("daemon started");
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        inner.stopped = true;
+                        if !status.success() {
+                            problems.push(format!("the daemon exited with {status} after SIGTERM"));
+                        }
+                        break;
+                    }
+                    _ if start.elapsed() > STOP_GUARD => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        inner.stopped = true;
+                        problems.push(format!("the daemon did not stop within {STOP_GUARD:?} of SIGTERM; killed it"));
+                        break;
+                    }
+                    _ => {}
+                }
+                drop(inner);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.socket.exists() {
+                problems.push(format!("the socket {} is still there after SIGTERM", self.socket.display()));
+            }
+        }
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Processes: wait a little for the kernel to finish killing PID namespaces, then look.
+        let start = Instant::now();
+        let mut left;
+        loop {
+            left = Vec::new();
+            for (pid, starttime) in &inner.descendants {
+                if let Some(st) = proc_stat(*pid) {
+                    if st.starttime == *starttime {
+                        left.push(format!("pid {pid} ({}) state {}", cmdline(*pid), st.state));
+                    }
+                }
+            }
+            let needle = self.dir.display().to_string();
+            for pid in all_pids() {
+                if cmdline(pid).contains(&needle) {
+                    left.push(format!("pid {pid} ({}) names the test directory", cmdline(pid)));
+                }
+            }
+            if left.is_empty() || start.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        problems.extend(left.into_iter().map(|l| format!("left behind: {l}")));
+        for pid in &inner.pids {
+            for dir in &inner.cgroup_dirs {
+                let group = dir.join(format!("taskcell-{pid}"));
+                if group.exists() {
+                    problems.push(format!("cgroup left behind: {}", group.display()));
+                    // Reported; now tidy up so that the machine is not littered (rmdir only: empty groups).
+                    remove_empty_cgroups(&group);
+                }
+            }
+        }
+        problems
+    }
+
+    // ---- requests ----
+
+    /// A new connection to the daemon.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    /// One request on a new connection.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.client().request(method, path, headers, body)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// `POST /v1/tenants/{tenant}/run` with this code and data.
+    pub fn run(&self, tenant: &str, code: &str, data: Value) -> Response {
+        let body = serde_json::json!({"code": code, "data": data}).to_string();
+        self.request("POST", &format!("/v1/tenants/{tenant}/run"), &[("Content-Type", "application/json")], body.as_bytes())
+    }
+
+    /// Run and expect a 200: the envelope.
+    pub fn run_ok(&self, tenant: &str, code: &str, data: Value) -> Value {
+        let r = self.run(tenant, code, data);
+        assert_eq!(r.status, 200, "run for {tenant} failed: {}\n{}", r.text(), self.log_tail());
+        r.json()
+    }
+
+    pub fn put_task(&self, tenant: &str, task: &str, source: &str) -> Response {
+        self.request("PUT", &format!("/v1/tenants/{tenant}/tasks/{task}"), &[("Content-Type", "application/javascript")], source.as_bytes())
+    }
+
+    pub fn run_task(&self, tenant: &str, task: &str, body: &[u8]) -> Response {
+        self.request("POST", &format!("/v1/tenants/{tenant}/tasks/{task}/run"), &[], body)
+    }
+
+    pub fn health(&self) -> Value {
+        let r = self.get("/v1/health");
+        assert_eq!(r.status, 200, "health: {}", r.text());
+        r.json()
+    }
+
+    /// Health answers 200 with status ok, and a fresh tenant can run code: the daemon is fine.
+    pub fn assert_healthy(&self) {
+        self.assert_running("while it should be healthy");
+        let h = self.health();
+        assert_eq!(h["status"], "ok", "health: {h}");
+        let tenant = format!("probe{}", COUNTER.fetch_add(1, Ordering::Relaxed));
+        let env = self.run_ok(&tenant, "module.exports = () => 6 * 7", Value::Null);
+        assert_eq!(env["result"], 42);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let problems = self.stop_and_check();
+        let panicking = std::thread::panicking();
+        if panicking || !problems.is_empty() {
+            eprintln!("{}", self.log_tail());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        if !problems.is_empty() {
+            let msg = format!("after stopping the daemon of {}:\n  {}", self.dir.display(), problems.join("\n  "));
+            if panicking {
+                eprintln!("{msg}");
+            } else {
+                panic!("{msg}");
+            }
+        }
+    }
+}
+
+static AT_EXIT: Mutex<Vec<&'static OnceLock<Daemon>>> = Mutex::new(Vec::new());
+
+fn register_at_exit(cell: &'static OnceLock<Daemon>) {
+    let mut list = AT_EXIT.lock().unwrap_or_else(|e| e.into_inner());
+    if list.is_empty() {
+        // SAFETY: registers a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(stop_shared) };
+    }
+    list.push(cell);
+}
+
+/// At exit of the test binary: stop the shared daemons and check them as `Drop` does.
+extern "C" fn stop_shared() {
+    let list = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut failed = false;
+    for cell in list {
+        let Some(d) = cell.get() else { continue };
+        let problems = d.stop_and_check();
+        if !problems.is_empty() {
+            eprintln!("{}", d.log_tail());
+            eprintln!("\n**********\nFAILED: after stopping the shared daemon of {}:\n  {}\n**********", d.dir.display(), problems.join("\n  "));
+            failed = true;
+        }
+        let _ = fs::remove_dir_all(&d.dir);
+    }
+    if failed {
+        // SAFETY: _exit ends the process at once; nothing is left to run.
+        unsafe { libc::_exit(1) };
+    }
+}
+
+// ---------- processes and cgroups ----------
+
+struct Stat {
+    ppid: u32,
+    state: char,
+    starttime: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command is in parentheses and may hold spaces; the fields after the last ')' are fixed.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat { state: fields.first()?.chars().next()?, ppid: fields.get(1)?.parse().ok()?, starttime: fields.get(19)?.parse().ok()? })
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string()).unwrap_or_default()
+}
+
+/// Every live descendant of `root`, with its start time.
+fn descendants(root: u32) -> HashSet<(u32, u64)> {
+    let stats: Vec<(u32, Stat)> = all_pids().into_iter().filter_map(|p| Some((p, proc_stat(p)?))).collect();
+    let mut found: HashSet<u32> = HashSet::from([root]);
+    loop {
+        let before = found.len();
+        for (pid, st) in &stats {
+            if found.contains(&st.ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            break;
+        }
+    }
+    found.remove(&root);
+    stats.into_iter().filter(|(p, _)| found.contains(p)).map(|(p, st)| (p, st.starttime)).collect()
+}
+
+/// rmdir a cgroup directory tree, leaves first. Only empty groups can go; nothing is killed.
+fn remove_empty_cgroups(dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_empty_cgroups(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The directories of the cgroups `pid` is in, in every hierarchy (where the daemon makes `taskcell-<pid>`).
+fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let base = Path::new("/sys/fs/cgroup");
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let rel = path.trim_start_matches('/');
+        let mut candidates = Vec::new();
+        if controllers.is_empty() {
+            candidates.push(base.join("unified").join(rel));
+            candidates.push(base.join(rel));
+        } else {
+            let name = controllers.strip_prefix("name=").unwrap_or(controllers);
+            candidates.push(base.join(name).join(rel));
+            for c in controllers.split(',') {
+                candidates.push(base.join(c).join(rel));
+            }
+        }
+        out.extend(candidates.into_iter().filter(|c| c.is_dir()));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+// ---------- the HTTP client ----------
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// The error kind of an error response.
+    pub fn kind(&self) -> String {
+        self.json()["error"]["kind"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.text())).to_string()
+    }
+
+    /// Assert the status and error kind, and the error body's shape.
+    pub fn assert_error(&self, status: u16, kind: &str) -> Value {
+        assert_eq!((self.status, self.text().contains(kind)), (status, true), "expected {status} {kind}, got {} {}", self.status, self.text());
+        let v = self.json();
+        assert_eq!(v["error"]["kind"], kind, "body: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {v}");
+        assert!(self.header("x-request-id").is_some(), "error response without X-Request-Id");
+        v
+    }
+}
+
+/// One connection to the daemon.
+pub struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        Client::try_connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()))
+    }
+
+    pub fn try_connect(path: &Path) -> io::Result<Client> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(HANG))?;
+        stream.set_write_timeout(Some(HANG))?;
+        Ok(Client { stream, buf: Vec::new() })
+    }
+
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).expect("set the read timeout");
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Send a request and read its response; panics on a hang or a broken connection.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        self.try_request(method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+        self.send(method, path, headers, body)?;
+        self.read_response()
+    }
+
+    /// Write one request (with Content-Length for any body, unless the caller gives framing headers).
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+        self.stream.write_all(&encode(method, path, headers, body))
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 64 << 10];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time: the daemon hangs"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read the head of a response: status and headers.
+    fn read_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let hs = resp.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
+                    self.buf.drain(..n);
+                    return Ok((status, hs));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad response head: {e}: {:?}", String::from_utf8_lossy(&self.buf)))),
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+            }
+        }
+    }
+
+    /// Read one whole response (with Content-Length; the log stream has its own reader).
+    pub fn read_response(&mut self) -> io::Result<Response> {
+        let (status, headers) = self.read_head()?;
+        let len = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim().parse::<usize>().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length")))
+            .transpose()?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("response {status} without Content-Length")))?;
+        while self.buf.len() < len {
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in a response body"));
+            }
+        }
+        let body = self.buf.drain(..len).collect();
+        Ok(Response { status, headers, body })
+    }
+
+    /// Read the head of a streamed (chunked) response.
+    pub fn read_stream_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
+        self.read_head()
+    }
+
+    /// The next chunk of a chunked response; None at its end.
+    pub fn read_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let line_end = loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in a chunked body"));
+            }
+        };
+        let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {size_text:?}")))?;
+        while self.buf.len() < line_end + 2 + size + 2 {
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in a chunk"));
+            }
+        }
+        let data = self.buf[line_end + 2..line_end + 2 + size].to_vec();
+        assert_eq!(&self.buf[line_end + 2 + size..line_end + 4 + size], b"\r\n", "chunk not followed by CRLF");
+        self.buf.drain(..line_end + 4 + size);
+        Ok(if size == 0 { None } else { Some(data) })
+    }
+
+    /// Wait (up to `guard`) for the daemon to close the connection; true if it did, false if it stayed open.
+    /// Whatever arrives meanwhile is appended to the buffer (see `pending`).
+    pub fn closed_within(&mut self, guard: Duration) -> bool {
+        self.set_timeout(guard);
+        let start = Instant::now();
+        loop {
+            match self.fill() {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return false,
+                Err(_) => return true,
+            }
+            if start.elapsed() > guard {
+                return false;
+            }
+        }
+    }
+
+    /// Bytes received but not consumed yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// The bytes of one request.
+pub fn encode(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: taskcell\r\n").into_bytes();
+    let framed = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding"));
+    for (n, v) in headers {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    if !framed && (!body.is_empty() || matches!(method, "POST" | "PUT")) {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// A name no other test uses: tenants of a shared daemon stay apart.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Wait until `f` is true, polling; panics with `what` after `guard`.
+pub fn wait_until(guard: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < guard, "gave up waiting for {what} after {guard:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
