@@ -188,6 +188,20 @@ impl Cgroup {
         Ok(())
     }
 
+    /// On v2, a descriptor of the cgroup's directory for clone3's CLONE_INTO_CGROUP; None on v1.
+    pub fn clone_target(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !self.v2 {
+            return None;
+        }
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.dirs[0])
+            .ok()
+            .map(std::os::fd::OwnedFd::from)
+    }
+
     /// Move `pid` (and so everything it will start) into this cgroup.
     pub fn attach(&self, pid: i32) -> Result<(), CgroupError> {
         for dir in &self.dirs {

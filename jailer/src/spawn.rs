@@ -325,17 +325,19 @@ impl Jailer {
             exit: exit_w.as_raw_fd(),
             exit_read: exit_r.as_raw_fd(),
         };
-        let (pid, pidfd) = match clone_child(&plan, &pipes) {
+        let cgroup_dir = cgroup.clone_target();
+        let (pid, pidfd, born_in_cgroup) = match clone_child(&plan, &pipes, cgroup_dir.as_ref().map(|d| d.as_fd())) {
             Ok(v) => v,
             Err(e) => {
                 let _ = cgroup.remove();
                 return Err(e);
             }
         };
+        drop(cgroup_dir);
         // The child's ends: ours must be closed so that end-of-file means what it should on both sides.
         drop((go_r, status_w, exit_w));
         let mut sandbox = Sandbox { pid, host_uid: 0, pidfd, exit_report: exit_r, cgroup: Some(cgroup), exit: None };
-        let outcome = self.finish_parent_side(go_w, status_r, &mut sandbox);
+        let outcome = self.finish_parent_side(go_w, status_r, &mut sandbox, born_in_cgroup);
         drop(plan);
         match outcome {
             Ok(()) => Ok(sandbox),
@@ -347,7 +349,7 @@ impl Jailer {
         }
     }
 
-    fn finish_parent_side(&self, go_w: OwnedFd, status_r: OwnedFd, sandbox: &mut Sandbox) -> Result<(), JailError> {
+    fn finish_parent_side(&self, go_w: OwnedFd, status_r: OwnedFd, sandbox: &mut Sandbox, born_in_cgroup: bool) -> Result<(), JailError> {
         let host = user::host_id(self.config.uid_base, sandbox.pid)?;
         sandbox.host_uid = host;
         user::write_maps(sandbox.pid, host)?;
@@ -355,7 +357,9 @@ impl Jailer {
             let path = format!("/proc/{}/oom_score_adj", sandbox.pid);
             std::fs::write(&path, adj.to_string()).map_err(|source| JailError::Os { what: "writing oom_score_adj", source })?;
         }
-        sandbox.cgroup.as_ref().expect("set above").attach(sandbox.pid)?;
+        if !born_in_cgroup {
+            sandbox.cgroup.as_ref().expect("set above").attach(sandbox.pid)?;
+        }
         // Release the child, then learn whether it reached execve.
         write_byte(go_w.as_fd()).map_err(|source| JailError::Os { what: "releasing the sandbox", source })?;
         read_failure(status_r.as_fd()).map_err(|source| JailError::Os { what: "reading the sandbox's setup status", source })?
@@ -459,13 +463,53 @@ const NAMESPACES: libc::c_int =
     libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
 
 /// Clone the child into its namespaces; returns its host pid and pidfd in the parent. The child never returns.
-fn clone_child(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(i32, OwnedFd), JailError> {
+/// The kernel's `struct clone_args` (clone3), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Clone the child into its namespaces; returns its host pid, its pidfd, and whether it was born in its
+/// cgroup. With `cgroup_dir` (cgroup v2), clone3's CLONE_INTO_CGROUP places it there at birth: no migration,
+/// whose cost (a wait for an RCU grace period under the cgroup threadgroup lock) is the largest single item
+/// of making a sandbox. Without it, or if the kernel refuses, a plain clone and the parent's attach.
+fn clone_child(plan: &ChildPlan, pipes: &ChildPipes, cgroup_dir: Option<BorrowedFd<'_>>) -> Result<(i32, OwnedFd, bool), JailError> {
     let mut pidfd: RawFd = -1;
-    let flags = (NAMESPACES | libc::CLONE_PIDFD) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: raw clone without CLONE_VM behaves like fork: the child gets a copy of this thread's stack and
-    // the process's memory, and runs only `child_recipe`, which makes system calls and never returns. The
-    // pidfd pointer is to a local that the kernel fills in the parent.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, &mut pidfd as *mut RawFd, 0usize, 0usize) };
+    let mut rc = -1;
+    let mut in_cgroup = false;
+    if let Some(dir) = cgroup_dir {
+        let args = CloneArgs {
+            flags: (NAMESPACES | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP,
+            pidfd: &mut pidfd as *mut RawFd as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM and with a null stack behaves like fork (the child runs on a copy of
+        // this thread's stack, only `child_recipe`, and never returns); `args` and the pidfd local outlive it.
+        rc = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        in_cgroup = rc >= 0;
+    }
+    if rc < 0 {
+        let flags = (NAMESPACES | libc::CLONE_PIDFD) as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+        // SAFETY: raw clone without CLONE_VM behaves like fork: the child gets a copy of this thread's stack and
+        // the process's memory, and runs only `child_recipe`, which makes system calls and never returns. The
+        // pidfd pointer is to a local that the kernel fills in the parent.
+        rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, &mut pidfd as *mut RawFd, 0usize, 0usize) };
+    }
     if rc < 0 {
         return Err(JailError::Os { what: "clone", source: std::io::Error::last_os_error() });
     }
@@ -479,7 +523,7 @@ fn clone_child(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(i32, OwnedFd), J
         unsafe { libc::_exit(127) };
     }
     // SAFETY: CLONE_PIDFD stored a new descriptor owned by us in `pidfd`.
-    Ok((rc as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    Ok((rc as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }, in_cgroup))
 }
 
 enum Never {}
