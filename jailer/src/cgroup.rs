@@ -44,11 +44,14 @@ pub struct Limits {
     /// CPU time per period, in microseconds (`cpu_quota_us` of every `cpu_period_us`); None for no quota.
     pub cpu_quota_us: Option<u64>,
     pub cpu_period_us: u64,
+    /// Relative CPU weight against other cgroups, in cgroup v2 units (1-10000, default 100; v1 shares are
+    /// this × 1024 / 100). None leaves the default.
+    pub cpu_weight: Option<u64>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory: 128 << 20, pids: 64, cpu_quota_us: Some(100_000), cpu_period_us: 100_000 }
+        Limits { memory: 128 << 20, pids: 64, cpu_quota_us: Some(100_000), cpu_period_us: 100_000, cpu_weight: None }
     }
 }
 
@@ -170,6 +173,9 @@ impl Cgroup {
             write(&dir.join("pids.max"), &limits.pids.to_string())?;
             let quota = limits.cpu_quota_us.map_or("max".to_string(), |q| q.to_string());
             write(&dir.join("cpu.max"), &format!("{quota} {}", limits.cpu_period_us))?;
+            if let Some(weight) = limits.cpu_weight {
+                self.set_cpu_weight(weight)?;
+            }
         } else {
             let (memory, pids, cpu) = (&self.dirs[0], &self.dirs[1], &self.dirs[2]);
             write(&memory.join("memory.limit_in_bytes"), &limits.memory.to_string())?;
@@ -184,8 +190,21 @@ impl Cgroup {
             write(&cpu.join("cpu.cfs_period_us"), &limits.cpu_period_us.to_string())?;
             let quota = limits.cpu_quota_us.map_or("-1".to_string(), |q| q.to_string());
             write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
+            if let Some(weight) = limits.cpu_weight {
+                self.set_cpu_weight(weight)?;
+            }
         }
         Ok(())
+    }
+
+    /// Set the CPU weight (v2 units: 1-10000, 100 the default; v1 cpu.shares = weight × 1024 / 100).
+    pub fn set_cpu_weight(&self, weight: u64) -> Result<(), CgroupError> {
+        let weight = weight.clamp(1, 10_000);
+        if self.v2 {
+            write(&self.dirs[0].join("cpu.weight"), &weight.to_string())
+        } else {
+            write(&self.dirs[2].join("cpu.shares"), &(weight * 1024 / 100).max(2).to_string())
+        }
     }
 
     /// On v2, a descriptor of the cgroup's directory for clone3's CLONE_INTO_CGROUP; None on v1.

@@ -249,6 +249,11 @@ impl Sandbox {
         Ok(self.try_wait(true)?.expect("blocking wait returns a status"))
     }
 
+    /// Change the sandbox's CPU weight (see [`Limits::cpu_weight`]).
+    pub fn set_cpu_weight(&self, weight: u64) -> Result<(), CgroupError> {
+        self.cgroup.as_ref().map_or(Ok(()), |c| c.set_cpu_weight(weight))
+    }
+
     /// Memory charged to the sandbox's cgroup, bytes.
     pub fn memory_current(&self) -> u64 {
         self.cgroup.as_ref().map(|c| c.memory_current()).unwrap_or(0)

@@ -201,6 +201,9 @@ fn serve(config: Config) -> Result<(), String> {
     jconfig.limits.pids = config.pids;
     jconfig.limits.cpu_quota_us = Some((config.cpus * jconfig.limits.cpu_period_us as f64) as u64);
     jconfig.tmp_bytes = config.tmp_bytes;
+    // Sandboxes boot at a low CPU weight, so that refilling the pool yields to tenants' invocations; a
+    // sandbox gets the normal weight when it is given to a tenant.
+    jconfig.limits.cpu_weight = Some(server::BOOT_CPU_WEIGHT);
     let jailer = Jailer::new(jconfig).map_err(|e| format!("cannot make sandboxes: {}", crate::jail::error_chain(&e)))?;
     let swept = jailer.sweep_stale_cgroups();
     if swept > 0 {

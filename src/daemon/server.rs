@@ -68,6 +68,9 @@ const OUTPUT_TAIL: usize = 8 << 10;
 const LINGER: Duration = Duration::from_secs(2);
 /// A sandbox that has compiled this many distinct sources is recycled when next idle.
 const MAX_COMPILED: usize = 1024;
+/// CPU weight (cgroup v2 units) of a sandbox booting or waiting in the pool, and of a tenant's.
+pub const BOOT_CPU_WEIGHT: u64 = 10;
+const TENANT_CPU_WEIGHT: u64 = 100;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
 enum ConnState {
@@ -755,6 +758,11 @@ impl Server {
 
     fn assign(&mut self, sb: Key, tenant: &str) {
         if let Some(s) = self.sbs.get_mut(sb) {
+            if let Some(sandbox) = &s.sandbox {
+                if let Err(e) = sandbox.set_cpu_weight(TENANT_CPU_WEIGHT) {
+                    eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
+                }
+            }
             s.tenant = Some(tenant.to_string());
             s.created = Instant::now();
             s.last_used = Instant::now();

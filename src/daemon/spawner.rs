@@ -51,16 +51,12 @@ impl Spawner {
             let stopping = stopping.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("spawner-{i}"))
-                .spawn(move || loop {
-                    let job = job_rx.lock().expect("spawner queue lock").recv();
-                    if job.is_err() || stopping.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let outcome = spawn_one(&jailer, &node);
-                    if result_tx.send(outcome).is_err() {
-                        return;
-                    }
-                    let _ = waker.wake();
+                .spawn(move || {
+                    // Making a sandbox (clone, mounts) yields to the event loop on a busy machine: a refill
+                    // must not slow the tenant whose request emptied the pool slot.
+                    // SAFETY: setpriority on this thread's own id, with integers only.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+                    spawn_loop(&jailer, &node, &job_rx, &result_tx, &waker, &stopping)
                 })
                 .expect("spawning a spawner thread");
             handles.push(handle);
@@ -84,6 +80,26 @@ impl Spawner {
             let _ = thread.join();
         }
         self.results.try_iter().filter_map(Result::ok).collect()
+    }
+}
+
+fn spawn_loop(
+    jailer: &Jailer,
+    node: &NodeCommand,
+    jobs: &Mutex<Receiver<()>>,
+    results: &Sender<Outcome>,
+    waker: &mio::Waker,
+    stopping: &AtomicBool,
+) {
+    loop {
+        let job = jobs.lock().expect("spawner queue lock").recv();
+        if job.is_err() || stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        if results.send(spawn_one(jailer, node)).is_err() {
+            return;
+        }
+        let _ = waker.wake();
     }
 }
 
