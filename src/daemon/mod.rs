@@ -192,6 +192,8 @@ fn serve(config: Config) -> Result<(), String> {
     raise_nofile();
     // Signals first, before any thread exists, so that every thread inherits the mask.
     let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
+    // One daemon per state directory: a second one would sweep the first's temporary files mid-deploy.
+    let _state_lock = lock_state_dir(&config.state_dir)?;
     let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::jail::error_chain(&e))?);
     let mut jconfig = JailerConfig::default();
     if let Some(r) = &config.rootfs {
@@ -245,6 +247,24 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = std::fs::remove_file(&socket_path);
     eprintln!("taskcell: stopped");
     result
+}
+
+/// An exclusive lock on `STATE/.lock`, held for the daemon's life (released by the kernel at any exit).
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("{} is in use by another taskcell daemon", dir.display()));
+    }
+    Ok(file)
 }
 
 /// Bind the front socket (mode 0660), replacing a stale socket file but never a live daemon's.

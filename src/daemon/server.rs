@@ -864,8 +864,9 @@ impl Server {
             let Some(inv) = self.invocations.get(&id) else { continue };
             let sb = inv.sb;
             let limit = self.config.timeout.as_millis();
-            self.complete(id, Err((504, "timeout", format!("the invocation ran past its time limit of {limit} ms; its sandbox was killed"))));
+            // Killed first, so that the reason recorded is the timeout (completing could recycle it otherwise).
             self.kill_sandbox(sb, KillReason::Timeout);
+            self.complete(id, Err((504, "timeout", format!("the invocation ran past its time limit of {limit} ms; its sandbox was killed"))));
         }
     }
 
@@ -1261,7 +1262,9 @@ impl Server {
             if now >= p.give_up {
                 self.metrics.invocation("overloaded");
                 let waited = self.config.queue_timeout.as_millis();
-                let r = Response::error(503, "overloaded", &format!("no sandbox could be had within {waited} ms"), None).header("Retry-After", "1");
+                let why = self.last_spawn_error.as_deref().map_or(String::new(), |e| format!(" (sandboxes cannot be made: {e})"));
+                let msg = format!("no sandbox could be had within {waited} ms{why}");
+                let r = Response::error(503, "overloaded", &msg, None).header("Retry-After", "1");
                 self.respond(p.conn, &p.request_id, p.keep_alive, r);
             } else {
                 still.push_back(p);
