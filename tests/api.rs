@@ -405,7 +405,7 @@ fn bad_names_are_refused_and_create_nothing() {
     for entry in state_entries(d) {
         let parts: Vec<&str> = entry.split('/').collect();
         match parts.as_slice() {
-            ["s.sock"] | ["daemon.log"] | ["state"] | ["state", "tasks"] => {}
+            ["s.sock"] | ["daemon.log"] | ["state"] | ["state", ".lock"] | ["state", "tasks"] => {}
             ["state", "tasks", tenant] => assert!(valid(tenant), "unexpected tenant directory {entry}"),
             ["state", "tasks", tenant, file] => {
                 assert!(valid(tenant), "unexpected {entry}");

@@ -567,7 +567,8 @@ fn temp_files(state: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 todo.push(p);
-            } else if e.file_name().to_string_lossy().starts_with('.') {
+            } else if e.file_name().to_string_lossy().starts_with('.') && p != state.join(".lock") {
+                // (STATE/.lock is the daemon's lock on its state directory, not a temporary file.)
                 out.push(p);
             }
         }

@@ -159,12 +159,12 @@ fn await_ready(sandbox: &mut jailer::Sandbox, socket: &UnixStream, output: &Owne
         if fds[1].revents != 0 || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
             let exit = sandbox.wait().map_err(|e| format!("waiting: {e}"))?;
             let tail = read_tail(output);
-            let what = match exit.status {
-                jailer::pid::Status::Exited(c) => format!("exited with status {c}"),
-                jailer::pid::Status::Signaled(s) => format!("was killed by signal {s}"),
+            let how = match exit.status {
+                jailer::pid::Status::Exited(c) => format!("with status {c}"),
+                jailer::pid::Status::Signaled(s) => format!("killed by signal {s}"),
             };
             let said = if tail.trim().is_empty() { String::from(" (it printed nothing)") } else { format!(": {}", tail.trim()) };
-            return Err(format!("the sandbox's /usr/bin/node {what} during start-up{said}"));
+            return Err(format!("the sandbox's /usr/bin/node exited during start-up, {how}{said}"));
         }
     }
 }
