@@ -82,15 +82,26 @@ fn parse_args() -> Result<Args, String> {
             "--node" => a.node = PathBuf::from(val("--node")?),
             "--out" => a.out = PathBuf::from(val("--out")?),
             "--pool-size" => {
-                a.pool_size = val("--pool-size")?.parse().map_err(|_| "--pool-size needs a number")?;
+                a.pool_size = val("--pool-size")?
+                    .parse()
+                    .map_err(|_| "--pool-size needs a number")?;
                 if a.pool_size == 0 {
-                    return Err("--pool-size must be at least 1 (the pool-empty row uses 0 by itself)".into());
+                    return Err(
+                        "--pool-size must be at least 1 (the pool-empty row uses 0 by itself)"
+                            .into(),
+                    );
                 }
             }
             "--only" => {
                 a.only = val("--only")?
                     .split(',')
-                    .map(|g| g.trim().parse::<u8>().ok().filter(|g| (1..=5).contains(g)).ok_or(format!("bad group {g:?}")))
+                    .map(|g| {
+                        g.trim()
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|g| (1..=5).contains(g))
+                            .ok_or(format!("bad group {g:?}"))
+                    })
                     .collect::<Result<_, _>>()?;
             }
             "-h" | "--help" => {
@@ -105,7 +116,10 @@ fn parse_args() -> Result<Args, String> {
 
 /// UTC date and time from the system clock, without a date crate.
 fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -117,12 +131,20 @@ fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn first_line(path: &str, key: &str) -> Option<String> {
     let s = fs::read_to_string(path).ok()?;
-    s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
 }
 
 fn version_of(prog: &Path, arg: &str) -> String {
@@ -133,7 +155,14 @@ fn version_of(prog: &Path, arg: &str) -> String {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_else(|| "not found".into())
 }
 
@@ -142,9 +171,21 @@ fn machine(ctx: &Ctx) -> Vec<(String, String)> {
     let nproc = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     let mut m = vec![
         ("nproc".to_string(), nproc.to_string()),
-        ("cpu".into(), first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into())),
-        ("kernel".into(), fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
-        ("memory".into(), first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into())),
+        (
+            "cpu".into(),
+            first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into()),
+        ),
+        (
+            "kernel".into(),
+            fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        (
+            "memory".into(),
+            first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into()),
+        ),
         ("node".into(), version_of(&ctx.node, "--version")),
         (
             "taskcell".into(),
@@ -153,10 +194,18 @@ fn machine(ctx: &Ctx) -> Vec<(String, String)> {
                 Err(e) => e.clone(),
             },
         ),
-        ("load average at start".into(), fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()),
+        (
+            "load average at start".into(),
+            fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
     ];
     for tool in ["unshare", "bwrap", "crun"] {
-        let v = procs::which(tool).map(|p| version_of(&p, "--version")).unwrap_or_else(|| "not installed".into());
+        let v = procs::which(tool)
+            .map(|p| version_of(&p, "--version"))
+            .unwrap_or_else(|| "not installed".into());
         m.push((tool.into(), v));
     }
     m
@@ -172,22 +221,36 @@ fn goals(r: &Report) -> Vec<String> {
     let mut g = Vec::new();
     let verdict = |x: f64, limit: f64| if x <= limit { "met" } else { "NOT met" };
     if let Some(x) = ratio(r, invoke::TC_WARM, invoke::BARE_WARM, 0.5) {
-        g.push(format!("warm p50 / bare node server p50 = {x:.2} (goal <= 1.5: {})", verdict(x, 1.5)));
+        g.push(format!(
+            "warm p50 / bare node server p50 = {x:.2} (goal <= 1.5: {})",
+            verdict(x, 1.5)
+        ));
     }
     if let Some(x) = ratio(r, invoke::COLD_POOL, invoke::BARE_WARM, 0.99) {
-        g.push(format!("cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})", verdict(x, 20.0)));
+        g.push(format!(
+            "cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})",
+            verdict(x, 20.0)
+        ));
     }
     if let Some(x) = ratio(r, sandbox::JAIL_NOOP, sandbox::UNSHARE, 0.5) {
-        g.push(format!("jail no-op p50 / unshare p50 = {x:.2} (goal <= 1: {})", verdict(x, 1.0)));
+        g.push(format!(
+            "jail no-op p50 / unshare p50 = {x:.2} (goal <= 1: {})",
+            verdict(x, 1.0)
+        ));
     }
-    if let (Some(a), Some(b)) = (r.row(sandbox::JAIL_NODE).and_then(|x| x.p50()), r.row(sandbox::BARE_NODE).and_then(|x| x.p50())) {
+    if let (Some(a), Some(b)) = (
+        r.row(sandbox::JAIL_NODE).and_then(|x| x.p50()),
+        r.row(sandbox::BARE_NODE).and_then(|x| x.p50()),
+    ) {
         g.push(format!(
             "jail node start p50 - bare node start p50 = {:+.1} ms (isolation on top of Node's own start-up)",
             (a as f64 - b as f64) / 1e3
         ));
     }
     if let Some(x) = ratio(r, "idle pool sandbox: PSS", "idle bare node: PSS", 0.5) {
-        g.push(format!("idle sandbox PSS / idle bare node PSS = {x:.2} (goal: close to 1)"));
+        g.push(format!(
+            "idle sandbox PSS / idle bare node PSS = {x:.2} (goal: close to 1)"
+        ));
     }
     g
 }
@@ -226,7 +289,10 @@ fn main() {
     let taskcell = if args.taskcell.is_file() {
         Ok(fs::canonicalize(&args.taskcell).unwrap_or(args.taskcell.clone()))
     } else {
-        Err(format!("taskcell binary not found at {}", args.taskcell.display()))
+        Err(format!(
+            "taskcell binary not found at {}",
+            args.taskcell.display()
+        ))
     };
     let ctx = Ctx {
         quick: args.quick,
@@ -247,7 +313,10 @@ fn main() {
         warnings: Vec::new(),
         goals: Vec::new(),
     };
-    eprintln!("taskcell-bench: {} run, groups {:?}", report.mode, args.only);
+    eprintln!(
+        "taskcell-bench: {} run, groups {:?}",
+        report.mode, args.only
+    );
     for g in &args.only {
         if procs::stopping() {
             break;
@@ -260,16 +329,31 @@ fn main() {
             4 => throughput::run(&ctx, &mut report.warnings),
             _ => pool::run(&ctx, &mut report.warnings),
         };
-        eprintln!("taskcell-bench: group {g} done in {:.1} s", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "taskcell-bench: group {g} done in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
         report.rows.extend(rows);
     }
     let interrupted = procs::stopping();
     if interrupted {
-        report.warnings.push("interrupted: the table holds what was measured before the signal".into());
+        report
+            .warnings
+            .push("interrupted: the table holds what was measured before the signal".into());
     }
     report.finish();
     report.goals = goals(&report);
-    report.machine.push(("bench wall time".into(), format!("{:.1} s", started.elapsed().as_secs_f64())));
+    report.machine.push((
+        "bench wall time".into(),
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    ));
+    report.machine.push((
+        "load average at end".into(),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    ));
     procs::remove_tmpdirs();
 
     print!("{}", report.table());

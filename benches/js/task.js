@@ -1,0 +1,1 @@
+module.exports = (d) => ({ok: true, n: d.n});

@@ -1,0 +1,436 @@
+//! Groups 2 and 3: one invocation at a time over a keep-alive connection. Warm (the tenant's sandbox
+//! already running) against a bare Node HTTP server and against node started per request; cold (a new
+//! tenant) from the pre-warmed pool and with no pool at all.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::daemon::{Daemon, NodeServer, PoolWait};
+use crate::http::{build, Conn, Resp};
+use crate::lanes::{self, Lane};
+use crate::procs::{Spawn, Until};
+use crate::report::{Row, Unit};
+use crate::{Ctx, TASK_JS};
+
+pub const BARE_WARM: &str = "bare node http server (no isolation)";
+pub const TC_WARM: &str = "taskcell warm, ad-hoc code";
+pub const TC_WARM_NAMED: &str = "taskcell warm, named task";
+pub const NODE_PER_REQ: &str = "node per request (CGI style)";
+pub const TC_WARM_REF: &str = "taskcell warm, same daemon (reference)";
+pub const COLD_POOL: &str = "taskcell cold: new tenant, pool hit";
+pub const COLD_EMPTY: &str = "taskcell cold: new tenant, pool empty";
+
+pub fn adhoc_body(n: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({"code": TASK_JS, "data": {"n": n}})).expect("static JSON")
+}
+
+fn micros_since(t0: Instant) -> u64 {
+    t0.elapsed().as_micros() as u64
+}
+
+/// Checks a run envelope: 200, `result.n == n`; returns its `cold` flag.
+pub fn check_run(r: &Resp, n: u64) -> Result<Option<bool>, String> {
+    if r.status != 200 {
+        return Err(r.describe());
+    }
+    let v: Value = r
+        .json()
+        .ok_or_else(|| format!("not JSON: {}", r.describe()))?;
+    if v.pointer("/result/n").and_then(Value::as_u64) != Some(n) {
+        return Err(format!("wrong result: {}", r.describe()));
+    }
+    Ok(v.get("cold").and_then(Value::as_bool))
+}
+
+/// A tenant's first (cold) run, outside any measurement: a 503 `overloaded` (a busy machine making
+/// sandboxes slowly) is retried a few times.
+pub fn first_run(c: &mut Conn, tenant: &str) -> Result<(), String> {
+    let req = build("POST", &format!("/v1/tenants/{tenant}/run"), &adhoc_body(0));
+    let mut tries = 0;
+    loop {
+        let r = c
+            .request(&req)
+            .map_err(|e| format!("first run of tenant {tenant}: {e}"))?;
+        if r.status == 503 && tries < 5 && !crate::procs::stopping() {
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        return check_run(&r, 0)
+            .map(|_| ())
+            .map_err(|e| format!("first run of tenant {tenant}: {e}"));
+    }
+}
+
+/// One timed request on `conn`, checked; counts responses whose `cold` flag is not what was expected.
+fn timed_run(
+    conn: &mut Conn,
+    req: &[u8],
+    n: u64,
+    want_cold: Option<bool>,
+    odd: &Cell<u64>,
+) -> Result<u64, String> {
+    let t0 = Instant::now();
+    let r = conn.request(req).map_err(|e| e.to_string())?;
+    let us = micros_since(t0);
+    let cold = check_run(&r, n)?;
+    if want_cold.is_some() && cold != want_cold {
+        odd.set(odd.get() + 1);
+    }
+    Ok(us)
+}
+
+fn note_cold(rows: &mut [Row], name: &str, odd: &Cell<u64>, what: &str) {
+    if odd.get() > 0 {
+        if let Some(r) = rows.iter_mut().find(|r| r.name == name) {
+            r.note(format!("{} responses had cold != {what}", odd.get()));
+        }
+    }
+}
+
+pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
+    let (n_warm, n_cgi) = if ctx.quick { (200, 10) } else { (3000, 150) };
+    let (w_warm, w_cgi) = if ctx.quick { (20, 1) } else { (200, 3) };
+    let r = |name: &str| Row::new(2, name, Unit::Micros);
+
+    let bare = NodeServer::start(ctx, "bare-warm");
+    let mut bare_conn = bare
+        .as_ref()
+        .map_err(|e| e.clone())
+        .and_then(|s| Conn::open(&s.socket).map_err(|e| e.to_string()));
+    let daemon = Daemon::start(ctx, "warm", ctx.pool_size);
+    let setup = |d: &Result<Daemon, String>| -> Result<(Conn, Conn), String> {
+        let d = d.as_ref().map_err(|e| e.clone())?;
+        let mut c = Conn::open(&d.socket).map_err(|e| e.to_string())?;
+        // The tenant's first request gives it a sandbox; from then on it is warm.
+        d.settle_start();
+        first_run(&mut c, "bench-warm")?;
+        let put = c
+            .request(&build(
+                "PUT",
+                "/v1/tenants/bench-warm/tasks/echo",
+                TASK_JS.as_bytes(),
+            ))
+            .map_err(|e| format!("deploy: {e}"))?;
+        if put.status != 200 && put.status != 201 {
+            return Err(format!("deploy: {}", put.describe()));
+        }
+        let c2 = Conn::open(&d.socket).map_err(|e| e.to_string())?;
+        Ok((c, c2))
+    };
+    let conns = setup(&daemon);
+    let odd_adhoc = Cell::new(0);
+    let odd_named = Cell::new(0);
+    let (mut c_adhoc, mut c_named) = match conns {
+        Ok((a, b)) => (Ok(a), Ok(b)),
+        Err(e) => (Err(e.clone()), Err(e)),
+    };
+
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut i = 0u64;
+    lanes.push(match bare_conn.as_mut() {
+        Err(e) => Lane::na(r(BARE_WARM), e.clone()),
+        Ok(c) => Lane::new(
+            r(BARE_WARM),
+            n_warm,
+            w_warm,
+            Box::new(move || {
+                i += 1;
+                let req = build("POST", "/v1/tenants/bench-warm/run", &adhoc_body(i));
+                timed_run(c, &req, i, None, &Cell::new(0))
+            }),
+        ),
+    });
+    let mut j = 0u64;
+    let odd = &odd_adhoc;
+    lanes.push(match c_adhoc.as_mut() {
+        Err(e) => Lane::na(r(TC_WARM).vs(BARE_WARM), e.clone()),
+        Ok(c) => Lane::new(
+            r(TC_WARM).vs(BARE_WARM),
+            n_warm,
+            w_warm,
+            Box::new(move || {
+                j += 1;
+                let req = build("POST", "/v1/tenants/bench-warm/run", &adhoc_body(j));
+                timed_run(c, &req, j, Some(false), odd)
+            }),
+        ),
+    });
+    let mut k = 0u64;
+    let odd = &odd_named;
+    lanes.push(match c_named.as_mut() {
+        Err(e) => Lane::na(r(TC_WARM_NAMED).vs(BARE_WARM), e.clone()),
+        Ok(c) => Lane::new(
+            r(TC_WARM_NAMED).vs(BARE_WARM),
+            n_warm,
+            w_warm,
+            Box::new(move || {
+                k += 1;
+                let body = serde_json::to_vec(&json!({"n": k})).expect("static JSON");
+                let req = build("POST", "/v1/tenants/bench-warm/tasks/echo/run", &body);
+                timed_run(c, &req, k, Some(false), odd)
+            }),
+        ),
+    });
+    // CGI style: a fresh node per request, the function evaluated, the data on argv, the result on stdout.
+    let script = format!(
+        "{TASK_JS}\n;process.stdout.write(JSON.stringify({{result: module.exports(JSON.parse(process.argv[1]))}}));"
+    );
+    let mut m = 0u64;
+    let node = ctx.node.clone();
+    lanes.push(Lane::new(
+        r(NODE_PER_REQ).vs(BARE_WARM),
+        n_cgi,
+        w_cgi,
+        Box::new(move || {
+            m += 1;
+            let data = json!({"n": m}).to_string();
+            let o = Spawn::new(&node, &["-e", &script, &data])
+                .run(Until::Exit, true)
+                .map_err(|e| e.to_string())?;
+            if o.status != 0 {
+                return Err(o.describe());
+            }
+            let v: Value =
+                serde_json::from_slice(&o.stdout).map_err(|e| format!("stdout not JSON: {e}"))?;
+            if v.pointer("/result/n").and_then(Value::as_u64) != Some(m) {
+                return Err(format!("wrong result {v}"));
+            }
+            Ok(o.micros)
+        }),
+    ));
+    let mut rows = lanes::run(lanes);
+    note_cold(&mut rows, TC_WARM, &odd_adhoc, "false");
+    note_cold(&mut rows, TC_WARM_NAMED, &odd_named, "false");
+    if let Ok(c) = &c_adhoc {
+        if c.reconnects > 0 {
+            warnings.push(format!(
+                "warm: the daemon closed the idle keep-alive connection {} times",
+                c.reconnects
+            ));
+        }
+    }
+    drop((c_adhoc, c_named, bare_conn));
+    if let Ok(d) = daemon {
+        d.stop(warnings);
+    }
+    drop(bare);
+    rows
+}
+
+/// The pool-hit daemon of group 3, its two connections and its warm reference tenant. Every new tenant
+/// keeps its sandbox, so a daemon with a cap on sandboxes (taskcell's default depends on the machine's
+/// memory) eventually stops refilling its pool; the bench then starts a fresh daemon, so that every
+/// pool-hit sample really finds a full pool.
+const MAX_RESTARTS: u32 = 10;
+
+struct ColdDaemon<'c> {
+    ctx: &'c Ctx,
+    d: Option<Daemon>,
+    client: Option<Conn>,
+    health: Option<Conn>,
+    restarts: u32,
+    last_stuck: Option<String>,
+    /// Set when /v1/health has no pool idle count: sleep between samples instead.
+    no_idle: Option<String>,
+    warnings: Vec<String>,
+}
+
+impl<'c> ColdDaemon<'c> {
+    fn start(&mut self) -> Result<(), String> {
+        if let Some(d) = self.d.take() {
+            self.client = None;
+            self.health = None;
+            d.stop(&mut self.warnings);
+        }
+        let d = Daemon::start(self.ctx, "cold", self.ctx.pool_size)?;
+        let mut c = Conn::open(&d.socket).map_err(|e| e.to_string())?;
+        d.settle_start();
+        first_run(&mut c, "bench-ref")?;
+        self.health = Some(Conn::open(&d.socket).map_err(|e| e.to_string())?);
+        self.client = Some(c);
+        self.d = Some(d);
+        Ok(())
+    }
+
+    /// Before every sample of the group: the pool full and idle, so that no sample shares the CPUs
+    /// with a refill.
+    fn settle(&mut self) -> Result<(), String> {
+        if self.d.is_none() {
+            self.start()?;
+        }
+        if self.no_idle.is_some() {
+            std::thread::sleep(Duration::from_millis(if self.ctx.quick {
+                300
+            } else {
+                600
+            }));
+            return Ok(());
+        }
+        if self.restarts >= MAX_RESTARTS {
+            std::thread::sleep(Duration::from_millis(if self.ctx.quick {
+                300
+            } else {
+                600
+            }));
+            return Ok(());
+        }
+        let stall = Duration::from_secs(if self.ctx.quick { 3 } else { 5 });
+        for attempt in 0..2 {
+            let (Some(d), Some(h)) = (self.d.as_ref(), self.health.as_mut()) else {
+                return Err("no daemon".into());
+            };
+            match d.wait_pool_full(h, stall) {
+                Ok(_) => return Ok(()),
+                Err(PoolWait::Error(e)) if e.contains("no pool idle count") => {
+                    self.no_idle = Some(e);
+                    return Ok(());
+                }
+                Err(PoolWait::Error(e)) => return Err(e),
+                Err(PoolWait::Stuck(s)) => {
+                    if attempt == 1 || self.restarts + 1 >= MAX_RESTARTS {
+                        return Err(format!(
+                            "a fresh daemon's pool stays short of its size: {s}"
+                        ));
+                    }
+                    self.last_stuck = Some(s);
+                    self.restarts += 1;
+                    self.start()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        tenant: &str,
+        n: u64,
+        want_cold: bool,
+        odd: &Cell<u64>,
+    ) -> Result<u64, String> {
+        self.settle()?;
+        let c = self.client.as_mut().ok_or("no daemon")?;
+        let req = build("POST", &format!("/v1/tenants/{tenant}/run"), &adhoc_body(n));
+        timed_run(c, &req, n, Some(want_cold), odd)
+    }
+}
+
+pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
+    let (n_pool, n_empty, n_ref) = if ctx.quick {
+        (10, 5, 20)
+    } else {
+        (200, 60, 400)
+    };
+    let r = |name: &str| Row::new(3, name, Unit::Micros);
+    let pid = std::process::id();
+    let cd = RefCell::new(ColdDaemon {
+        ctx,
+        d: None,
+        client: None,
+        health: None,
+        restarts: 0,
+        last_stuck: None,
+        no_idle: None,
+        warnings: Vec::new(),
+    });
+    let started = cd.borrow_mut().start();
+    let empty = Daemon::start(ctx, "cold-empty", 0);
+    let (odd_ref, odd_pool, odd_empty) = (Cell::new(0), Cell::new(0), Cell::new(0));
+
+    let mut lanes: Vec<Lane> = Vec::new();
+    match &started {
+        Err(e) => {
+            lanes.push(Lane::na(r(TC_WARM_REF), e.clone()));
+            lanes.push(Lane::na(r(COLD_POOL).vs(TC_WARM_REF), e.clone()));
+        }
+        Ok(()) => {
+            let (cdr, odd) = (&cd, &odd_ref);
+            let mut i = 0;
+            lanes.push(Lane::new(
+                r(TC_WARM_REF),
+                n_ref,
+                if ctx.quick { 5 } else { 50 },
+                Box::new(move || {
+                    i += 1;
+                    cdr.borrow_mut().run("bench-ref", i, false, odd)
+                }),
+            ));
+            let (cdr, odd) = (&cd, &odd_pool);
+            let mut i = 0;
+            lanes.push(Lane::new(
+                r(COLD_POOL).vs(TC_WARM_REF),
+                n_pool,
+                1,
+                Box::new(move || {
+                    i += 1;
+                    cdr.borrow_mut()
+                        .run(&format!("cold-{pid}-{i}"), i, true, odd)
+                }),
+            ));
+        }
+    }
+    let er = r(COLD_EMPTY).vs(TC_WARM_REF);
+    match &empty {
+        Err(e) => lanes.push(Lane::na(er, format!("--pool-size 0: {e}"))),
+        Ok(e) => match Conn::open(&e.socket) {
+            Err(err) => lanes.push(Lane::na(er, err.to_string())),
+            Ok(mut c) => {
+                let (cdr, odd) = (&cd, &odd_empty);
+                let mut i = 0;
+                let have_pool_daemon = started.is_ok();
+                lanes.push(Lane::new(
+                    er,
+                    n_empty,
+                    1,
+                    Box::new(move || {
+                        // The other daemon's pool settled too, so that no refill runs beside this sample.
+                        if have_pool_daemon {
+                            cdr.borrow_mut().settle()?;
+                        }
+                        i += 1;
+                        let req = build(
+                            "POST",
+                            &format!("/v1/tenants/empty-{pid}-{i}/run"),
+                            &adhoc_body(i),
+                        );
+                        timed_run(&mut c, &req, i, Some(true), odd)
+                    }),
+                ));
+            }
+        },
+    }
+    let mut rows = lanes::run(lanes);
+    note_cold(&mut rows, TC_WARM_REF, &odd_ref, "false");
+    note_cold(&mut rows, COLD_POOL, &odd_pool, "true");
+    note_cold(&mut rows, COLD_EMPTY, &odd_empty, "true");
+    let mut cd = cd.into_inner();
+    if let Some(row) = rows.iter_mut().find(|r| r.name == COLD_POOL) {
+        if let Some(e) = &cd.no_idle {
+            row.note(format!(
+                "{e}: slept between samples instead of waiting for a full pool"
+            ));
+        } else if let Some(p) = cd.d.as_ref().and_then(|d| d.idle_ptr.clone()) {
+            row.note(format!("pool full before each sample (health {p})"));
+        }
+        if let Some(s) = &cd.last_stuck {
+            row.note(format!(
+                "daemon restarted {} times because its pool stopped refilling: {s}",
+                cd.restarts
+            ));
+            if cd.restarts >= MAX_RESTARTS {
+                row.note("then slept between samples instead");
+            }
+        }
+    }
+    if let Some(d) = cd.d.take() {
+        d.stop(&mut cd.warnings);
+    }
+    warnings.append(&mut cd.warnings);
+    if let Ok(d) = empty {
+        d.stop(warnings);
+    }
+    rows
+}
