@@ -323,13 +323,7 @@ impl Jailer {
         let (go_r, go_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
         let (exit_r, exit_w) = pipe()?;
-        let pipes = ChildPipes {
-            go: go_r.as_raw_fd(),
-            release: go_w.as_raw_fd(),
-            status: status_w.as_raw_fd(),
-            exit: exit_w.as_raw_fd(),
-            exit_read: exit_r.as_raw_fd(),
-        };
+        let pipes = ChildPipes { go: go_r.as_raw_fd(), status: status_w.as_raw_fd(), exit: exit_w.as_raw_fd() };
         let cgroup_dir = cgroup.clone_target();
         let (pid, pidfd, born_in_cgroup) = match clone_child(&plan, &pipes, cgroup_dir.as_ref().map(|d| d.as_fd())) {
             Ok(v) => v,
@@ -442,16 +436,14 @@ struct ChildPlan {
     args_area: pid::ArgsArea,
 }
 
-/// The child's ends of the two pipes: it reads `go` (the parent's release) and writes `status` (a failure).
+/// The child's ends of the pipes: it reads `go` (the parent's release), writes `status` (a failure) and,
+/// as the init, `exit`. It closes its copies of the parent's ends first thing (`close_inherited`), so that the
+/// parent's death reads as a hang-up on `go`.
 struct ChildPipes {
     go: RawFd,
-    /// The parent's end of `go`: the child closes its copy so that the parent's death reads as end-of-file.
-    release: RawFd,
     status: RawFd,
     /// The init's report of the command's wait status (close-on-exec: the command never holds it).
     exit: RawFd,
-    /// The parent's end of `exit`, closed in the child.
-    exit_read: RawFd,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
@@ -537,6 +529,9 @@ enum Never {}
 fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i32)> {
     // Die with the supervising thread: a sandbox never outlives the process that is accountable for it.
     pid::die_with_parent().map_err(|e| (Step::DeathSignal, e))?;
+    // Let go of every descriptor of the supervisor's that the sandbox does not need (its listening socket,
+    // its state-directory lock, other sandboxes' pipes): a dying child must not hold them even for a moment.
+    close_inherited(plan, pipes).map_err(|e| (Step::Descriptors, e))?;
     // Wait for the parent to write our uid/gid maps and move us into our cgroup (EOF: the parent is gone).
     await_parent(pipes).map_err(|e| (Step::AwaitParent, e))?;
     // Take on the mapped uid/gid 1000 before creating any file (unmapped ids cannot own files).
@@ -594,11 +589,6 @@ fn parent_alive(pipes: &ChildPipes) -> Result<(), i32> {
 }
 
 fn await_parent(pipes: &ChildPipes) -> Result<(), i32> {
-    // SAFETY: closes this process's copies of the parent's ends; the parent's own copies are unaffected.
-    unsafe {
-        libc::close(pipes.release);
-        libc::close(pipes.exit_read);
-    }
     let go = pipes.go;
     let mut byte = 0u8;
     loop {
@@ -648,6 +638,38 @@ fn arrange_fds(plan: &ChildPlan, status_fd: RawFd, exit_fd: RawFd) -> Result<(),
             pid::check(unsafe { libc::close_range(from as u32, (fd - 1) as u32, 0) })?;
         }
         from = from.max(fd + 1);
+    }
+    // SAFETY: as above.
+    pid::check(unsafe { libc::close_range(from as u32, u32::MAX, 0) })
+}
+
+/// Close every descriptor but the pipes and the ones the sandbox will be given (stdio, socket).
+fn close_inherited(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(), i32> {
+    let mut keep = [-1 as RawFd; 8];
+    keep[0] = pipes.go;
+    keep[1] = pipes.status;
+    keep[2] = pipes.exit;
+    if let Some(stdio) = &plan.stdio {
+        for (i, fd) in stdio.iter().enumerate() {
+            keep[3 + i] = fd.as_raw_fd();
+        }
+    } else {
+        keep[3..6].copy_from_slice(&[0, 1, 2]);
+    }
+    if let Some(sock) = &plan.socket {
+        keep[6] = sock.as_raw_fd();
+    }
+    keep.sort_unstable();
+    let mut from: RawFd = 0;
+    for fd in keep {
+        if fd < from {
+            continue;
+        }
+        if fd > from {
+            // SAFETY: closes a range of inherited descriptors, none of which this process uses.
+            pid::check(unsafe { libc::close_range(from as u32, (fd - 1) as u32, 0) })?;
+        }
+        from = fd + 1;
     }
     // SAFETY: as above.
     pid::check(unsafe { libc::close_range(from as u32, u32::MAX, 0) })

@@ -260,11 +260,19 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
         .write(true)
         .open(&path)
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!("{} is in use by another taskcell daemon", dir.display()));
+    // A daemon killed with -9 may leave a sandbox it was making alive for a moment, holding a copy of the
+    // lock's descriptor until its death signal lands: wait a little before calling the directory taken.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("{} is in use by another taskcell daemon", dir.display()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(file)
 }
 
 /// Bind the front socket (mode 0660), replacing a stale socket file but never a live daemon's.
