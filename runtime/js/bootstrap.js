@@ -34,6 +34,12 @@ const bufferAlloc = Buffer.allocUnsafe.bind(Buffer);
 const bufferConcat = Buffer.concat.bind(Buffer);
 const byteLength = Buffer.byteLength.bind(Buffer);
 const bufferToString = Function.prototype.call.bind(Buffer.prototype.toString);
+// Lone surrogates would make a frame's meta invalid UTF-8 (and the daemon kill the sandbox as a protocol
+// violation): replace them. String.prototype.toWellFormed where Node has it (20+), else the same by hand.
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+const wellFormed = typeof String.prototype.toWellFormed === 'function'
+  ? Function.prototype.call.bind(String.prototype.toWellFormed)
+  : (text) => String.prototype.replace.call(text, LONE_SURROGATE, '\uFFFD');
 const bytesSet = Function.prototype.call.bind(Uint8Array.prototype.set);
 const bytesSubarray = Function.prototype.call.bind(Uint8Array.prototype.subarray);
 const reflectApply = Reflect.apply;
@@ -97,6 +103,7 @@ function utf8Prefix(text, maxBytes) {
 const TRUNCATED = '... [truncated]';
 
 function limitMessage(text) {
+  text = wellFormed(text);
   if (byteLength(text, 'utf8') <= MESSAGE_LIMIT) return text;
   return bufferToString(utf8Prefix(text, MESSAGE_LIMIT - TRUNCATED.length), 'utf8') + TRUNCATED;
 }
@@ -309,11 +316,19 @@ function thenOf(value) {
 function run(id, meta, body) {
   const sourceLen = meta.sourceLen;
   if (!Number.isInteger(sourceLen) || sourceLen < 0 || sourceLen > body.length) {
-    return protocolError(`Run ${id}: sourceLen ${sourceLen} does not fit a body of ${body.length}`);
+    return protocolError(`Run ${id}: sourceLen ${typeof sourceLen === 'number' ? sourceLen : typeof sourceLen} does not fit a body of ${body.length}`);
   }
   if (typeof meta.key !== 'string') return protocolError(`Run ${id}: no key`);
   const inv = { id, settled: false, logBytes: 0, logTruncated: false };
-  als.run(inv, () => invoke(inv, meta, bytesSubarray(body, 0, sourceLen), bytesSubarray(body, sourceLen)));
+  als.run(inv, () => {
+    // Tenant code can make the runtime's own steps throw (a getter on module.exports, a promise whose
+    // constructor getter throws): that fails this invocation, never the runtime.
+    try {
+      invoke(inv, meta, bytesSubarray(body, 0, sourceLen), bytesSubarray(body, sourceLen));
+    } catch (err) {
+      fail(inv, describe(err));
+    }
+  });
 }
 
 function invoke(inv, meta, source, data) {
@@ -479,7 +494,11 @@ function onData(chunk) {
     if (head.length === 4 + len) chunks.shift();
     else chunks[0] = bytesSubarray(head, 4 + len);
     buffered -= 4 + len;
-    onFrame(frame);
+    try {
+      onFrame(frame);
+    } catch (err) {
+      return protocolError(`internal error: ${shortMessage(err)}`);
+    }
   }
 }
 

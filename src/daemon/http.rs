@@ -84,10 +84,13 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).unwrap_or("").trim();
-            let n: usize = text
-                .parse()
-                .map_err(|_| HttpError::new(400, "bad_request", format!("invalid Content-Length {text:?}")))?;
+            // RFC 9110: 1*DIGIT. `usize::from_str` alone would also take `+5`, and `trim` Unicode spaces.
+            let text = std::str::from_utf8(h.value).unwrap_or("").trim_matches([' ', '\t']);
+            let invalid = || HttpError::new(400, "bad_request", format!("invalid Content-Length {text:?}"));
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            let n: usize = text.parse().map_err(|_| invalid())?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(HttpError::new(400, "bad_request", "conflicting Content-Length headers"));
             }
@@ -258,6 +261,9 @@ mod tests {
         assert_eq!(status(b"GARBAGE\x00\x01 / HTTP/1.1\r\n\r\n"), Some(400));
         assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), Some(413));
         assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Some(400));
+        // 1*DIGIT only (found by fuzzing): a sign or a Unicode space would let a proxy frame it differently.
+        assert_eq!(status(b"POST / HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}"), Some(400));
+        assert_eq!(status("POST / HTTP/1.1\r\nContent-Length: \u{a0}2\r\n\r\n{}".as_bytes()), Some(400));
         assert_eq!(status(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(411));
         let mut huge = b"GET / HTTP/1.1\r\nX-A: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 20_000));
