@@ -3,7 +3,7 @@
 //! Stdio passes through; the exit status is the command's (128 + signal when killed). SIGINT, SIGTERM and
 //! SIGHUP sent to taskcell kill the sandbox and are answered the same way, so that its cgroup is always removed.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -70,7 +70,7 @@ pub fn main(raw: Vec<String>) -> ExitCode {
 
 fn run(opts: Options) -> Result<i32, String> {
     let memory = opts.config.limits.memory;
-    let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
+    let signals = crate::signals::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]).map_err(|e| format!("signalfd: {e}"))?;
     let jailer = Jailer::new(opts.config).map_err(|e| error_chain(&e))?;
     let spec = SandboxSpec { argv: opts.argv.clone(), env: Vec::new(), stdio: Stdio::Inherit, socket: None, limits: None };
     let mut sandbox = match jailer.make(spec) {
@@ -115,25 +115,6 @@ fn run(opts: Options) -> Result<i32, String> {
         eprintln!("taskcell jail: {} was killed by the sandbox's memory limit ({memory} bytes)", opts.argv[0]);
     }
     Ok(exit.status.code())
-}
-
-fn block_signals() -> std::io::Result<OwnedFd> {
-    // SAFETY: `set` is a local sigset_t initialised before use; signalfd returns a new descriptor we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
 }
 
 fn read_signal(fd: &OwnedFd) -> i32 {

@@ -6,6 +6,7 @@
 mod args;
 mod daemon;
 mod jail;
+mod signals;
 
 use std::process::ExitCode;
 

@@ -152,7 +152,12 @@ impl CgroupRoot {
     /// Remove this process's groups (and any sandbox cgroup still in them). Returns false if one would not go.
     pub fn remove_groups(&self) -> bool {
         let v2 = matches!(self.layout, Layout::V2 { .. });
-        self.groups.iter().fold(true, |ok, group| remove_tree(group, v2) && ok)
+        // Every group is tried, even after one fails.
+        let mut ok = true;
+        for group in &self.groups {
+            ok &= remove_tree(group, v2);
+        }
+        ok
     }
 }
 

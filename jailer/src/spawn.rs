@@ -446,7 +446,8 @@ struct ChildPipes {
     exit: RawFd,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {

@@ -12,7 +12,6 @@ mod slab;
 mod spawner;
 mod store;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -191,7 +190,7 @@ fn raise_nofile() {
 fn serve(config: Config) -> Result<(), String> {
     raise_nofile();
     // Signals first, before any thread exists, so that every thread inherits the mask.
-    let signals = block_signals().map_err(|e| format!("signalfd: {e}"))?;
+    let signals = crate::signals::block(&[libc::SIGINT, libc::SIGTERM]).map_err(|e| format!("signalfd: {e}"))?;
     // One daemon per state directory: a second one would sweep the first's temporary files mid-deploy.
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::jail::error_chain(&e))?);
@@ -307,24 +306,5 @@ fn notify_ready() {
     };
     if let Err(e) = sent {
         eprintln!("taskcell: notifying systemd: {e}");
-    }
-}
-
-fn block_signals() -> std::io::Result<OwnedFd> {
-    // SAFETY: `set` is a local sigset_t initialised before use; signalfd returns a new descriptor we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            libc::sigaddset(&mut set, sig);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
     }
 }

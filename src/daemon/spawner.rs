@@ -5,7 +5,7 @@
 //! long as the daemon: each sandbox's PR_SET_PDEATHSIG is tied to the thread that cloned it.
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,7 +105,7 @@ fn spawn_loop(
 
 fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let (out_r, out_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (out_r, out_w) = jailer::spawn::pipe().map_err(|e| crate::jail::error_chain(&e))?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let out_w2 = out_w.try_clone().map_err(|e| format!("dup: {e}"))?;
     let spec = SandboxSpec {
@@ -189,14 +189,4 @@ fn read_tail(fd: &OwnedFd) -> String {
     let text = String::from_utf8_lossy(&out);
     let start = text.len().saturating_sub(2000);
     text[text.floor_char_boundary(start)..].to_string()
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
