@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Client, Daemon, Response};
+use common::{descendant_pids as descendants, wait_until, Client, Daemon, Response, Rng};
 use serde_json::{json, Value};
 
 // ---------- helpers: serialising, randomness, statistics ----------
@@ -34,29 +34,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// xorshift64*, seeded from getrandom: no dependency, good enough to pick victims and delays.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let mut b = [0u8; 8];
-        // SAFETY: getrandom writes at most 8 bytes into the local array.
-        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
-        Rng(u64::from_ne_bytes(b) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// Nearest-rank percentile of durations, in milliseconds.
@@ -80,35 +57,6 @@ fn summary(label: &str, mut lat: Vec<Duration>) -> (f64, f64) {
 // ---------- helpers: what the daemon holds on the host ----------
 
 /// Direct children of every thread of `pid` (sandboxes are children of the spawner threads).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in tasks.flatten() {
-        if let Ok(text) = fs::read_to_string(t.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
-/// Every live descendant of `pid`, found through /proc/<pid>/task/*/children recursively.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut seen = HashSet::new();
-    let mut todo = vec![pid];
-    let mut out = Vec::new();
-    while let Some(p) = todo.pop() {
-        if out.len() > 100_000 {
-            break;
-        }
-        for c in children(p) {
-            if seen.insert(c) {
-                out.push(c);
-                todo.push(c);
-            }
-        }
-    }
-    out
-}
 
 fn ppid(pid: u32) -> Option<u32> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

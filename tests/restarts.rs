@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Client, Daemon};
+use common::{descendant_pids as descendants, wait_until, Client, Daemon, Rng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -35,53 +35,10 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// xorshift64*, seeded from getrandom.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let mut b = [0u8; 8];
-        // SAFETY: getrandom writes at most 8 bytes into the local array.
-        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
-        Rng(u64::from_ne_bytes(b) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-}
-
 fn sha256_hex(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in tasks.flatten() {
-        if let Ok(text) = fs::read_to_string(t.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
-/// Every live descendant of `pid` (through /proc/<pid>/task/*/children, recursively).
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut seen = HashSet::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        for c in children(p) {
-            if seen.len() < 100_000 && seen.insert(c) {
-                todo.push(c);
-            }
-        }
-    }
-    seen.into_iter().collect()
-}
 
 /// The `taskcell-<pid>` group `pid` makes in each hierarchy, whether it exists or not: computed from the cgroup
 /// of this test process, which every daemon it starts inherits.

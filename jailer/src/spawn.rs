@@ -286,7 +286,10 @@ impl Drop for Sandbox {
 pub struct Jailer {
     config: JailerConfig,
     cgroups: CgroupRoot,
-    entries: Vec<rootfs::Entry>,
+    /// Every path, flag and option of the sandbox's root, the same for every sandbox: prepared once.
+    mounts: MountPlan,
+    /// Where this process's argv and environment live, for the init to blank its copy.
+    args_area: pid::ArgsArea,
     last_cap: u32,
     counter: AtomicU64,
 }
@@ -294,8 +297,11 @@ pub struct Jailer {
 impl Jailer {
     pub fn new(config: JailerConfig) -> Result<Jailer, JailError> {
         let entries = rootfs::entries(&config.rootfs)?;
+        let binds: Vec<BindRo> = config.binds_ro.iter().map(|(h, i)| BindRo { host: h.clone(), inside: i.clone() }).collect();
+        let mounts = MountPlan::new(&config.rootfs, &entries, config.tmp_bytes, &binds)?;
         let cgroups = CgroupRoot::create()?;
-        Ok(Jailer { config, cgroups, entries, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
+        let args_area = pid::ArgsArea::of_self();
+        Ok(Jailer { config, cgroups, mounts, args_area, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
     }
 
     pub fn config(&self) -> &JailerConfig {
@@ -365,7 +371,7 @@ impl Jailer {
             .map_or(Ok(()), |(step, errno)| Err(JailError::Child { step, errno }))
     }
 
-    fn prepare(&self, spec: SandboxSpec) -> Result<ChildPlan, JailError> {
+    fn prepare(&self, spec: SandboxSpec) -> Result<ChildPlan<'_>, JailError> {
         if spec.argv.is_empty() {
             return Err(JailError::NoCommand);
         }
@@ -375,8 +381,6 @@ impl Jailer {
         for e in &spec.env {
             env.push(cstr(e)?);
         }
-        let binds: Vec<BindRo> = self.config.binds_ro.iter().map(|(h, i)| BindRo { host: h.clone(), inside: i.clone() }).collect();
-        let mounts = MountPlan::new(&self.config.rootfs, &self.entries, self.config.tmp_bytes, &binds)?;
         // Descriptors the child moves to 0-3 are first lifted to 10 and above, so that moving one can never
         // overwrite another still to be moved.
         let lift = |fd: OwnedFd| -> Result<OwnedFd, JailError> {
@@ -404,7 +408,7 @@ impl Jailer {
         ];
         Ok(ChildPlan {
             hostname: self.config.hostname.clone().into_bytes(),
-            mounts,
+            mounts: &self.mounts,
             rlimits,
             stdio,
             socket,
@@ -414,15 +418,15 @@ impl Jailer {
             _env: env,
             argv_ptrs,
             env_ptrs,
-            args_area: pid::ArgsArea::of_self(),
+            args_area: self.args_area,
         })
     }
 }
 
 /// Everything the child reads, prepared by the parent; the child only borrows it.
-struct ChildPlan {
+struct ChildPlan<'a> {
     hostname: Vec<u8>,
-    mounts: MountPlan,
+    mounts: &'a MountPlan,
     rlimits: [(libc::__rlimit_resource_t, u64); 3],
     stdio: Option<[OwnedFd; 3]>,
     socket: Option<OwnedFd>,
@@ -722,7 +726,3 @@ fn read_failure(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Step, i32)>> {
     Ok(Some((Step::from_code(word(0), word(4)), word(8) as i32)))
 }
 
-/// The command line of `argv` as a path, for messages.
-pub fn display_argv(argv: &[String]) -> String {
-    argv.join(" ")
-}

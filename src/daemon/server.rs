@@ -17,7 +17,7 @@ use bytes::Bytes;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use runtime::{Decoder, Frame, LogLevel, RunMeta};
+use runtime::{Decoder, Frame, RunMeta};
 
 use super::http::{self, Parsed, Request, Response};
 use super::logs::{self, Captured};
@@ -168,7 +168,7 @@ struct Pending {
 
 /// Work for the store thread, and its answers.
 enum StoreJob {
-    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, started: Instant },
+    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes },
     Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
 }
 
@@ -738,7 +738,7 @@ impl Server {
                 None => {
                     let give_up = Instant::now() + self.config.queue_timeout;
                     self.pending.push_back(Pending { conn, keep_alive, request_id, tenant, job, started, give_up });
-                    self.ensure_capacity();
+                    self.refill_pool();
                     return;
                 }
             },
@@ -822,7 +822,6 @@ impl Server {
                 tenant: inv.tenant,
                 task: inv.task.unwrap_or_default(),
                 source: source.clone(),
-                started: inv.started,
             };
             self.send_store_job(job);
             return;
@@ -896,10 +895,6 @@ impl Server {
             self.starting += 1;
             self.spawner.request();
         }
-    }
-
-    fn ensure_capacity(&mut self) {
-        self.refill_pool();
     }
 
     /// Sandboxes not yet killed (the killed ones are gone as soon as the kernel has reaped them).
@@ -1135,7 +1130,6 @@ impl Server {
                 self.kill_sandbox(key, KillReason::Protocol);
             }
         }
-        let _ = LogLevel::Log;
     }
 
     fn on_sandbox_output(&mut self, key: Key) {
@@ -1439,10 +1433,9 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
         .spawn(move || {
             for job in jobs {
                 let done = match job {
-                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, started } => {
+                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source } => {
                         let response = match store.put(&tenant, &task, &source) {
                             Ok((info, created)) => {
-                                let _ = started;
                                 let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
                                 Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256))
                             }

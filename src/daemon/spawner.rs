@@ -172,12 +172,11 @@ fn await_ready(sandbox: &mut jailer::Sandbox, socket: &UnixStream, output: &Owne
 fn read_tail(fd: &OwnedFd) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
+    // SAFETY: F_SETFL only changes the file status flags of a pipe we own.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     loop {
-        // SAFETY: a non-blocking read into a local buffer; the flags call only changes the file status flags.
-        let n = unsafe {
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
-            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-        };
+        // SAFETY: a non-blocking read into a local buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {
             break;
         }

@@ -778,3 +778,54 @@ pub fn wait_until(guard: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// xorshift64*, seeded from getrandom: no dependency, good enough to pick victims, delays and sizes.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new() -> Rng {
+        let mut b = [0u8; 8];
+        // SAFETY: getrandom writes at most 8 bytes into the local array.
+        unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+        Rng(u64::from_ne_bytes(b) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The pids of `pid`'s children (every thread's /proc/<pid>/task/*/children).
+fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        if let Ok(text) = fs::read_to_string(t.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// Every live descendant of `pid`, recursively (bounded).
+pub fn descendant_pids(pid: u32) -> Vec<u32> {
+    let mut seen = HashSet::new();
+    let mut todo = vec![pid];
+    let mut out = Vec::new();
+    while let Some(p) = todo.pop() {
+        for c in child_pids(p) {
+            if out.len() < 100_000 && seen.insert(c) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
