@@ -631,8 +631,17 @@ const NOISES: [(&str, &str); 4] = [
     ("flood", "module.exports = () => { const line = 'x'.repeat(200); for (let i = 0; i < 200000; i++) console.log(i, line); return 'flooded' }"),
 ];
 
-fn quiet_round(d: &Daemon, client: &mut Client, n: usize, for_at_most: Duration) -> (Vec<Duration>, Vec<String>) {
+/// What the quiet tenant saw: latencies at the client, the daemon's own `duration_us` for the same requests
+/// (request's last byte to response: the loop and the sandbox), and the failures.
+struct Quiet {
+    lat: Vec<Duration>,
+    daemon: Vec<Duration>,
+    bad: Vec<String>,
+}
+
+fn quiet_round(d: &Daemon, client: &mut Client, n: usize, for_at_most: Duration) -> Quiet {
     let mut lat = Vec::new();
+    let mut daemon = Vec::new();
     let mut bad = Vec::new();
     let start = Instant::now();
     for i in 0..n {
@@ -644,6 +653,7 @@ fn quiet_round(d: &Daemon, client: &mut Client, n: usize, for_at_most: Duration)
         match client.try_request("POST", "/v1/tenants/quiet/tasks/inc/run", &[], body.as_bytes()) {
             Ok(r) if r.status == 200 && r.json()["result"] == i + 1 => {
                 lat.push(t0.elapsed());
+                daemon.push(Duration::from_micros(r.json()["duration_us"].as_u64().unwrap_or(0)));
                 // A well-behaved client: one request every few milliseconds, not a tight loop.
                 thread::sleep(QUIET_PAUSE);
             }
@@ -655,12 +665,12 @@ fn quiet_round(d: &Daemon, client: &mut Client, n: usize, for_at_most: Duration)
             }
         }
     }
-    (lat, bad)
+    Quiet { lat, daemon, bad }
 }
 
 /// Run the given noisy tenants (each again and again) and a log subscriber, and measure the quiet tenant
 /// meanwhile for `measure` (after a ramp-up). Returns the quiet tenant's latencies and failures.
-fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static str, &'static str)], measure: Duration) -> (Vec<Duration>, Vec<String>) {
+fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static str, &'static str)], measure: Duration) -> Quiet {
     let stop = Arc::new(AtomicBool::new(false));
     let mut noise = Vec::new();
     for &(name, code) in noises {
@@ -713,7 +723,7 @@ fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static
         })
     };
     thread::sleep(NOISE_RAMP);
-    let (lat, bad) = quiet_round(d, client, 1_000_000, measure);
+    let quiet = quiet_round(d, client, 1_000_000, measure);
     stop.store(true, Ordering::Relaxed);
     let mut answers = Vec::new();
     for h in noise {
@@ -722,7 +732,7 @@ fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static
     }
     let log_bytes = subscriber.join().expect("subscriber");
     println!("RELIABILITY noisy: [{label}] noisy tenants' answers: {}; log subscriber got {} KiB", answers.join(", "), log_bytes >> 10);
-    (lat, bad)
+    quiet
 }
 
 #[test]
@@ -733,24 +743,27 @@ fn noisy_neighbours_leave_a_quiet_tenant_served() {
     assert_eq!(d.put_task("quiet", "inc", "module.exports = (d) => d.n + 1").status, 201);
     let mut client = d.client();
     client.set_timeout(Duration::from_secs(60));
-    let (_, bad) = quiet_round(&d, &mut client, 50, Duration::from_secs(60));
-    assert!(bad.is_empty(), "warm-up: {bad:?}");
-    let (quiet_lat, bad) = quiet_round(&d, &mut client, QUIET_N, Duration::from_secs(60));
-    assert!(bad.is_empty(), "quiet: {bad:?}");
-    let (q50, q99) = summary("noisy: quiet tenant, before the noise", quiet_lat);
+    let warm = quiet_round(&d, &mut client, 50, Duration::from_secs(60));
+    assert!(warm.bad.is_empty(), "warm-up: {:?}", warm.bad);
+    let quiet = quiet_round(&d, &mut client, QUIET_N, Duration::from_secs(60));
+    assert!(quiet.bad.is_empty(), "quiet: {:?}", quiet.bad);
+    let (q50, q99) = summary("noisy: quiet tenant, before the noise", quiet.lat);
+    summary("noisy:   of which in the daemon (duration_us)", quiet.daemon);
 
     // Each noise alone, briefly, to tell which one hurts; then all of them together.
     let mut failures = Vec::new();
     for noise in NOISES {
-        let (lat, bad) = noisy_phase(&d, &mut client, noise.0, &[noise], NOISE_ALONE);
-        let (n50, n99) = summary(&format!("noisy: quiet tenant, under {} alone", noise.0), lat);
+        let under = noisy_phase(&d, &mut client, noise.0, &[noise], NOISE_ALONE);
+        let (n50, n99) = summary(&format!("noisy: quiet tenant, under {} alone", noise.0), under.lat);
+        summary("noisy:   of which in the daemon (duration_us)", under.daemon);
         println!("RELIABILITY noisy: [{}] p50 {:.2}x, p99 {:.2}x of quiet", noise.0, n50 / q50, n99 / q99);
-        failures.extend(bad);
+        failures.extend(under.bad);
     }
-    let (lat, bad) = noisy_phase(&d, &mut client, "all", &NOISES, NOISE_ALL);
-    failures.extend(bad);
-    let noisy_n = lat.len();
-    let (n50, n99) = summary("noisy: quiet tenant, under all four", lat);
+    let under = noisy_phase(&d, &mut client, "all", &NOISES, NOISE_ALL);
+    failures.extend(under.bad);
+    let noisy_n = under.lat.len();
+    let (n50, n99) = summary("noisy: quiet tenant, under all four", under.lat);
+    summary("noisy:   of which in the daemon (duration_us)", under.daemon);
     println!(
         "RELIABILITY noisy: quiet tenant p50 {q50:.3} -> {n50:.3} ms ({:.2}x), p99 {q99:.3} -> {n99:.3} ms ({:.2}x); goal p99 within 2x: {}",
         n50 / q50,

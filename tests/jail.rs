@@ -920,3 +920,44 @@ fn concurrent_jails_get_distinct_host_ids() {
     assert_no_process_left(&m1, "first concurrent jail");
     assert_no_process_left(&m2, "second concurrent jail");
 }
+
+/// The scheduler's slice of a process in nanoseconds, from /proc/PID/sched; None when the kernel does not show
+/// one (before Linux 6.12, or without CONFIG_SCHED_DEBUG).
+fn sched_slice(pid: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("se.slice"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn sandbox_processes_run_with_a_short_time_slice() {
+    if !have_root("sandbox_processes_run_with_a_short_time_slice") {
+        return;
+    }
+    let Some(host_slice) = sched_slice("self") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n**********\nNOT CHECKED: this kernel shows no se.slice in /proc/PID/sched (before Linux 6.12): the \
+             sandbox's short slice cannot be seen here\n**********\n"
+        );
+        return;
+    };
+    let dir = Scratch::new("slice");
+    dir.build_probe();
+    let mark = marker("slice");
+    let held = Held::start(&dir, &mark);
+    let inside = held.inside();
+    assert!(!inside.is_empty(), "no sandboxed process found");
+    for pid in &inside {
+        // Every process of the sandbox (the probe and what it forked) inherits the slice set before exec.
+        assert_eq!(
+            sched_slice(&pid.to_string()),
+            Some(jailer::sched::SHORT_SLICE_NS),
+            "pid {pid} in the sandbox (the host's own slice is {host_slice} ns)"
+        );
+    }
+    let out = held.release();
+    assert_eq!(out.code(), Some(0), "the held probe failed:\n{}", out.describe());
+}

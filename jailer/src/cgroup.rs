@@ -80,6 +80,8 @@ pub struct Cgroup {
 }
 
 const SUPERVISOR: &str = "taskcell-supervisor";
+/// cpu.weight of the supervisor's leaf on v2, against 100 for the sandboxes' group.
+const SUPERVISOR_CPU_WEIGHT: u64 = 1000;
 
 impl CgroupRoot {
     /// Find our own cgroup, create `taskcell-<pid>` under it and enable the controllers the sandboxes need.
@@ -369,7 +371,12 @@ fn enable_v2_controllers(own: &Path) -> Result<(), CgroupError> {
             let leaf = own.join(SUPERVISOR);
             mkdir(&leaf)?;
             write(&leaf.join("cgroup.procs"), &std::process::id().to_string())?;
-            write(&control, "+memory +pids +cpu")
+            write(&control, "+memory +pids +cpu")?;
+            // The supervisor's threads run for microseconds at a time, and every request waits on them: ten
+            // times the weight of the sandboxes' group lets them preempt a busy sandbox as soon as they wake
+            // (what nice -10 does for the event loop on v1, where it sits beside the sandboxes' group).
+            let _ = fs::write(leaf.join("cpu.weight"), SUPERVISOR_CPU_WEIGHT.to_string());
+            Ok(())
         }
         Err(source) => Err(CgroupError::Write { path: control, value: "+memory +pids +cpu".into(), source }),
     }

@@ -13,6 +13,7 @@ pub mod mount;
 pub mod net;
 pub mod pid;
 pub mod rootfs;
+pub mod sched;
 pub mod seccomp;
 pub mod spawn;
 pub mod user;

@@ -18,7 +18,7 @@ use crate::mount::{BindRo, MountError, MountPlan, MountStep};
 use crate::pid::{self, Status};
 use crate::rootfs::{self, RootfsError};
 use crate::user::{self, UserError};
-use crate::{caps, net, seccomp};
+use crate::{caps, net, sched, seccomp};
 
 /// What every sandbox of one jailer shares.
 #[derive(Clone, Debug)]
@@ -38,6 +38,8 @@ pub struct JailerConfig {
     /// The sandbox's oom_score_adj: when the host itself runs out of memory, its OOM killer should take
     /// sandboxes before the daemon or anything else of the host's.
     pub oom_score_adj: Option<i32>,
+    /// The time slice of the sandbox's processes (see [`crate::sched`]); None keeps the kernel's default.
+    pub slice_ns: Option<u64>,
 }
 
 impl Default for JailerConfig {
@@ -52,6 +54,7 @@ impl Default for JailerConfig {
             max_files: 1024,
             max_file_size: 64 << 20,
             oom_score_adj: Some(800),
+            slice_ns: Some(sched::SHORT_SLICE_NS),
         }
     }
 }
@@ -419,6 +422,7 @@ impl Jailer {
             argv_ptrs,
             env_ptrs,
             args_area: self.args_area,
+            slice_ns: self.config.slice_ns,
         })
     }
 }
@@ -438,6 +442,7 @@ struct ChildPlan<'a> {
     env_ptrs: Vec<*const libc::c_char>,
     /// This process's argv and environment strings, which the init blanks in its copy of our memory.
     args_area: pid::ArgsArea,
+    slice_ns: Option<u64>,
 }
 
 /// The child's ends of the pipes: it reads `go` (the parent's release), writes `status` (a failure) and,
@@ -557,6 +562,11 @@ fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i3
     net::loopback_up().map_err(|e| (Step::Loopback, e))?;
     // Resource limits that cgroups do not cover: no core dumps, open files, file size.
     set_rlimits(plan).map_err(|e| (Step::Rlimits, e))?;
+    // A short time slice, inherited by every process and thread of the sandbox, so that a busy sandbox gives
+    // way quickly to whatever wakes up (best effort: a kernel without per-task slices ignores it).
+    if let Some(ns) = plan.slice_ns {
+        let _ = sched::set_slice(ns);
+    }
     // Stdio and the daemon's socket to 0-3, everything else closed.
     arrange_fds(plan, pipes.status, pipes.exit).map_err(|e| (Step::Descriptors, e))?;
     // A session of our own: no controlling terminal of the host's.
