@@ -56,8 +56,6 @@ fn summary(label: &str, mut lat: Vec<Duration>) -> (f64, f64) {
 
 // ---------- helpers: what the daemon holds on the host ----------
 
-/// Direct children of every thread of `pid` (sandboxes are children of the spawner threads).
-
 fn ppid(pid: u32) -> Option<u32> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     text[text.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
