@@ -7,7 +7,9 @@
 //!   live socket refuses to start and leaves the first alone.
 //! - **jailer failure paths**: a missing rootfs or one without Node stops the daemon at start with a clear
 //!   message; a Node that cannot run makes requests 503 `overloaded` with a message naming the problem, health
-//!   says why, and the daemon does not spin retrying; an exhausted pool answers 503 with `Retry-After`.
+//!   says why, and the daemon does not spin retrying; so does a host that refuses the daemon new cgroups (its
+//!   cgroup filesystems remounted read-only in a mount namespace of its own), and it recovers when they are
+//!   allowed again; an exhausted pool answers 503 with `Retry-After`.
 //!
 //! Figures are printed to stdout with the prefix `RELIABILITY` (run with `--nocapture`). Nothing asserts a
 //! wall-clock time beyond "no hang" bounds. Tests of this file run one at a time (a lock). Root required.
@@ -120,11 +122,36 @@ struct Raw {
 
 impl Raw {
     fn start_in(dir: PathBuf, flags: &[&str]) -> Raw {
+        Raw::start_with(dir, flags, false)
+    }
+
+    /// As `start_in`, the daemon in a mount namespace of its own (mounts private), so that a test may change
+    /// its view of the filesystem without touching the host's.
+    fn start_in_own_mount_ns(dir: PathBuf, flags: &[&str]) -> Raw {
+        Raw::start_with(dir, flags, true)
+    }
+
+    fn start_with(dir: PathBuf, flags: &[&str], own_mount_ns: bool) -> Raw {
+        use std::os::unix::process::CommandExt;
         fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("s.sock");
         let log = dir.join("daemon.log");
         let out = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_taskcell"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskcell"));
+        if own_mount_ns {
+            // SAFETY: between fork and exec the closure makes two system calls on constants, nothing else.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
@@ -783,6 +810,123 @@ fn node_exiting_at_once_is_a_clear_503_without_a_busy_loop() {
         },
         &["exited during start-up", "status 1"],
     );
+}
+
+/// Remount every cgroup filesystem read-only (or read-write again) in the mount namespace of `pid` alone: from
+/// then on that process can create no cgroup (mkdir fails with EROFS), as under a host that refuses it.
+fn set_cgroups_read_only(pid: u32, read_only: bool) {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("the daemon's mountinfo");
+    let mut points = Vec::new();
+    for line in mountinfo.lines() {
+        // "id parent major:minor root mount-point options ... - fstype source super-options"
+        let (left, right) = line.split_once(" - ").expect("mountinfo separator");
+        let fields: Vec<&str> = left.split(' ').collect();
+        if !matches!(right.split(' ').next(), Some("cgroup" | "cgroup2")) {
+            continue;
+        }
+        let mut flags = libc::MS_REMOUNT | libc::MS_BIND;
+        for (name, flag) in [("nosuid", libc::MS_NOSUID), ("nodev", libc::MS_NODEV), ("noexec", libc::MS_NOEXEC), ("relatime", libc::MS_RELATIME)] {
+            if fields[5].split(',').any(|o| o == name) {
+                flags |= flag;
+            }
+        }
+        if read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        points.push((CString::new(fields[4]).unwrap(), flags));
+    }
+    assert!(!points.is_empty(), "no cgroup mount in the daemon's namespace");
+    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt")).expect("the daemon's mount namespace");
+    let ns_fd = ns.as_raw_fd();
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: between fork and exec the closure makes only system calls, on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (point, flags) in &points {
+                // EBUSY while a file of that mount is open for writing (the daemon writing a cgroup file at
+                // that moment): try again a little later.
+                let mut tries = 0;
+                while libc::mount(std::ptr::null(), point.as_ptr(), std::ptr::null(), *flags, std::ptr::null()) != 0 {
+                    let err = std::io::Error::last_os_error();
+                    tries += 1;
+                    if err.raw_os_error() != Some(libc::EBUSY) || tries == 500 {
+                        return Err(err);
+                    }
+                    libc::usleep(10_000);
+                }
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().expect("remount the daemon's cgroup filesystems");
+    assert!(status.success(), "remount the daemon's cgroup filesystems: {status}");
+}
+
+#[test]
+fn cgroup_creation_refused_is_a_clear_503_without_a_busy_loop() {
+    need_root!("cgroup_creation_refused_is_a_clear_503_without_a_busy_loop");
+    let _serial = serial();
+    let name = "cgroup-refused";
+    let tmp = TempDir::new(name);
+    let mut d = Raw::start_in_own_mount_ns(tmp.0.join("daemon"), &["--pool-size", "2", "--queue-timeout-ms", "3000"]);
+    d.wait_serving(Duration::from_secs(30));
+    let pid = d.pid;
+    wait_until(Duration::from_secs(60), "the pool to fill", || d.health()["pool"]["idle"] == 2);
+    let run = |tenant: &str| {
+        let body = json!({"code": "module.exports = (d, ctx) => ctx.tenant"}).to_string();
+        d.client().request("POST", &format!("/v1/tenants/{tenant}/run"), &[], body.as_bytes())
+    };
+    // A tenant served before the refusal keeps its sandbox, and so its service, throughout.
+    assert_eq!(run("before").status, 200);
+
+    // From now on the daemon can create no cgroup: new tenants get what the pool still holds, then 503.
+    set_cgroups_read_only(pid, true);
+    let mut answers = Vec::new();
+    for i in 0..5 {
+        let t0 = Instant::now();
+        let r = run(&format!("new{i}"));
+        let (kind, message) = error_of(&r.body);
+        println!("RELIABILITY {name}: new tenant {i}: {} {kind} after {:?}: {message}", r.status, t0.elapsed());
+        answers.push((r.status, kind, message, r.header("retry-after").is_some()));
+    }
+    let refused: Vec<_> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert!(!refused.is_empty(), "every new tenant was served although no cgroup can be made: {answers:?}");
+    for (status, kind, message, retry) in &refused {
+        assert_eq!((*status, kind.as_str(), *retry), (503, "overloaded", true), "a refused new tenant: {message}");
+        assert!(message.contains("cgroup"), "the 503 does not name the cgroup: {message}");
+    }
+    let why = d.health()["last_spawn_error"].as_str().unwrap_or_default().to_string();
+    println!("RELIABILITY {name}: health last_spawn_error: {why}");
+    assert!(why.contains("cgroup") && why.to_lowercase().contains("read-only"), "health does not say why: {why:?}");
+    assert_eq!(run("before").status, 200, "the tenant served before the refusal");
+
+    // No busy loop: CPU time and spawn attempts over 5 s while idle.
+    let lines = |d: &Raw| d.log_text().lines().filter(|l| l.contains("could not make a sandbox")).count();
+    let (cpu0, tries0) = (cpu_seconds(pid), lines(&d));
+    thread::sleep(Duration::from_secs(5));
+    let (cpu1, tries1) = (cpu_seconds(pid), lines(&d));
+    println!("RELIABILITY {name}: idle 5 s: {:.2} s of CPU, {} spawn attempts", cpu1 - cpu0, tries1 - tries0);
+    assert!(cpu1 - cpu0 < 2.0, "the daemon used {:.2} s of CPU in 5 s: a busy loop", cpu1 - cpu0);
+    assert!(tries1 - tries0 <= 20, "{} spawn attempts in 5 s: retrying without backing off", tries1 - tries0);
+    assert_eq!(d.health()["status"], "ok");
+
+    // Allowed again: the daemon recovers by itself.
+    set_cgroups_read_only(pid, false);
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(60), "the pool to fill once cgroups can be made again", || {
+        let h = d.health();
+        h["pool"]["idle"] == 2 && h["last_spawn_error"].is_null()
+    });
+    let r = run("after");
+    println!("RELIABILITY {name}: cgroups allowed again: pool full after {:?}; a new tenant then: {}", t0.elapsed(), r.status);
+    assert_eq!(r.status, 200, "after the refusal ended: {}", r.text());
+    drop(d);
 }
 
 #[test]
