@@ -484,3 +484,64 @@ fn fork_bomb_is_contained() {
     }
     d.assert_healthy();
 }
+
+/// The CPUs each thread of the daemon's descendant processes whose command line holds `marker` may run on.
+fn allowed_cpus_of(daemon: u32, marker: &str) -> Vec<String> {
+    let mut lists = Vec::new();
+    for pid in common::descendant_pids(daemon) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(marker) {
+            continue;
+        }
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            if let Some(list) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) {
+                lists.push(list.trim().to_string());
+            }
+        }
+    }
+    lists
+}
+
+#[test]
+fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
+    need_root!("a_busy_tenant_runs_off_the_reserved_cpus_until_idle");
+    let d = shared();
+    let cpus = d.health()["cpus"].clone();
+    if cpus.is_null() {
+        assert_eq!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), 1, "no CPU classes on a multi-CPU host");
+        eprintln!("\n**********\nNOT CHECKED: one CPU, so no CPU is kept from busy sandboxes\n**********\n");
+        return;
+    }
+    let (all, batch) = (cpus["all"].as_str().unwrap().to_string(), cpus["batch"].as_str().unwrap().to_string());
+    assert_ne!(all, batch);
+    let (busy, quiet) = (unique("busy"), unique("quiet"));
+    let (busy_mark, quiet_mark) = (format!("tc-busy-{busy}"), format!("tc-quiet-{quiet}"));
+    // The tenants name their own process (process.title rewrites its command line) so that the host can find it.
+    let env = d.run_ok(&quiet, &format!("module.exports = () => {{ process.title = '{quiet_mark}'; return 1 }}"), Value::Null);
+    assert_eq!(env["result"], 1);
+    assert!(allowed_cpus_of(d.pid(), &quiet_mark).iter().all(|l| *l == all), "a quiet tenant: {:?}", allowed_cpus_of(d.pid(), &quiet_mark));
+    let spin = {
+        let code = format!("module.exports = () => {{ process.title = '{busy_mark}'; const end = Date.now() + 1500; while (Date.now() < end) {{}} return 'done' }}");
+        let busy = busy.clone();
+        thread::spawn(move || shared().run(&busy, &code, Value::Null))
+    };
+    // While its invocation runs, every thread of the busy tenant's Node is confined to the batch CPUs...
+    wait_until(Duration::from_secs(10), "the busy tenant on the batch CPUs", || {
+        let lists = allowed_cpus_of(d.pid(), &busy_mark);
+        !lists.is_empty() && lists.iter().all(|l| *l == batch)
+    });
+    // ...while the quiet tenant's keep every CPU and it is served meanwhile.
+    assert_eq!(d.run_ok(&quiet, "module.exports = () => 2", Value::Null)["result"], 2);
+    assert!(allowed_cpus_of(d.pid(), &quiet_mark).iter().all(|l| *l == all));
+    let r = spin.join().unwrap();
+    assert_eq!((r.status, r.json()["result"].clone()), (200, json!("done")), "{}", r.text());
+    // Idle again: every CPU back.
+    wait_until(Duration::from_secs(10), "the busy tenant back on every CPU", || {
+        let lists = allowed_cpus_of(d.pid(), &busy_mark);
+        !lists.is_empty() && lists.iter().all(|l| *l == all)
+    });
+    let metrics = d.request("GET", "/metrics", &[], b"").text();
+    assert!(metrics.contains("taskcell_sandbox_cpu_moves_total{to=\"batch\"}"), "{metrics}");
+    d.assert_healthy();
+}

@@ -116,6 +116,15 @@ check "sandbox cgroup limits" \
     '[ "$(cat $sb/memory.max)" = 134217728 ] && [ "$(cat $sb/pids.max)" = 32 ] && [ "$(cat $sb/memory.swap.max)" = 0 ] && [ "$(cat $sb/cpu.max)" = "100000 100000" ] && [ -n "$(cat $sb/cgroup.procs)" ]' \
     "limits in $sb are not those configured" 'head $sb/memory.max $sb/memory.swap.max $sb/pids.max $sb/cpu.max $sb/cgroup.procs'
 
+# ---- CPU: the loop ahead of sandboxes, busy sandboxes off the reserved CPUs (needs CAP_SYS_NICE in the unit)
+check "event loop at nice -10, supervisor at cpu.weight 1000" \
+    '[ "$(sed "s/.*) //" /proc/$pid/task/$pid/stat | cut -d" " -f17)" = -10 ] && [ "$(cat $cg/taskcell-supervisor/cpu.weight)" = 1000 ]' \
+    "the loop's nice or the supervisor's weight is not as set" 'cat /proc/$pid/task/$pid/stat' 'cat $cg/taskcell-supervisor/cpu.weight'
+spin=$(req spin -d '{"code":"module.exports = () => { const end = Date.now() + 300; while (Date.now() < end) {} return 1 }"}' http://localhost/v1/tenants/spinner/run)
+moves=$(curl -sS --unix-socket "$SOCK" http://localhost/metrics | awk '/^taskcell_sandbox_cpu_moves_total\{to="batch"\}/ {print $2}')
+check "a busy tenant moves off the reserved CPUs" 'code_is spin 200 && [ "${moves:-0}" -ge 1 ]' \
+    "spin answered: $spin; moves to batch: ${moves:-none}" "curl -sS --unix-socket $SOCK http://localhost/v1/health"
+
 # ---- deploy and run through the socket
 greet='module.exports = async (data, ctx) => { console.log("greeting", data.name); globalThis.n = (globalThis.n || 0) + 1; return { hello: data.name, n: globalThis.n, tenant: ctx.tenant, uid: process.getuid(), host: require("os").hostname() }; };'
 put=$(req put -X PUT --data-binary "$greet" http://localhost/v1/tenants/acme/tasks/greet)

@@ -1,4 +1,5 @@
-//! CPU scheduling: the time slice a sandbox's processes run for before the scheduler may switch.
+//! CPU scheduling: the time slice a sandbox's processes run for before the scheduler may switch, and the
+//! CPUs they may run on.
 //!
 //! Since Linux 6.12 the fair scheduler (EEVDF) takes a per-task slice from `sched_setattr` (`sched_runtime`
 //! with SCHED_OTHER), inherited across fork and exec. The default slice (0.7 ms × (1 + log2 CPUs)) is the time
@@ -58,4 +59,117 @@ pub fn slice() -> Result<u64, i32> {
         return Err(crate::pid::errno());
     }
     Ok(attr.runtime)
+}
+
+/// A set of CPUs, as `sched_setaffinity` takes it.
+#[derive(Clone, Copy)]
+pub struct CpuSet(libc::cpu_set_t);
+
+impl CpuSet {
+    /// The CPUs the calling thread may run on (the host's, or what systemd's `CPUAffinity=` or a cpuset left).
+    pub fn of_current_thread() -> std::io::Result<CpuSet> {
+        // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills at most its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, for the calling thread (pid 0).
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(CpuSet(set))
+    }
+
+    pub fn from_cpus(cpus: &[usize]) -> CpuSet {
+        // SAFETY: an all-zero cpu_set_t is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus {
+            if cpu < libc::CPU_SETSIZE as usize {
+                // SAFETY: the index is within the set's size.
+                unsafe { libc::CPU_SET(cpu, &mut set) };
+            }
+        }
+        CpuSet(set)
+    }
+
+    /// The CPUs in the set, in ascending order.
+    pub fn cpus(&self) -> Vec<usize> {
+        // SAFETY: every index is within the set's size.
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &self.0) }).collect()
+    }
+
+    /// The set in the kernel's list format ("0-3,6"), as in /proc/PID/status's Cpus_allowed_list.
+    pub fn list(&self) -> String {
+        let cpus = self.cpus();
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < cpus.len() {
+            let mut j = i;
+            while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+                j += 1;
+            }
+            parts.push(if i == j { cpus[i].to_string() } else { format!("{}-{}", cpus[i], cpus[j]) });
+            i = j + 1;
+        }
+        parts.join(",")
+    }
+}
+
+impl std::fmt::Debug for CpuSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuSet({})", self.list())
+    }
+}
+
+/// Let thread `tid` (0: the calling thread) run only on `set`.
+pub fn set_affinity(tid: i32, set: &CpuSet) -> Result<(), i32> {
+    // SAFETY: sched_setaffinity reads the set, of its own size.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set.0) } != 0 {
+        return Err(crate::pid::errno());
+    }
+    Ok(())
+}
+
+/// Let every thread of every process in the tree under `pid` (a sandbox's init and its descendants, found
+/// through /proc/PID/task/TID/children) run only on `set`. Threads and processes started meanwhile inherit
+/// the mask of the one that started them: a second pass catches those started from a thread the first pass
+/// had not reached yet. Returns the number of threads set in the last pass.
+pub fn set_tree_affinity(pid: i32, set: &CpuSet) -> usize {
+    let mut count = 0;
+    for _pass in 0..2 {
+        count = 0;
+        let mut todo = vec![pid];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(p) = todo.pop() {
+            if !seen.insert(p) || seen.len() > 100_000 {
+                continue;
+            }
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+            for task in tasks.flatten() {
+                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else { continue };
+                if set_affinity(tid, set).is_ok() {
+                    count += 1;
+                }
+                if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{tid}/children")) {
+                    todo.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+                }
+            }
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_set_lists_like_the_kernel() {
+        assert_eq!(CpuSet::from_cpus(&[0, 1, 2, 3, 6, 8, 9]).list(), "0-3,6,8-9");
+        assert_eq!(CpuSet::from_cpus(&[5]).list(), "5");
+        assert_eq!(CpuSet::from_cpus(&[]).list(), "");
+        assert_eq!(CpuSet::from_cpus(&[1, 0]).cpus(), vec![0, 1]);
+    }
+
+    #[test]
+    fn own_affinity_is_not_empty() {
+        assert!(!CpuSet::of_current_thread().expect("sched_getaffinity").cpus().is_empty());
+    }
 }

@@ -257,6 +257,12 @@ impl Sandbox {
         self.cgroup.as_ref().map_or(Ok(()), |c| c.set_cpu_weight(weight))
     }
 
+    /// Let every thread of the sandbox run only on `cpus` (see [`crate::sched::set_tree_affinity`]); the number
+    /// of threads set.
+    pub fn set_affinity(&self, cpus: &crate::sched::CpuSet) -> usize {
+        crate::sched::set_tree_affinity(self.pid, cpus)
+    }
+
     /// Memory charged to the sandbox's cgroup, bytes.
     pub fn memory_current(&self) -> u64 {
         self.cgroup.as_ref().map(|c| c.memory_current()).unwrap_or(0)

@@ -52,6 +52,9 @@ pub struct Metrics {
     cold_on_demand: u64,
     sandboxes_created: u64,
     sandboxes_killed: BTreeMap<String, u64>,
+    /// Tenant sandboxes moved to the batch CPUs (busy) and back (idle again).
+    sandboxes_to_batch: u64,
+    sandboxes_from_batch: u64,
     duration: Histogram,
 }
 
@@ -75,6 +78,15 @@ impl Metrics {
 
     pub fn sandbox_created(&mut self) {
         self.sandboxes_created += 1;
+    }
+
+    /// A busy tenant sandbox moved to the batch CPUs (`to_batch`), or an idle one given every CPU back.
+    pub fn sandbox_moved(&mut self, to_batch: bool) {
+        if to_batch {
+            self.sandboxes_to_batch += 1;
+        } else {
+            self.sandboxes_from_batch += 1;
+        }
     }
 
     /// One sandbox ended, by reason (`timeout`, `memory_limit`, `crashed`, `idle`, `max_age`, ...).
@@ -113,6 +125,9 @@ impl Metrics {
         for (reason, n) in &self.sandboxes_killed {
             sample(o, "taskcell_sandboxes_killed_total", &[("reason", reason)], *n);
         }
+        family(o, "taskcell_sandbox_cpu_moves_total", "counter", "Tenant sandboxes moved to the batch CPUs when busy, and back when idle.");
+        sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "batch")], self.sandboxes_to_batch);
+        sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "all")], self.sandboxes_from_batch);
 
         let gauge_rows = [
             ("taskcell_pool_target_size", "Pre-warmed sandboxes the pool aims to hold.", gauges.pool_target),

@@ -3,6 +3,7 @@
 //! Startup (config, state directory, stale socket and cgroups, jailer, threads) lives here; the event loop
 //! lives in `server`. See docs/api.md for the API decisions the spec leaves open.
 
+mod cpus;
 mod http;
 mod logs;
 mod metrics;
@@ -45,6 +46,8 @@ pub struct Config {
     /// recently used idle one.
     pub max_sandboxes: usize,
     max_sandboxes_given: bool,
+    /// CPUs kept from booting and busy sandboxes (see `cpus`); None: a quarter of them, at least one.
+    pub reserved_cpus: Option<usize>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             max_starting: cores.clamp(1, 4) * 2,
             max_sandboxes: default_max_sandboxes(128 << 20),
             max_sandboxes_given: false,
+            reserved_cpus: None,
         }
     }
 }
@@ -101,6 +105,7 @@ impl Config {
             "drain-timeout-ms" => self.drain_timeout = ms(value)?,
             "max-body" => self.max_body = args::bytes(&flag, value)? as usize,
             "spawners" => self.spawners = args::count(&flag, value)?.max(1) as usize,
+            "reserved-cpus" => self.reserved_cpus = Some(args::count(&flag, value)? as usize),
             _ => return Err(ArgError::Unknown(flag)),
         }
         Ok(())
@@ -224,17 +229,19 @@ fn serve(config: Config) -> Result<(), String> {
         ],
         ready_timeout: Duration::from_secs(20),
     };
-    let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone());
+    let cpus = cpus::CpuClasses::new(config.reserved_cpus);
+    let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| c.batch));
     let socket_path = config.socket.clone();
-    let parts = server::Parts { poll, waker, listener, signals, spawner, store };
+    let parts = server::Parts { poll, waker, listener, signals, spawner, store, cpus };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
     eprintln!(
-        "taskcell: serving on {} (pool {}, timeout {} ms, memory {} bytes, pids {})",
+        "taskcell: serving on {} (pool {}, timeout {} ms, memory {} bytes, pids {}, {})",
         socket_path.display(),
         config.pool_size,
         config.timeout.as_millis(),
         config.memory,
-        config.pids
+        config.pids,
+        cpus.map_or("no CPU reserved".to_string(), |c| format!("CPUs {} kept from busy sandboxes", c.reserved.list()))
     );
     notify_ready();
     let result = server.run().map_err(|e| format!("event loop: {e}"));

@@ -19,6 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use runtime::{Decoder, Frame, RunMeta};
 
+use super::cpus::{self, CpuClasses};
 use super::http::{self, Parsed, Request, Response};
 use super::logs::{self, Captured};
 use super::metrics::{ColdStart, Gauges, Metrics};
@@ -135,6 +136,8 @@ struct Sb {
     last_used: Instant,
     served: u64,
     killed: Option<KillReason>,
+    /// Confined to the batch CPUs: booting in the pool, or a tenant's sandbox that is busy (see `cpus`).
+    on_batch: bool,
 }
 
 enum Job {
@@ -194,6 +197,10 @@ pub struct Server {
     pending: VecDeque<Pending>,
     invocations: HashMap<u32, Invocation>,
     deadlines: BTreeMap<(Instant, u32), ()>,
+    /// When to look whether an invocation is still running, to move its sandbox to the batch CPUs; in time
+    /// order (each is its dispatch time plus the same delay).
+    busy_checks: VecDeque<(Instant, u32)>,
+    cpus: Option<CpuClasses>,
     next_id: u32,
     spawner: Spawner,
     spawn_backoff: Option<(Instant, Duration)>,
@@ -221,15 +228,16 @@ pub struct Parts {
     pub signals: OwnedFd,
     pub spawner: Spawner,
     pub store: Arc<Store>,
+    pub cpus: Option<CpuClasses>,
 }
 
 impl Server {
     pub fn new(config: Config, parts: Parts) -> io::Result<Server> {
-        let Parts { poll, waker, mut listener, signals, spawner, store } = parts;
+        let Parts { poll, waker, mut listener, signals, spawner, store, cpus } = parts;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
-        let (reaper, reaper_thread) = start_reaper_thread();
+        let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
             config,
@@ -244,6 +252,8 @@ impl Server {
             pending: VecDeque::new(),
             invocations: HashMap::new(),
             deadlines: BTreeMap::new(),
+            busy_checks: VecDeque::new(),
+            cpus,
             next_id: 1,
             spawner,
             spawn_backoff: None,
@@ -279,6 +289,9 @@ impl Server {
             let now = Instant::now();
             let mut wake_at = next_housekeeping;
             if let Some(((t, _), _)) = self.deadlines.first_key_value() {
+                wake_at = wake_at.min(*t);
+            }
+            if let Some((t, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
             let timeout = wake_at.saturating_duration_since(now);
@@ -317,6 +330,7 @@ impl Server {
             self.collect_spawned();
             self.collect_store_results();
             self.fire_deadlines();
+            self.move_busy_sandboxes();
             if Instant::now() >= next_housekeeping {
                 self.housekeeping();
                 next_housekeeping = Instant::now() + HOUSEKEEPING;
@@ -712,6 +726,7 @@ impl Server {
             "connections": self.conns.len(),
             "uptime_s": self.started.elapsed().as_secs(),
             "last_spawn_error": self.last_spawn_error,
+            "cpus": self.cpus.map(|c| serde_json::json!({"all": c.all.list(), "reserved": c.reserved.list(), "batch": c.batch.list()})),
         })
         .to_string()
     }
@@ -771,6 +786,11 @@ impl Server {
                     eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
                 }
             }
+            if let (Some(cpus), true, Some(sandbox)) = (&self.cpus, s.on_batch, &s.sandbox) {
+                // Booted on the batch CPUs; a tenant's sandbox runs anywhere until it is busy.
+                sandbox.set_affinity(&cpus.all);
+                s.on_batch = false;
+            }
             s.tenant = Some(tenant.to_string());
             s.created = Instant::now();
             s.last_used = Instant::now();
@@ -808,7 +828,44 @@ impl Server {
         s.served += 1;
         self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs: Captured::default(), compile, key: code_key });
         self.deadlines.insert((deadline, id), ());
+        if self.cpus.is_some() {
+            self.busy_checks.push_back((Instant::now() + cpus::BUSY_AFTER, id));
+        }
         self.flush_sandbox(sb);
+    }
+
+    /// Sandboxes whose invocation has been running for `BUSY_AFTER`: to the batch CPUs.
+    fn move_busy_sandboxes(&mut self) {
+        let Some(cpus) = self.cpus else { return };
+        let now = Instant::now();
+        while let Some(&(t, id)) = self.busy_checks.front() {
+            if t > now {
+                break;
+            }
+            self.busy_checks.pop_front();
+            let Some(inv) = self.invocations.get(&id) else { continue };
+            let Some(s) = self.sbs.get_mut(inv.sb) else { continue };
+            if let (false, None, Some(sandbox)) = (s.on_batch, s.killed, &s.sandbox) {
+                // Counted only if a thread moved: without CAP_SYS_NICE none can, and the metric says so.
+                if sandbox.set_affinity(&cpus.batch) > 0 {
+                    self.metrics.sandbox_moved(true);
+                }
+                s.on_batch = true;
+            }
+        }
+    }
+
+    /// Tenant sandboxes on the batch CPUs with nothing in flight: every CPU back.
+    fn release_idle_sandboxes(&mut self) {
+        let Some(cpus) = self.cpus else { return };
+        for (_, s) in self.sbs.iter_mut() {
+            if let (true, true, true, None, Some(sandbox)) = (s.on_batch, s.tenant.is_some(), s.in_flight.is_empty(), s.killed, &s.sandbox) {
+                if sandbox.set_affinity(&cpus.all) > 0 {
+                    self.metrics.sandbox_moved(false);
+                }
+                s.on_batch = false;
+            }
+        }
     }
 
     /// Finish an invocation with a response (or a store job, for a deploy that compiled).
@@ -993,6 +1050,7 @@ impl Server {
             last_used: Instant::now(),
             served: 0,
             killed: None,
+            on_batch: self.cpus.is_some(),
             sandbox: Some(sandbox),
         };
         let key = self.sbs.insert(sb);
@@ -1244,6 +1302,7 @@ impl Server {
     // ---- timers and signals ------------------------------------------------------------------------
 
     fn housekeeping(&mut self) {
+        self.release_idle_sandboxes();
         let now = Instant::now();
         // Connections that stalled mid-request or idled too long.
         for key in self.conns.keys() {
@@ -1470,11 +1529,15 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
     (jobs_tx, done)
 }
 
-fn start_reaper_thread() -> (Sender<jailer::Sandbox>, std::thread::JoinHandle<()>) {
+fn start_reaper_thread(batch: Option<jailer::sched::CpuSet>) -> (Sender<jailer::Sandbox>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<jailer::Sandbox>();
     let thread = std::thread::Builder::new()
         .name("reaper".into())
         .spawn(move || {
+            // Removing cgroups is kernel work that waits and holds locks: batch work, off the reserved CPUs.
+            if let Some(batch) = &batch {
+                let _ = jailer::sched::set_affinity(0, batch);
+            }
             for sandbox in rx {
                 if let Err(e) = sandbox.destroy() {
                     eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));

@@ -83,6 +83,13 @@ impl<T> Slab<T> {
             .enumerate()
             .filter_map(|(i, (gen, v))| v.as_ref().map(|v| (Key { index: i as u32, gen: *gen }, v)))
     }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut T)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (gen, v))| v.as_mut().map(|v| (Key { index: i as u32, gen: *gen }, v)))
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ pub struct NodeCommand {
 }
 
 impl Spawner {
-    pub fn start(jailer: Arc<Jailer>, node: NodeCommand, threads: usize, waker: Arc<mio::Waker>) -> Spawner {
+    /// `batch`: the CPUs the spawner threads, and so the sandboxes they boot, are confined to (see `cpus`).
+    pub fn start(jailer: Arc<Jailer>, node: NodeCommand, threads: usize, waker: Arc<mio::Waker>, batch: Option<jailer::sched::CpuSet>) -> Spawner {
         let (jobs, job_rx) = mpsc::channel::<()>();
         let (result_tx, results) = mpsc::channel::<Outcome>();
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -56,6 +57,12 @@ impl Spawner {
                     // must not slow the tenant whose request emptied the pool slot.
                     // SAFETY: setpriority on this thread's own id, with integers only.
                     unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+                    // Booting is batch work: off the reserved CPUs (the sandboxes inherit the mask).
+                    if let Some(batch) = &batch {
+                        if let Err(e) = jailer::sched::set_affinity(0, batch) {
+                            eprintln!("taskcell: confining a spawner thread to CPUs {}: errno {e}", batch.list());
+                        }
+                    }
                     spawn_loop(&jailer, &node, &job_rx, &result_tx, &waker, &stopping)
                 })
                 .expect("spawning a spawner thread");

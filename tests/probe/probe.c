@@ -260,6 +260,11 @@ static long c_setns(void *a) {
     if (fd < 0) return -2;
     return syscall(SYS_setns, (long)fd, (long)CLONE_NEWNET);
 }
+static long c_sched_setaffinity(void *a) {
+    (void)a;
+    unsigned long mask[16] = { ~0UL };
+    return syscall(SYS_sched_setaffinity, 0L, (long)sizeof mask, mask);
+}
 static long c_ptrace_traceme(void *a) { (void)a; return syscall(SYS_ptrace, (long)PTRACE_TRACEME, 0L, 0L, 0L); }
 static long c_ptrace_attach_parent(void *a) {
     (void)a;
@@ -589,6 +594,7 @@ static void check_syscalls(void) {
     expect_errno("refused_unshare_user", c_unshare_user, NULL, EPERM);
     expect_errno("refused_unshare_mnt_net", c_unshare_ns, NULL, EPERM);
     expect_errno("refused_setns", c_setns, NULL, EPERM);
+    expect_errno("refused_sched_setaffinity", c_sched_setaffinity, NULL, EPERM);
     expect_errno("refused_ptrace_traceme", c_ptrace_traceme, NULL, EPERM);
     expect_errno("refused_ptrace_attach", c_ptrace_attach_parent, NULL, EPERM);
     expect_errno("refused_bpf", c_bpf, NULL, EPERM);

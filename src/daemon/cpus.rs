@@ -1,0 +1,63 @@
+//! Which CPUs busy sandboxes may use.
+//!
+//! The kernel cannot preempt a process while it is in the kernel on most distribution kernels
+//! (`PREEMPT_NONE`/`VOLUNTARY`): a sandbox booting (exec, namespaces, page faults of Node's binary), dying with
+//! 128 MiB to unmap, or forking in a loop holds its CPU for milliseconds, whatever its weight, slice or idle
+//! class. The quiet tenants' latency then depends on not sharing a CPU with that work at all. So the daemon
+//! keeps a few CPUs for interactive work: sandboxes booting in the pool, and a tenant's sandbox once one of its
+//! invocations has run past [`BUSY_AFTER`], run only on the others (the batch CPUs); a tenant's sandbox that is
+//! not busy, the event loop and the clients may run anywhere. A busy sandbox gets every CPU back once it is
+//! idle again (checked every housekeeping tick).
+//!
+//! The affinity is set from outside, thread by thread, and the sandbox cannot widen it: its seccomp policy
+//! refuses `sched_setaffinity`. Work a task leaves running after its invocation has answered (a timer loop)
+//! is not seen as busy.
+
+use std::time::Duration;
+
+use jailer::sched::CpuSet;
+
+/// How long an invocation runs before its sandbox counts as busy and moves to the batch CPUs.
+pub const BUSY_AFTER: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Copy, Debug)]
+pub struct CpuClasses {
+    /// Every CPU the daemon may use: where a sandbox that is not busy runs.
+    pub all: CpuSet,
+    /// Where sandboxes boot and busy ones run: all but the reserved CPUs.
+    pub batch: CpuSet,
+    pub reserved: CpuSet,
+}
+
+impl CpuClasses {
+    /// Split the daemon's own CPUs: `reserved` of them (None: a quarter, at least one) kept from batch work.
+    /// None when that leaves no CPU for either side (one CPU, or `reserved` 0).
+    pub fn new(reserved: Option<usize>) -> Option<CpuClasses> {
+        let all = CpuSet::of_current_thread().ok()?;
+        let cpus = all.cpus();
+        let n = cpus.len();
+        let keep = reserved.unwrap_or(n.div_ceil(4)).min(n.saturating_sub(1));
+        if keep == 0 {
+            return None;
+        }
+        Some(CpuClasses { all, reserved: CpuSet::from_cpus(&cpus[..keep]), batch: CpuSet::from_cpus(&cpus[keep..]) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_a_quarter_and_keep_batch_cpus() {
+        let Some(c) = CpuClasses::new(None) else {
+            assert_eq!(CpuSet::of_current_thread().unwrap().cpus().len(), 1, "only a one-CPU machine has no classes");
+            return;
+        };
+        let n = c.all.cpus().len();
+        assert_eq!(c.reserved.cpus().len(), n.div_ceil(4).min(n - 1));
+        assert_eq!(c.reserved.cpus().len() + c.batch.cpus().len(), n);
+        assert!(CpuClasses::new(Some(0)).is_none());
+        assert_eq!(CpuClasses::new(Some(1000)).map(|c| c.batch.cpus().len()), Some(1), "at least one batch CPU");
+    }
+}
