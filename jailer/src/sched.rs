@@ -127,6 +127,37 @@ pub fn set_affinity(tid: i32, set: &CpuSet) -> Result<(), i32> {
     Ok(())
 }
 
+/// The processes of the tree under `pid` (it first), through /proc/PID/task/TID/children.
+pub fn tree_processes(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) || seen.len() > 100_000 {
+            continue;
+        }
+        out.push(p);
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                todo.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Let every thread of process `pid` run only on `set`; the number of threads set. One pass: for a process
+/// that is not starting threads (an idle sandbox's), which is what makes it cheap.
+pub fn set_process_affinity(pid: i32, set: &CpuSet) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str().and_then(|t| t.parse::<i32>().ok()))
+        .filter(|&tid| set_affinity(tid, set).is_ok())
+        .count()
+}
+
 /// Let every thread of every process in the tree under `pid` (a sandbox's init and its descendants, found
 /// through /proc/PID/task/TID/children) run only on `set`. Threads and processes started meanwhile inherit
 /// the mask of the one that started them: a second pass catches those started from a thread the first pass

@@ -138,6 +138,8 @@ struct Sb {
     killed: Option<KillReason>,
     /// Confined to the batch CPUs: booting in the pool, or a tenant's sandbox that is busy (see `cpus`).
     on_batch: bool,
+    /// Its processes when it became ready (see `Spawned::processes`).
+    boot_processes: Vec<i32>,
 }
 
 enum Job {
@@ -786,9 +788,12 @@ impl Server {
                     eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
                 }
             }
-            if let (Some(cpus), true, Some(sandbox)) = (&self.cpus, s.on_batch, &s.sandbox) {
-                // Booted on the batch CPUs; a tenant's sandbox runs anywhere until it is busy.
-                sandbox.set_affinity(&cpus.all);
+            if let (Some(cpus), true) = (&self.cpus, s.on_batch) {
+                // Booted on the batch CPUs; a tenant's sandbox runs anywhere until it is busy. Idle in the
+                // pool, it has the processes and threads it had when ready (a walk would cost ~0.2 ms here).
+                for &pid in &s.boot_processes {
+                    jailer::sched::set_process_affinity(pid, &cpus.all);
+                }
                 s.on_batch = false;
             }
             s.tenant = Some(tenant.to_string());
@@ -1034,7 +1039,7 @@ impl Server {
     }
 
     fn adopt(&mut self, spawned: Spawned) -> Option<Key> {
-        let Spawned { sandbox, socket, output, .. } = spawned;
+        let Spawned { sandbox, socket, output, processes } = spawned;
         // SAFETY: setting O_NONBLOCK on a pipe descriptor we own.
         unsafe { libc::fcntl(output.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let sb = Sb {
@@ -1051,6 +1056,7 @@ impl Server {
             served: 0,
             killed: None,
             on_batch: self.cpus.is_some(),
+            boot_processes: processes,
             sandbox: Some(sandbox),
         };
         let key = self.sbs.insert(sb);

@@ -21,6 +21,9 @@ pub struct Spawned {
     pub socket: UnixStream,
     /// Read end of the pipe on the sandbox's stdout and stderr.
     pub output: OwnedFd,
+    /// Its processes once ready (init and Node), found here, off the event loop, so that giving it every CPU
+    /// when a tenant takes it is one pass over their threads.
+    pub processes: Vec<i32>,
 }
 
 pub type Outcome = Result<Spawned, String>;
@@ -124,7 +127,10 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     };
     let mut sandbox = jailer.make(spec).map_err(|e| crate::jail::error_chain(&e))?;
     match await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout) {
-        Ok(()) => Ok(Spawned { sandbox, socket: ours, output: out_r }),
+        Ok(()) => {
+            let processes = jailer::sched::tree_processes(sandbox.pid);
+            Ok(Spawned { sandbox, socket: ours, output: out_r, processes })
+        }
         Err(msg) => {
             sandbox.kill();
             Err(msg)
