@@ -71,6 +71,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_COMPILED: usize = 1024;
 /// CPU weight (cgroup v2 units) of a sandbox booting or waiting in the pool, and of a tenant's.
 pub const BOOT_CPU_WEIGHT: u64 = 10;
+/// Bytes read from one sandbox's socket per turn of the loop, so that one flooding its logs cannot hold the
+/// loop while other tenants' requests and answers wait.
+const SANDBOX_READ_BUDGET: usize = 64 << 10;
 /// The event loop thread's nice value (the spawners run at 10, sandboxes' processes at 0 in their own groups).
 const LOOP_NICE: i32 = -10;
 const TENANT_CPU_WEIGHT: u64 = 100;
@@ -202,6 +205,8 @@ pub struct Server {
     /// When to look whether an invocation is still running, to move its sandbox to the batch CPUs; in time
     /// order (each is its dispatch time plus the same delay).
     busy_checks: VecDeque<(Instant, u32)>,
+    /// Sandboxes that used up their read budget with more perhaps waiting: read again after this turn.
+    read_again: VecDeque<Key>,
     cpus: Option<CpuClasses>,
     next_id: u32,
     spawner: Spawner,
@@ -255,6 +260,7 @@ impl Server {
             invocations: HashMap::new(),
             deadlines: BTreeMap::new(),
             busy_checks: VecDeque::new(),
+            read_again: VecDeque::new(),
             cpus,
             next_id: 1,
             spawner,
@@ -296,7 +302,7 @@ impl Server {
             if let Some((t, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
-            let timeout = wake_at.saturating_duration_since(now);
+            let timeout = if self.read_again.is_empty() { wake_at.saturating_duration_since(now) } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -327,6 +333,9 @@ impl Server {
                         _ => {}
                     },
                 }
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.on_sandbox_socket(key, true, false);
             }
             // Answers from the helper threads arrive through the waker; check them every turn (cheap).
             self.collect_spawned();
@@ -1128,10 +1137,20 @@ impl Server {
         {
             let Some(s) = self.sbs.get_mut(key) else { return };
             let mut buf = [0u8; 64 << 10];
+            let mut budget = SANDBOX_READ_BUDGET;
             loop {
+                if budget == 0 {
+                    // More may be waiting (a log flood): come back after the other ready connections and
+                    // sandboxes have had their turn, rather than serve one sandbox until it pauses.
+                    self.read_again.push_back(key);
+                    break;
+                }
                 match s.socket.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => s.decoder.feed(&buf[..n]),
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        s.decoder.feed(&buf[..n])
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
