@@ -647,7 +647,9 @@ static void check_syscalls(void) {
 
 static void check_sockets(void) {
     static const struct { const char *name; int fam, type, proto; } refused[] = {
-        {"refused_socket_netlink", AF_NETLINK, SOCK_RAW, 0 /* NETLINK_ROUTE */},
+        {"refused_socket_netlink_audit", AF_NETLINK, SOCK_RAW, 9 /* NETLINK_AUDIT */},
+        {"refused_socket_netlink_uevent", AF_NETLINK, SOCK_RAW, 15 /* NETLINK_KOBJECT_UEVENT */},
+        {"refused_socket_netlink_netfilter", AF_NETLINK, SOCK_RAW, 12 /* NETLINK_NETFILTER */},
         {"refused_socket_packet", AF_PACKET, SOCK_RAW, 0},
         {"refused_socket_alg", AF_ALG, SOCK_SEQPACKET, 0},
         {"refused_socket_vsock", AF_VSOCK, SOCK_STREAM, 0},
@@ -667,6 +669,7 @@ static void check_sockets(void) {
         {"socket_inet6_works", AF_INET6, SOCK_STREAM},
         {"socket_unix_works", AF_UNIX, SOCK_STREAM},
         {"socket_inet_udp_works", AF_INET, SOCK_DGRAM},
+        {"socket_netlink_route_works", AF_NETLINK, SOCK_RAW}, /* protocol 0: NETLINK_ROUTE, for getifaddrs */
     };
     for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++) {
         int fd = socket(allowed[i].fam, allowed[i].type | SOCK_CLOEXEC, 0);
