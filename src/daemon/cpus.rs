@@ -7,7 +7,9 @@
 //! keeps a few CPUs for interactive work: sandboxes booting in the pool, and a tenant's sandbox once one of its
 //! invocations has run past [`BUSY_AFTER`], run only on the others (the batch CPUs); a tenant's sandbox that is
 //! not busy, the event loop and the clients may run anywhere. A busy sandbox gets every CPU back once it is
-//! idle again (checked every housekeeping tick).
+//! idle again and its tenant has not been busy for [`BUSY_MEMORY`] (checked every housekeeping tick); a
+//! tenant busy that recently gets its next sandbox on the batch CPUs (one whose sandboxes die of their memory
+//! limit in a loop counts as busy too).
 //!
 //! The affinity is set from outside, thread by thread, and the sandbox cannot widen it: its seccomp policy
 //! refuses `sched_setaffinity`. Work a task leaves running after its invocation has answered (a timer loop)
@@ -19,6 +21,10 @@ use jailer::sched::CpuSet;
 
 /// How long an invocation runs before its sandbox counts as busy and moves to the batch CPUs.
 pub const BUSY_AFTER: Duration = Duration::from_millis(10);
+/// How long a tenant counts as busy after it last was: its sandbox stays on the batch CPUs between busy
+/// invocations, and a new sandbox (after a memory kill or a timeout) starts there, instead of spending its
+/// first `BUSY_AFTER` of kernel-heavy work on the reserved CPUs every time.
+pub const BUSY_MEMORY: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug)]
 pub struct CpuClasses {

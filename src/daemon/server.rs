@@ -205,6 +205,8 @@ pub struct Server {
     /// When to look whether an invocation is still running, to move its sandbox to the batch CPUs; in time
     /// order (each is its dispatch time plus the same delay).
     busy_checks: VecDeque<(Instant, u32)>,
+    /// When each tenant was last seen busy (an invocation past `BUSY_AFTER`, a memory kill).
+    busy_tenants: HashMap<String, Instant>,
     /// Sandboxes that used up their read budget with more perhaps waiting: read again after this turn.
     read_again: VecDeque<Key>,
     cpus: Option<CpuClasses>,
@@ -260,6 +262,7 @@ impl Server {
             invocations: HashMap::new(),
             deadlines: BTreeMap::new(),
             busy_checks: VecDeque::new(),
+            busy_tenants: HashMap::new(),
             read_again: VecDeque::new(),
             cpus,
             next_id: 1,
@@ -791,13 +794,14 @@ impl Server {
     }
 
     fn assign(&mut self, sb: Key, tenant: &str) {
+        let recently_busy = self.recently_busy(tenant);
         if let Some(s) = self.sbs.get_mut(sb) {
             if let Some(sandbox) = &s.sandbox {
                 if let Err(e) = sandbox.set_cpu_weight(TENANT_CPU_WEIGHT) {
                     eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
                 }
             }
-            if let (Some(cpus), true) = (&self.cpus, s.on_batch) {
+            if let (Some(cpus), true, false) = (&self.cpus, s.on_batch, recently_busy) {
                 // Booted on the batch CPUs; a tenant's sandbox runs anywhere until it is busy. Idle in the
                 // pool, it has the processes and threads it had when ready (a walk would cost ~0.2 ms here).
                 for &pid in &s.boot_processes {
@@ -858,6 +862,7 @@ impl Server {
             }
             self.busy_checks.pop_front();
             let Some(inv) = self.invocations.get(&id) else { continue };
+            self.busy_tenants.insert(inv.tenant.clone(), now);
             let Some(s) = self.sbs.get_mut(inv.sb) else { continue };
             if let (false, None, Some(sandbox)) = (s.on_batch, s.killed, &s.sandbox) {
                 // Counted only if a thread moved: without CAP_SYS_NICE none can, and the metric says so.
@@ -869,11 +874,18 @@ impl Server {
         }
     }
 
-    /// Tenant sandboxes on the batch CPUs with nothing in flight: every CPU back.
+    fn recently_busy(&self, tenant: &str) -> bool {
+        self.busy_tenants.get(tenant).is_some_and(|t| t.elapsed() < cpus::BUSY_MEMORY)
+    }
+
+    /// Tenant sandboxes on the batch CPUs with nothing in flight, whose tenant has not been busy lately: every
+    /// CPU back.
     fn release_idle_sandboxes(&mut self) {
         let Some(cpus) = self.cpus else { return };
+        self.busy_tenants.retain(|_, t| t.elapsed() < cpus::BUSY_MEMORY);
         for (_, s) in self.sbs.iter_mut() {
-            if let (true, true, true, None, Some(sandbox)) = (s.on_batch, s.tenant.is_some(), s.in_flight.is_empty(), s.killed, &s.sandbox) {
+            let quiet = s.tenant.as_ref().is_some_and(|t| !self.busy_tenants.contains_key(t));
+            if let (true, true, true, None, Some(sandbox)) = (s.on_batch, quiet, s.in_flight.is_empty(), s.killed, &s.sandbox) {
                 if sandbox.set_affinity(&cpus.all) > 0 {
                     self.metrics.sandbox_moved(false);
                 }
@@ -1270,6 +1282,11 @@ impl Server {
             "crashed"
         };
         self.metrics.sandbox_killed(reason);
+        if memory && self.cpus.is_some() {
+            if let Some(t) = &s.tenant {
+                self.busy_tenants.insert(t.clone(), Instant::now());
+            }
+        }
         let killed = s.killed;
         let in_flight: Vec<u32> = s.in_flight.iter().copied().collect();
         let (status, kind, message) = if memory {
