@@ -545,3 +545,32 @@ fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
     assert!(metrics.contains("taskcell_sandbox_cpu_moves_total{to=\"batch\"}"), "{metrics}");
     d.assert_healthy();
 }
+
+#[test]
+fn work_left_running_after_answering_is_moved_off_the_reserved_cpus() {
+    need_root!("work_left_running_after_answering_is_moved_off_the_reserved_cpus");
+    let d = shared();
+    let cpus = d.health()["cpus"].clone();
+    if cpus.is_null() {
+        eprintln!("\n**********\nNOT CHECKED: one CPU, so no CPU is kept from busy sandboxes\n**********\n");
+        return;
+    }
+    let batch = cpus["batch"].as_str().unwrap().to_string();
+    let sneaky = unique("sneaky");
+    let mark = format!("tc-sneaky-{sneaky}");
+    // Answers at once, then spins in the background forever (20 ms slices between turns of the event loop):
+    // no invocation is ever in flight for long, but the sandbox burns a CPU.
+    let code = format!(
+        "module.exports = () => {{ process.title = '{mark}'; const spin = () => {{ const end = Date.now() + 20; while (Date.now() < end) {{}} setImmediate(spin) }}; setImmediate(spin); return 'started' }}"
+    );
+    let env = d.run_ok(&sneaky, &code, Value::Null);
+    assert_eq!(env["result"], "started");
+    wait_until(Duration::from_secs(10), "the background spinner on the batch CPUs", || {
+        let lists = allowed_cpus_of(d.pid(), &mark);
+        !lists.is_empty() && lists.iter().all(|l| *l == batch)
+    });
+    // End it: the sandbox still answers between its spins; killing itself ends the sandbox.
+    let r = d.run(&sneaky, "module.exports = () => process.kill(process.pid, 'SIGKILL')", Value::Null);
+    assert_eq!(r.status, 502, "{}", r.text());
+    d.assert_healthy();
+}

@@ -11,9 +11,12 @@
 //! tenant busy that recently gets its next sandbox on the batch CPUs (one whose sandboxes die of their memory
 //! limit in a loop counts as busy too).
 //!
+//! Work a task leaves running after its invocation has answered (a timer loop spinning in the background)
+//! is caught by the CPU time of the sandbox's Node: sampled every housekeeping tick, more than half a CPU
+//! over the tick makes the sandbox busy too ([`CpuTime`]).
+//!
 //! The affinity is set from outside, thread by thread, and the sandbox cannot widen it: its seccomp policy
-//! refuses `sched_setaffinity`. Work a task leaves running after its invocation has answered (a timer loop)
-//! is not seen as busy.
+//! refuses `sched_setaffinity`.
 
 use std::time::Duration;
 
@@ -25,6 +28,45 @@ pub const BUSY_AFTER: Duration = Duration::from_millis(10);
 /// invocations, and a new sandbox (after a memory kill or a timeout) starts there, instead of spending its
 /// first `BUSY_AFTER` of kernel-heavy work on the reserved CPUs every time.
 pub const BUSY_MEMORY: Duration = Duration::from_secs(2);
+
+/// The CPU time of one process, read again and again through a descriptor kept open on /proc/PID/stat.
+#[derive(Debug)]
+pub struct CpuTime {
+    stat: std::fs::File,
+    last: Duration,
+}
+
+impl CpuTime {
+    pub fn open(pid: i32) -> Option<CpuTime> {
+        let stat = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let mut t = CpuTime { stat, last: Duration::ZERO };
+        t.last = t.read()?;
+        Some(t)
+    }
+
+    /// User and system time of every thread of the process so far.
+    fn read(&mut self) -> Option<Duration> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 1024];
+        let n = self.stat.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        let mut fields = text[text.rfind(')')? + 2..].split(' ');
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        // SAFETY: sysconf with a constant name.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(Duration::from_millis((utime + stime) * 1000 / hz))
+    }
+
+    /// CPU time used since the previous call (or since `open`).
+    pub fn used(&mut self) -> Duration {
+        let Some(now) = self.read() else { return Duration::ZERO };
+        let used = now.saturating_sub(self.last);
+        self.last = now;
+        used
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct CpuClasses {
@@ -53,6 +95,20 @@ impl CpuClasses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_of_a_spinning_process_grows() {
+        let mut t = CpuTime::open(std::process::id() as i32).expect("our own /proc/self/stat");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        let used = t.used();
+        assert!(used >= Duration::from_millis(100), "200 ms of spinning read as {used:?}");
+        assert!(t.used() < Duration::from_millis(50), "nothing more since");
+    }
 
     #[test]
     fn reserve_a_quarter_and_keep_batch_cpus() {

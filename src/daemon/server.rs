@@ -19,7 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use runtime::{Decoder, Frame, RunMeta};
 
-use super::cpus::{self, CpuClasses};
+use super::cpus::{self, CpuClasses, CpuTime};
 use super::http::{self, Parsed, Request, Response};
 use super::logs::{self, Captured};
 use super::metrics::{ColdStart, Gauges, Metrics};
@@ -143,6 +143,8 @@ struct Sb {
     on_batch: bool,
     /// Its processes when it became ready (see `Spawned::processes`).
     boot_processes: Vec<i32>,
+    /// Its Node's CPU time, sampled every housekeeping tick to find work left running in the background.
+    cpu_time: Option<CpuTime>,
 }
 
 enum Job {
@@ -874,6 +876,26 @@ impl Server {
         }
     }
 
+    /// Tenant sandboxes whose Node used more than half a CPU over the last tick (work left running after an
+    /// invocation answered, or one that is running): busy, to the batch CPUs.
+    fn watch_cpu_time(&mut self) {
+        let Some(cpus) = self.cpus else { return };
+        let now = Instant::now();
+        for (_, s) in self.sbs.iter_mut() {
+            let (Some(tenant), Some(time), None) = (&s.tenant, s.cpu_time.as_mut(), s.killed) else { continue };
+            if time.used() < HOUSEKEEPING / 2 {
+                continue;
+            }
+            self.busy_tenants.insert(tenant.clone(), now);
+            if let (false, Some(sandbox)) = (s.on_batch, &s.sandbox) {
+                if sandbox.set_affinity(&cpus.batch) > 0 {
+                    self.metrics.sandbox_moved(true);
+                }
+                s.on_batch = true;
+            }
+        }
+    }
+
     fn recently_busy(&self, tenant: &str) -> bool {
         self.busy_tenants.get(tenant).is_some_and(|t| t.elapsed() < cpus::BUSY_MEMORY)
     }
@@ -1077,6 +1099,8 @@ impl Server {
             served: 0,
             killed: None,
             on_batch: self.cpus.is_some(),
+            // The command is the init's child: the second process of the tree (when there are CPU classes).
+            cpu_time: if self.cpus.is_some() { processes.get(1).and_then(|&pid| CpuTime::open(pid)) } else { None },
             boot_processes: processes,
             sandbox: Some(sandbox),
         };
@@ -1344,6 +1368,7 @@ impl Server {
     // ---- timers and signals ------------------------------------------------------------------------
 
     fn housekeeping(&mut self) {
+        self.watch_cpu_time();
         self.release_idle_sandboxes();
         let now = Instant::now();
         // Connections that stalled mid-request or idled too long.
