@@ -503,16 +503,22 @@ fn allowed_cpus_of(daemon: u32, marker: &str) -> Vec<String> {
     lists
 }
 
-#[test]
-fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
-    need_root!("a_busy_tenant_runs_off_the_reserved_cpus_until_idle");
-    let d = shared();
+/// The daemon's CPU classes from health; None (said loudly) on a one-CPU host, the only one without them.
+fn cpu_classes(d: &Daemon) -> Option<Value> {
     let cpus = d.health()["cpus"].clone();
     if cpus.is_null() {
         assert_eq!(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), 1, "no CPU classes on a multi-CPU host");
         eprintln!("\n**********\nNOT CHECKED: one CPU, so no CPU is kept from busy sandboxes\n**********\n");
-        return;
+        return None;
     }
+    Some(cpus)
+}
+
+#[test]
+fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
+    need_root!("a_busy_tenant_runs_off_the_reserved_cpus_until_idle");
+    let d = shared();
+    let Some(cpus) = cpu_classes(d) else { return };
     let (all, batch) = (cpus["all"].as_str().unwrap().to_string(), cpus["batch"].as_str().unwrap().to_string());
     assert_ne!(all, batch);
     let (busy, quiet) = (unique("busy"), unique("quiet"));
@@ -550,11 +556,7 @@ fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
 fn work_left_running_after_answering_is_moved_off_the_reserved_cpus() {
     need_root!("work_left_running_after_answering_is_moved_off_the_reserved_cpus");
     let d = shared();
-    let cpus = d.health()["cpus"].clone();
-    if cpus.is_null() {
-        eprintln!("\n**********\nNOT CHECKED: one CPU, so no CPU is kept from busy sandboxes\n**********\n");
-        return;
-    }
+    let Some(cpus) = cpu_classes(d) else { return };
     let batch = cpus["batch"].as_str().unwrap().to_string();
     let sneaky = unique("sneaky");
     let mark = format!("tc-sneaky-{sneaky}");
