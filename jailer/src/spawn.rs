@@ -12,6 +12,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupRoot, Limits};
 use crate::mount::{BindRo, MountError, MountPlan, MountStep};
@@ -19,6 +20,10 @@ use crate::pid::{self, Status};
 use crate::rootfs::{self, RootfsError};
 use crate::user::{self, UserError};
 use crate::{caps, net, sched, seccomp};
+
+/// How long a child may take from its release to its execve (a few milliseconds normally; seconds on a host
+/// under heavy load) before the jailer gives up on it and kills it.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What every sandbox of one jailer shares.
 #[derive(Clone, Debug)]
@@ -376,7 +381,7 @@ impl Jailer {
         }
         // Release the child, then learn whether it reached execve.
         write_byte(go_w.as_fd()).map_err(|source| JailError::Os { what: "releasing the sandbox", source })?;
-        read_failure(status_r.as_fd()).map_err(|source| JailError::Os { what: "reading the sandbox's setup status", source })?
+        read_failure(status_r.as_fd(), Instant::now() + SETUP_TIMEOUT).map_err(|source| JailError::Os { what: "reading the sandbox's setup status", source })?
             .map_or(Ok(()), |(step, errno)| Err(JailError::Child { step, errno }))
     }
 
@@ -716,11 +721,27 @@ fn write_byte(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     }
 }
 
-/// Read the child's failure record; `None` on end-of-file (execve succeeded and closed the pipe).
-fn read_failure(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Step, i32)>> {
+/// Read the child's failure record; `None` on end-of-file (execve succeeded and closed the pipe). A child
+/// that has done neither by `deadline` (a setup step stuck in the kernel) is an error, not a thread blocked
+/// for good: the caller kills it.
+fn read_failure(fd: BorrowedFd<'_>, deadline: Instant) -> std::io::Result<Option<(Step, i32)>> {
     let mut record = [0u8; 12];
     let mut got = 0;
     while got < record.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: polls one local pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if ready == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the sandbox did not finish its setup in time"));
+        }
         // SAFETY: reads into the unfilled tail of a local array.
         let n = unsafe { libc::read(fd.as_raw_fd(), record[got..].as_mut_ptr().cast(), record.len() - got) };
         if n < 0 {
@@ -742,3 +763,27 @@ fn read_failure(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Step, i32)>> {
     Ok(Some((Step::from_code(word(0), word(4)), word(8) as i32)))
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_neither_execs_nor_fails_times_out() {
+        let (r, w) = pipe().expect("pipe");
+        let err = read_failure(r.as_fd(), Instant::now() + Duration::from_millis(100)).expect_err("no record, no end-of-file");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // End-of-file (the child's execve closed its end): success.
+        drop(w);
+        assert!(read_failure(r.as_fd(), Instant::now() + Duration::from_secs(5)).expect("end-of-file").is_none());
+    }
+
+    #[test]
+    fn a_failure_record_is_read_whole() {
+        let (r, w) = pipe().expect("pipe");
+        report_failure(w.as_raw_fd(), Step::Hostname, libc::EPERM);
+        drop(w);
+        let got = read_failure(r.as_fd(), Instant::now() + Duration::from_secs(5)).expect("read");
+        assert!(matches!(got, Some((Step::Hostname, e)) if e == libc::EPERM), "{got:?}");
+    }
+}
