@@ -147,6 +147,26 @@ struct Sb {
     cpu_time: Option<CpuTime>,
 }
 
+impl Sb {
+    /// Move a tenant's sandbox to the batch CPUs at the pool's boot weight: there it shares the CPUs with
+    /// the other busy sandboxes and the pool's boots on an equal footing (at the tenant weight it would
+    /// starve the boots, and new tenants would wait for the pool). True if a thread moved.
+    fn to_batch(&mut self, cpus: &CpuClasses) -> bool {
+        self.on_batch = true;
+        let Some(sandbox) = &self.sandbox else { return false };
+        let _ = sandbox.set_cpu_weight(BOOT_CPU_WEIGHT);
+        sandbox.set_affinity(&cpus.batch) > 0
+    }
+
+    /// Every CPU and the tenant weight back. True if a thread moved.
+    fn to_all(&mut self, cpus: &CpuClasses) -> bool {
+        self.on_batch = false;
+        let Some(sandbox) = &self.sandbox else { return false };
+        let _ = sandbox.set_cpu_weight(TENANT_CPU_WEIGHT);
+        sandbox.set_affinity(&cpus.all) > 0
+    }
+}
+
 enum Job {
     Run { task: Option<String>, key: String, source: Bytes, data: Bytes },
     Compile { task: String, source: Bytes },
@@ -798,7 +818,9 @@ impl Server {
     fn assign(&mut self, sb: Key, tenant: &str) {
         let recently_busy = self.recently_busy(tenant);
         if let Some(s) = self.sbs.get_mut(sb) {
-            if let Some(sandbox) = &s.sandbox {
+            // A tenant busy a moment ago gets its new sandbox on the batch CPUs, at the boot weight it has.
+            let stays_on_batch = s.on_batch && recently_busy;
+            if let (Some(sandbox), false) = (&s.sandbox, stays_on_batch) {
                 if let Err(e) = sandbox.set_cpu_weight(TENANT_CPU_WEIGHT) {
                     eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
                 }
@@ -866,12 +888,9 @@ impl Server {
             let Some(inv) = self.invocations.get(&id) else { continue };
             self.busy_tenants.insert(inv.tenant.clone(), now);
             let Some(s) = self.sbs.get_mut(inv.sb) else { continue };
-            if let (false, None, Some(sandbox)) = (s.on_batch, s.killed, &s.sandbox) {
-                // Counted only if a thread moved: without CAP_SYS_NICE none can, and the metric says so.
-                if sandbox.set_affinity(&cpus.batch) > 0 {
-                    self.metrics.sandbox_moved(true);
-                }
-                s.on_batch = true;
+            // Counted only if a thread moved: without CAP_SYS_NICE none can, and the metric says so.
+            if !s.on_batch && s.killed.is_none() && s.to_batch(&cpus) {
+                self.metrics.sandbox_moved(true);
             }
         }
     }
@@ -887,11 +906,8 @@ impl Server {
                 continue;
             }
             self.busy_tenants.insert(tenant.clone(), now);
-            if let (false, Some(sandbox)) = (s.on_batch, &s.sandbox) {
-                if sandbox.set_affinity(&cpus.batch) > 0 {
-                    self.metrics.sandbox_moved(true);
-                }
-                s.on_batch = true;
+            if !s.on_batch && s.to_batch(&cpus) {
+                self.metrics.sandbox_moved(true);
             }
         }
     }
@@ -907,11 +923,8 @@ impl Server {
         self.busy_tenants.retain(|_, t| t.elapsed() < cpus::BUSY_MEMORY);
         for (_, s) in self.sbs.iter_mut() {
             let quiet = s.tenant.as_ref().is_some_and(|t| !self.busy_tenants.contains_key(t));
-            if let (true, true, true, None, Some(sandbox)) = (s.on_batch, quiet, s.in_flight.is_empty(), s.killed, &s.sandbox) {
-                if sandbox.set_affinity(&cpus.all) > 0 {
-                    self.metrics.sandbox_moved(false);
-                }
-                s.on_batch = false;
+            if s.on_batch && quiet && s.in_flight.is_empty() && s.killed.is_none() && s.to_all(&cpus) {
+                self.metrics.sandbox_moved(false);
             }
         }
     }
