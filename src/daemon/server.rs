@@ -151,7 +151,7 @@ impl Sb {
     /// Move a tenant's sandbox to the batch CPUs at the pool's boot weight: there it shares the CPUs with
     /// the other busy sandboxes and the pool's boots on an equal footing (at the tenant weight it would
     /// starve the boots, and new tenants would wait for the pool). True if a thread moved.
-    fn to_batch(&mut self, cpus: &CpuClasses) -> bool {
+    fn move_to_batch(&mut self, cpus: &CpuClasses) -> bool {
         self.on_batch = true;
         let Some(sandbox) = &self.sandbox else { return false };
         let _ = sandbox.set_cpu_weight(BOOT_CPU_WEIGHT);
@@ -159,7 +159,7 @@ impl Sb {
     }
 
     /// Every CPU and the tenant weight back. True if a thread moved.
-    fn to_all(&mut self, cpus: &CpuClasses) -> bool {
+    fn move_to_all(&mut self, cpus: &CpuClasses) -> bool {
         self.on_batch = false;
         let Some(sandbox) = &self.sandbox else { return false };
         let _ = sandbox.set_cpu_weight(TENANT_CPU_WEIGHT);
@@ -889,7 +889,7 @@ impl Server {
             self.busy_tenants.insert(inv.tenant.clone(), now);
             let Some(s) = self.sbs.get_mut(inv.sb) else { continue };
             // Counted only if a thread moved: without CAP_SYS_NICE none can, and the metric says so.
-            if !s.on_batch && s.killed.is_none() && s.to_batch(&cpus) {
+            if !s.on_batch && s.killed.is_none() && s.move_to_batch(&cpus) {
                 self.metrics.sandbox_moved(true);
             }
         }
@@ -906,7 +906,7 @@ impl Server {
                 continue;
             }
             self.busy_tenants.insert(tenant.clone(), now);
-            if !s.on_batch && s.to_batch(&cpus) {
+            if !s.on_batch && s.move_to_batch(&cpus) {
                 self.metrics.sandbox_moved(true);
             }
         }
@@ -923,7 +923,7 @@ impl Server {
         self.busy_tenants.retain(|_, t| t.elapsed() < cpus::BUSY_MEMORY);
         for (_, s) in self.sbs.iter_mut() {
             let quiet = s.tenant.as_ref().is_some_and(|t| !self.busy_tenants.contains_key(t));
-            if s.on_batch && quiet && s.in_flight.is_empty() && s.killed.is_none() && s.to_all(&cpus) {
+            if s.on_batch && quiet && s.in_flight.is_empty() && s.killed.is_none() && s.move_to_all(&cpus) {
                 self.metrics.sandbox_moved(false);
             }
         }
