@@ -669,6 +669,11 @@ fn quiet_round(d: &Daemon, client: &mut Client, n: usize, for_at_most: Duration)
 /// Run the given noisy tenants (each again and again) and a log subscriber, and measure the quiet tenant
 /// meanwhile for `measure` (after a ramp-up). Returns the quiet tenant's latencies and failures.
 fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static str, &'static str)], measure: Duration) -> Quiet {
+    with_noise(d, label, noises, || quiet_round(d, client, 1_000_000, measure))
+}
+
+/// Run the given noisy tenants (each again and again) and a log subscriber while `f` runs (after a ramp-up).
+fn with_noise<T>(d: &Daemon, label: &str, noises: &[(&'static str, &'static str)], f: impl FnOnce() -> T) -> T {
     let stop = Arc::new(AtomicBool::new(false));
     let mut noise = Vec::new();
     for &(name, code) in noises {
@@ -721,7 +726,7 @@ fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static
         })
     };
     thread::sleep(NOISE_RAMP);
-    let quiet = quiet_round(d, client, 1_000_000, measure);
+    let result = f();
     stop.store(true, Ordering::Relaxed);
     let mut answers = Vec::new();
     for h in noise {
@@ -730,7 +735,7 @@ fn noisy_phase(d: &Daemon, client: &mut Client, label: &str, noises: &[(&'static
     }
     let log_bytes = subscriber.join().expect("subscriber");
     println!("RELIABILITY noisy: [{label}] noisy tenants' answers: {}; log subscriber got {} KiB", answers.join(", "), log_bytes >> 10);
-    quiet
+    result
 }
 
 #[test]
@@ -771,5 +776,36 @@ fn noisy_neighbours_leave_a_quiet_tenant_served() {
     println!("RELIABILITY noisy: sandboxes killed by reason: {:?}", metric_lines(&d, "taskcell_sandboxes_killed_total{"));
     assert!(failures.is_empty(), "the quiet tenant's requests failed under the noise: {} of them, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert!(noisy_n >= 10, "only {noisy_n} quiet requests under the noise");
+    d.assert_healthy();
+}
+
+#[test]
+fn new_tenants_are_served_while_neighbours_burn_cpu_and_crash_loop() {
+    need_root!("new_tenants_are_served_while_neighbours_burn_cpu_and_crash_loop");
+    let _serial = serial();
+    // The allocating tenant dies of its memory limit again and again, each time taking a sandbox from the
+    // pool, while the spin and the fork bomb keep the CPUs busy: the pool's boots must still keep up, or new
+    // tenants wait for it.
+    let d = Daemon::start("newcomers", &["--pool-size", "3", "--timeout-ms", "5000", "--memory", "128M", "--pids", "32", "--queue-timeout-ms", "30000"]);
+    let noises: Vec<_> = NOISES.iter().copied().filter(|(name, _)| *name != "flood").collect();
+    let (lat, bad) = with_noise(&d, "newcomers", &noises, || {
+        let mut lat = Vec::new();
+        let mut bad = Vec::new();
+        for i in 0..20 {
+            let mut c = d.client();
+            c.set_timeout(Duration::from_secs(60));
+            let body = json!({"code": "module.exports = (d) => d + 1", "data": i}).to_string();
+            let t0 = Instant::now();
+            match c.try_request("POST", &format!("/v1/tenants/newcomer-{i}/run"), &[], body.as_bytes()) {
+                Ok(r) if r.status == 200 && r.json()["result"] == i + 1 => lat.push(t0.elapsed()),
+                Ok(r) => bad.push(format!("{} {}", r.status, r.text())),
+                Err(e) => bad.push(format!("no answer: {e}")),
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        (lat, bad)
+    });
+    summary("noisy: a new tenant's first request, under spin, alloc and fork bomb", lat);
+    assert!(bad.is_empty(), "new tenants not served under the noise: {bad:?}");
     d.assert_healthy();
 }
