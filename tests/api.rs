@@ -813,3 +813,45 @@ fn sigterm_lets_a_running_invocation_finish() {
     assert!(status.success(), "the daemon exits cleanly after SIGTERM: {status}");
     assert!(!d.socket.exists(), "the socket is removed on SIGTERM");
 }
+
+fn metric(d: &Daemon, name: &str) -> u64 {
+    let text = d.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_deployed_task_reaches_new_sandboxes_with_its_code_cache() {
+    need_root!("a_deployed_task_reaches_new_sandboxes_with_its_code_cache");
+    // A daemon of its own: the counter below must be this test's alone.
+    let d = Daemon::start("codecache", &["--max-requests", "1"]);
+    let tenant = unique("cc");
+    // A bundle-sized task, so that V8 makes a cache worth having.
+    let mut source = String::from("const T = {};\n");
+    for i in 0..2000 {
+        source.push_str(&format!("T.f{i} = function (a) {{ return [a, {i}].map((v) => v * 2).reduce((s, v) => s + v, 0) }};\n"));
+    }
+    source.push_str("module.exports = (d) => T.f7(d.n) + T.f1999(1);\n");
+    assert_eq!(d.put_task(&tenant, "big", &source).status, 201);
+    assert_eq!(metric(&d, "taskcell_code_cache_runs_total"), 0);
+    // --max-requests 1: every run is in a sandbox that has not compiled the task, so each gets the source and,
+    // with it, the cache the deploy's syntax check made; the answers are those of the source.
+    for n in 0..3 {
+        let r = d.run_task(&tenant, "big", json!({"n": n}).to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["result"], (2 * n + 14) + (2 + 3998));
+    }
+    assert_eq!(metric(&d, "taskcell_code_cache_runs_total"), 3);
+    // A new version replaces the cache: its runs carry the new one (a stale cache would only be refused by
+    // V8, but must not even be sent).
+    let v2 = source.replace("T.f1999(1)", "T.f1999(2)");
+    assert_eq!(d.put_task(&tenant, "big", &v2).status, 200);
+    let r = d.run_task(&tenant, "big", json!({"n": 0}).to_string().as_bytes());
+    assert_eq!(r.json()["result"], 14 + (4 + 3998));
+    assert_eq!(metric(&d, "taskcell_code_cache_runs_total"), 4);
+    // Deleted: no cache left to send, and nothing to run.
+    assert_eq!(d.request("DELETE", &format!("/v1/tenants/{tenant}/tasks/big"), &[], b"").status, 204);
+    assert_eq!(d.run_task(&tenant, "big", b"").status, 404);
+    d.assert_healthy();
+}

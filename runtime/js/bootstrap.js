@@ -21,6 +21,8 @@ const RESULT = 17;
 const ERROR = 18;
 const LOG = 19;
 const COMPILED = 20;
+// The largest code cache sent back (a frame holds 8 MiB): a larger one is left out, never an error.
+const MAX_CACHE = 4 * 1024 * 1024;
 
 const RESULT_LIMIT = 1024 * 1024;
 // A little over the daemon's 64 KiB cap, so that the daemon still sees that the cap was reached.
@@ -269,10 +271,14 @@ function filenameFor(key, task) {
 }
 
 // Compiles as Node's CommonJS loader does, as a function of the module wrapper's parameters, in this
-// (the one shared) context. Throws the compile error.
-function compileModule(source, filename) {
+// (the one shared) context. Throws the compile error. `cache` (a V8 code cache made by a Compile of the same
+// source, or null) spares the parse and the eager compile; V8 checks it and ignores one that does not fit.
+// `produceCache` asks V8 for such a cache (then on the function as `cachedData`).
+function compileModule(source, filename, cache, produceCache) {
   const options = { filename };
   if (importModuleDynamically !== undefined) options.importModuleDynamically = importModuleDynamically;
+  if (cache !== null && cache.length > 0) options.cachedData = cache;
+  if (produceCache) options.produceCachedData = true;
   return vm.compileFunction(source, WRAPPER_PARAMS, options);
 }
 
@@ -318,20 +324,25 @@ function run(id, meta, body) {
   if (!Number.isInteger(sourceLen) || sourceLen < 0 || sourceLen > body.length) {
     return protocolError(`Run ${id}: sourceLen ${typeof sourceLen === 'number' ? sourceLen : typeof sourceLen} does not fit a body of ${body.length}`);
   }
+  const cacheLen = meta.cacheLen === undefined ? 0 : meta.cacheLen;
+  if (!Number.isInteger(cacheLen) || cacheLen < 0 || sourceLen + cacheLen > body.length) {
+    return protocolError(`Run ${id}: cacheLen ${typeof cacheLen === 'number' ? cacheLen : typeof cacheLen} does not fit a body of ${body.length}`);
+  }
   if (typeof meta.key !== 'string') return protocolError(`Run ${id}: no key`);
   const inv = { id, settled: false, logBytes: 0, logTruncated: false };
   als.run(inv, () => {
     // Tenant code can make the runtime's own steps throw (a getter on module.exports, a promise whose
     // constructor getter throws): that fails this invocation, never the runtime.
     try {
-      invoke(inv, meta, bytesSubarray(body, 0, sourceLen), bytesSubarray(body, sourceLen));
+      const cache = bytesSubarray(body, sourceLen, sourceLen + cacheLen);
+      invoke(inv, meta, bytesSubarray(body, 0, sourceLen), cache, bytesSubarray(body, sourceLen + cacheLen));
     } catch (err) {
       fail(inv, describe(err));
     }
   });
 }
 
-function invoke(inv, meta, source, data) {
+function invoke(inv, meta, source, cache, data) {
   const task = typeof meta.task === 'string' ? meta.task : null;
   let entry = mapGet(compiled, meta.key);
   if (entry === undefined) {
@@ -344,7 +355,7 @@ function invoke(inv, meta, source, data) {
     const filename = filenameFor(meta.key, task);
     let fn;
     try {
-      fn = compileModule(bufferToString(source, 'utf8'), filename);
+      fn = compileModule(bufferToString(source, 'utf8'), filename, cache, false);
     } catch (err) {
       const message = compileErrorMessage(err, filename);
       rememberFailure(meta.key, message);
@@ -409,12 +420,16 @@ function invoke(inv, meta, source, data) {
 
 function compile(id, meta, body) {
   const filename = filenameFor('check', typeof meta.task === 'string' ? meta.task : null);
+  let fn;
   try {
-    compileModule(bufferToString(body, 'utf8'), filename);
+    fn = compileModule(bufferToString(body, 'utf8'), filename, null, meta.cache === true);
   } catch (err) {
     return send(ERROR, id, { kind: 'compile_error', message: compileErrorMessage(err, filename) }, null);
   }
-  send(COMPILED, id, null, null);
+  // The code cache, when asked for and made: the daemon hands it back with this source's Runs.
+  let cache = meta.cache === true && fn.cachedDataProduced === true ? fn.cachedData : null;
+  if (cache !== null && cache.length > MAX_CACHE) cache = null;
+  send(COMPILED, id, null, cache);
 }
 
 // ---- stray errors --------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("sourceLen {source_len} overruns a Run body of {body_len} bytes")]
-    SourceOverrun { source_len: u32, body_len: usize },
+    #[error("sourceLen {source_len} and cacheLen {cache_len} overrun a Run body of {body_len} bytes")]
+    SourceOverrun { source_len: u32, cache_len: u32, body_len: usize },
     #[error("a {ty} frame must have an empty body, not {len} bytes")]
     UnexpectedBody { ty: FrameType, len: usize },
     #[error("the body of a Result frame is not UTF-8")]
@@ -155,14 +155,16 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
     Ok(match ty {
         FrameType::Run => {
             let m: RunMetaIn = parse_meta(ty, meta)?;
-            if m.source_len as usize > body.len() {
+            if m.source_len as u64 + m.cache_len as u64 > body.len() as u64 {
                 return Err(DecodeError::SourceOverrun {
                     source_len: m.source_len,
+                    cache_len: m.cache_len,
                     body_len: body.len(),
                 });
             }
             let mut data = body;
             let source = data.split_to(m.source_len as usize);
+            let cache = data.split_to(m.cache_len as usize);
             let meta = RunMeta {
                 tenant: m.tenant,
                 task: m.task,
@@ -173,6 +175,7 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
                 id,
                 meta,
                 source,
+                cache,
                 data,
             }
         }
@@ -220,8 +223,7 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
         }
         FrameType::Compiled => {
             let _: NoMeta = parse_meta(ty, meta)?;
-            empty_body(&body)?;
-            Frame::Compiled { id }
+            Frame::Compiled { id, cache: body }
         }
     })
 }

@@ -45,7 +45,7 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
     // The meta goes straight into `out`; its length is patched into the header afterwards.
     let meta_start = out.len();
     match frame {
-        Frame::Run { meta, source, .. } => write_meta(
+        Frame::Run { meta, source, cache, .. } => write_meta(
             ty,
             out,
             &RunMetaOut {
@@ -54,6 +54,7 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
                 request_id: &meta.request_id,
                 key: &meta.key,
                 source_len: source.len(),
+                cache_len: cache.len(),
             },
         )?,
         Frame::Compile { meta, .. } => write_meta(ty, out, meta)?,
@@ -72,19 +73,21 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
     }
     let meta_len = out.len() - meta_start;
 
-    let body: [&[u8]; 2] = match frame {
-        Frame::Run { source, data, .. } => [source, data],
-        Frame::Compile { source, .. } => [source, &[]],
-        Frame::Result { json, .. } => [json, &[]],
-        Frame::Log { message, .. } => [message, &[]],
-        Frame::Ready { .. } | Frame::Error { .. } | Frame::Compiled { .. } => [&[], &[]],
+    let body: [&[u8]; 3] = match frame {
+        Frame::Run { source, cache, data, .. } => [source, cache, data],
+        Frame::Compile { source, .. } => [source, &[], &[]],
+        Frame::Result { json, .. } => [json, &[], &[]],
+        Frame::Log { message, .. } => [message, &[], &[]],
+        Frame::Compiled { cache, .. } => [cache, &[], &[]],
+        Frame::Ready { .. } | Frame::Error { .. } => [&[], &[], &[]],
     };
-    let len = HEADER_LEN - LEN_FIELD + meta_len + body[0].len() + body[1].len();
+    let len = HEADER_LEN - LEN_FIELD + meta_len + body.iter().map(|b| b.len()).sum::<usize>();
     if len > MAX_FRAME {
         return Err(EncodeError::FrameTooLarge { ty, len });
     }
-    out.extend_from_slice(body[0]);
-    out.extend_from_slice(body[1]);
+    for part in body {
+        out.extend_from_slice(part);
+    }
 
     // Both fit in u32: len <= MAX_FRAME, and meta_len < len.
     let header = &mut out[start..meta_start];

@@ -87,11 +87,13 @@ impl fmt::Display for FrameType {
 /// Body slices are `Bytes` views into the decoder's buffer, not copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// Run an invocation. `source` is empty when the sandbox already has `meta.key` compiled.
+    /// Run an invocation. `source` is empty when the sandbox already has `meta.key` compiled; `cache` is a V8
+    /// code cache for the source (made by a `Compile` of the same tenant's), or empty.
     Run {
         id: u32,
         meta: RunMeta,
         source: Bytes,
+        cache: Bytes,
         data: Bytes,
     },
     /// Syntax-check a task's source without keeping or running it.
@@ -117,8 +119,9 @@ pub enum Frame {
         level: LogLevel,
         message: Bytes,
     },
-    /// The answer to a `Compile` whose source compiled.
-    Compiled { id: u32 },
+    /// The answer to a `Compile` whose source compiled; `cache` is the V8 code cache it was asked for (empty
+    /// when not asked, or when V8 made none).
+    Compiled { id: u32, cache: Bytes },
 }
 
 impl Frame {
@@ -143,7 +146,7 @@ impl Frame {
             | Self::Result { id, .. }
             | Self::Error { id, .. }
             | Self::Log { id, .. }
-            | Self::Compiled { id } => *id,
+            | Self::Compiled { id, .. } => *id,
         }
     }
 }
@@ -165,6 +168,9 @@ pub struct CompileMeta {
     pub tenant: String,
     #[serde(default)]
     pub task: Option<String>,
+    /// Ask for the V8 code cache of the compiled source in the `Compiled` answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
 }
 
 /// The `kind` of an `Error` frame, spelt as the API's error kinds.
@@ -219,6 +225,12 @@ pub(crate) struct RunMetaOut<'a> {
     pub request_id: &'a str,
     pub key: &'a str,
     pub source_len: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_len: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Deserialize)]
@@ -230,6 +242,8 @@ pub(crate) struct RunMetaIn {
     pub request_id: String,
     pub key: String,
     pub source_len: u32,
+    #[serde(default)]
+    pub cache_len: u32,
 }
 
 #[derive(Serialize)]

@@ -191,11 +191,17 @@ impl Runtime {
     }
 
     fn compile(&mut self, id: u32, task: &str, source: &str) -> Answer {
+        self.compile_asking(id, task, source, false)
+    }
+
+    /// A `Compile`, asking for the code cache or not.
+    fn compile_asking(&mut self, id: u32, task: &str, source: &str, cache: bool) -> Answer {
         self.send(&Frame::Compile {
             id,
             meta: CompileMeta {
                 tenant: "acme".into(),
                 task: Some(task.into()),
+                cache,
             },
             source: Bytes::copy_from_slice(source.as_bytes()),
         });
@@ -239,6 +245,7 @@ fn run_frame(id: u32, key: &str, task: Option<&str>, source: &str, data: &str) -
             key: key.into(),
         },
         source: Bytes::copy_from_slice(source.as_bytes()),
+        cache: Bytes::new(),
         data: Bytes::copy_from_slice(data.as_bytes()),
     }
 }
@@ -537,7 +544,7 @@ fn compile_errors_name_line_and_column() {
         "console.log('ran'); throw new Error('ran'); module.exports = () => 1;",
     );
     assert!(
-        matches!(answer.frame, Frame::Compiled { id: 5 }),
+        matches!(&answer.frame, Frame::Compiled { id: 5, cache } if cache.is_empty()),
         "{answer:?}"
     );
     assert!(answer.logs.is_empty());
@@ -818,4 +825,40 @@ impl Runtime {
             }
         }
     }
+}
+
+#[test]
+fn a_compile_hands_back_a_code_cache_that_runs_accept() {
+    let mut rt = Runtime::start();
+    // Big enough for V8 to find a cache worth making.
+    let mut source = String::from("const T = {};\n");
+    for i in 0..300 {
+        source.push_str(&format!("T.f{i} = function (a) {{ return [a, {i}].map((v) => v * 2).reduce((s, v) => s + v, 0) }};\n"));
+    }
+    source.push_str("module.exports = (d) => T.f7(d.n) + T.f299(1);\n");
+    let answer = rt.compile_asking(1, "big", &source, true);
+    let Frame::Compiled { cache, .. } = &answer.frame else { panic!("{answer:?}") };
+    assert!(!cache.is_empty(), "no code cache made");
+    let cache = cache.clone();
+    // A Run that carries the cache: same answer as without one ([n, 7] doubled and summed, plus [1, 299]).
+    let mut frame = run_frame(2, "task:big:1", Some("big"), &source, r#"{"n":5}"#);
+    if let Frame::Run { cache: c, .. } = &mut frame {
+        *c = cache.clone();
+    }
+    rt.send(&frame);
+    assert_eq!(rt.answer(2).result(), 24 + 600);
+    // A cache that does not fit the source is ignored by V8, never trusted: the source compiles as usual.
+    let mut frame = run_frame(3, "task:other:1", Some("other"), "module.exports = () => 'fine'", "");
+    if let Frame::Run { cache: c, .. } = &mut frame {
+        *c = cache;
+    }
+    rt.send(&frame);
+    assert_eq!(rt.answer(3).result(), "fine");
+    // Garbage where a cache should be: the same.
+    let mut frame = run_frame(4, "task:junk:1", Some("junk"), "module.exports = () => 'still fine'", "");
+    if let Frame::Run { cache: c, .. } = &mut frame {
+        *c = Bytes::from_static(b"\x00not a code cache at all\xff");
+    }
+    rt.send(&frame);
+    assert_eq!(rt.answer(4).result(), "still fine");
 }

@@ -18,6 +18,7 @@ fn samples() -> Vec<Frame> {
                 key: "task:hello:abc".into(),
             },
             source: Bytes::from_static(b"module.exports = (d) => d;"),
+            cache: Bytes::from_static(b"\x00\x01 a V8 code cache \xff"),
             data: Bytes::from_static(br#"{"x":[1,2,"\u00e9"]}"#),
         },
         Frame::Run {
@@ -29,6 +30,7 @@ fn samples() -> Vec<Frame> {
                 key: "adhoc:0123".into(),
             },
             source: Bytes::new(),
+            cache: Bytes::new(),
             data: Bytes::new(),
         },
         Frame::Compile {
@@ -36,6 +38,7 @@ fn samples() -> Vec<Frame> {
             meta: CompileMeta {
                 tenant: "acme".into(),
                 task: Some("t".into()),
+                cache: true,
             },
             source: Bytes::from_static(b"let x = ;"),
         },
@@ -44,6 +47,7 @@ fn samples() -> Vec<Frame> {
             meta: CompileMeta {
                 tenant: "acme".into(),
                 task: None,
+                cache: false,
             },
             source: Bytes::new(),
         },
@@ -94,7 +98,8 @@ fn samples() -> Vec<Frame> {
             level: LogLevel::Debug,
             message: Bytes::from_static(b"d"),
         },
-        Frame::Compiled { id: 6 },
+        Frame::Compiled { id: 6, cache: Bytes::new() },
+        Frame::Compiled { id: 6, cache: Bytes::from_static(b"\xc0\xde") },
     ]
 }
 
@@ -173,6 +178,7 @@ fn layout_matches_the_protocol_document() {
             key: "adhoc:k".into(),
         },
         source: Bytes::from_static(b"SRC"),
+        cache: Bytes::new(),
         data: Bytes::from_static(b"42"),
     };
     let bytes = encode_to_vec(&run).unwrap();
@@ -228,11 +234,11 @@ fn frames_split_anywhere_decode_the_same() {
 fn empty_meta_means_an_empty_object() {
     assert_eq!(
         decode_all(&raw(20, 1, b"", b"")).unwrap(),
-        vec![Frame::Compiled { id: 1 }]
+        vec![Frame::Compiled { id: 1, cache: Bytes::new() }]
     );
     assert_eq!(
         decode_all(&raw(20, 1, b" {} ", b"")).unwrap(),
-        vec![Frame::Compiled { id: 1 }]
+        vec![Frame::Compiled { id: 1, cache: Bytes::new() }]
     );
     // Unknown meta fields are ignored.
     let log = raw(19, 2, br#"{"level":"warn","extra":[1]}"#, b"m");
@@ -365,7 +371,6 @@ fn bad_metas_and_bodies_are_refused() {
         ),
         (raw(19, 1, br#"{"level":"fatal"}"#, b"m"), "BadMeta"),
         (raw(19, 1, b"", b"m"), "BadMeta"),
-        (raw(20, 1, b"", b"x"), "UnexpectedBody"),
         (raw(20, 1, b"null", b""), "MetaNotObject"),
         (raw(17, 1, b"", b""), "ResultNotJson"),
         (raw(17, 1, b"", b"{\"a\":1}, \"b\": 2"), "ResultNotJson"),
@@ -376,6 +381,25 @@ fn bad_metas_and_bodies_are_refused() {
                 1,
                 1,
                 br#"{"tenant":"t","task":null,"requestId":"r","key":"k","sourceLen":5}"#,
+                b"abc",
+            ),
+            "SourceOverrun",
+        ),
+        (
+            // Each fits; together they do not (nor may their sum wrap around).
+            raw(
+                1,
+                1,
+                br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":2,"cacheLen":2}"#,
+                b"abc",
+            ),
+            "SourceOverrun",
+        ),
+        (
+            raw(
+                1,
+                1,
+                br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":4294967295,"cacheLen":4294967295}"#,
                 b"abc",
             ),
             "SourceOverrun",

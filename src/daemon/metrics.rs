@@ -54,6 +54,7 @@ pub struct Metrics {
     sandboxes_killed: BTreeMap<String, u64>,
     /// Tenant sandboxes moved to the batch CPUs (busy) and back (idle again).
     sandboxes_to_batch: u64,
+    code_cache_runs: u64,
     sandboxes_from_batch: u64,
     duration: Histogram,
 }
@@ -78,6 +79,11 @@ impl Metrics {
 
     pub fn sandbox_created(&mut self) {
         self.sandboxes_created += 1;
+    }
+
+    /// A Run that carried a V8 code cache with its source.
+    pub fn code_cache_sent(&mut self) {
+        self.code_cache_runs += 1;
     }
 
     /// A busy tenant sandbox moved to the batch CPUs (`to_batch`), or an idle one given every CPU back.
@@ -125,6 +131,8 @@ impl Metrics {
         for (reason, n) in &self.sandboxes_killed {
             sample(o, "taskcell_sandboxes_killed_total", &[("reason", reason)], *n);
         }
+        family(o, "taskcell_code_cache_runs_total", "counter", "Runs that gave a sandbox a task's source with its V8 code cache.");
+        sample(o, "taskcell_code_cache_runs_total", &[], self.code_cache_runs);
         family(o, "taskcell_sandbox_cpu_moves_total", "counter", "Tenant sandboxes moved to the batch CPUs when busy, and back when idle.");
         sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "batch")], self.sandboxes_to_batch);
         sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "all")], self.sandboxes_from_batch);

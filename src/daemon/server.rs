@@ -71,6 +71,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_COMPILED: usize = 1024;
 /// CPU weight (cgroup v2 units) of a sandbox booting or waiting in the pool, and of a tenant's.
 pub const BOOT_CPU_WEIGHT: u64 = 10;
+/// All the code caches kept, in bytes.
+const CODE_CACHE_BYTES: usize = 64 << 20;
 /// Bytes read from one sandbox's socket per turn of the loop, so that one flooding its logs cannot hold the
 /// loop while other tenants' requests and answers wait.
 const SANDBOX_READ_BUDGET: usize = 64 << 10;
@@ -200,7 +202,8 @@ struct Pending {
 
 /// Work for the store thread, and its answers.
 enum StoreJob {
-    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes },
+    /// `cache`: the V8 code cache the syntax check made (empty if none).
+    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, cache: Bytes },
     Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
 }
 
@@ -209,6 +212,16 @@ struct StoreDone {
     keep_alive: bool,
     request_id: String,
     response: Response,
+    code_cache: CodeCacheUpdate,
+}
+
+/// What a finished store job changes in the loop's code caches.
+enum CodeCacheUpdate {
+    None,
+    /// A task stored: its code cache, for the key its Runs will carry.
+    Set { tenant: String, task: String, key: String, cache: Bytes },
+    /// A task deleted (or stored without a cache): none any more.
+    Forget { tenant: String, task: String },
 }
 
 pub struct Server {
@@ -229,6 +242,7 @@ pub struct Server {
     busy_checks: VecDeque<(Instant, u32)>,
     /// When each tenant was last seen busy (an invocation past `BUSY_AFTER`, a memory kill).
     busy_tenants: HashMap<String, Instant>,
+    code_caches: CodeCaches,
     /// Sandboxes that used up their read budget with more perhaps waiting: read again after this turn.
     read_again: VecDeque<Key>,
     cpus: Option<CpuClasses>,
@@ -285,6 +299,7 @@ impl Server {
             deadlines: BTreeMap::new(),
             busy_checks: VecDeque::new(),
             busy_tenants: HashMap::new(),
+            code_caches: CodeCaches::default(),
             read_again: VecDeque::new(),
             cpus,
             next_id: 1,
@@ -853,11 +868,19 @@ impl Server {
                     s.compiled.insert(key.clone());
                 }
                 let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
+                // With the source goes the tenant's own code cache for it, if its deploy made one.
+                let cache = match (&task, send_source) {
+                    (Some(task), true) => self.code_caches.get(&tenant, task, &key).unwrap_or_default(),
+                    _ => Bytes::new(),
+                };
+                if !cache.is_empty() {
+                    self.metrics.code_cache_sent();
+                }
                 let source = if send_source { source } else { Bytes::new() };
-                (Frame::Run { id, meta, source, data }, task, None, Some(key))
+                (Frame::Run { id, meta, source, cache, data }, task, None, Some(key))
             }
             Job::Compile { task, source } => {
-                let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()) };
+                let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: true };
                 (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source), None)
             }
         };
@@ -939,8 +962,8 @@ impl Server {
         }
         let elapsed = inv.started.elapsed();
         let logs = inv.logs.finish();
-        if let (Some(source), Ok(_)) = (&inv.compile, &outcome) {
-            // A deploy that compiled: now store it durably, off the loop.
+        if let (Some(source), Ok(cache)) = (&inv.compile, &outcome) {
+            // A deploy that compiled: now store it durably, off the loop (with the code cache the check made).
             let job = StoreJob::Put {
                 conn: inv.conn,
                 keep_alive: inv.keep_alive,
@@ -948,6 +971,7 @@ impl Server {
                 tenant: inv.tenant,
                 task: inv.task.unwrap_or_default(),
                 source: source.clone(),
+                cache: cache.clone(),
             };
             self.send_store_job(job);
             return;
@@ -1239,7 +1263,7 @@ impl Server {
                     self.complete(id, Ok(json));
                 }
             }
-            Frame::Compiled { id } if owns(self, id) => self.complete(id, Ok(Bytes::new())),
+            Frame::Compiled { id, cache } if owns(self, id) => self.complete(id, Ok(cache)),
             Frame::Error { id, kind, message } if owns(self, id) => {
                 if kind == runtime::ErrorKind::CompileError {
                     // The sandbox did not keep code that failed to compile: send it again next time.
@@ -1525,8 +1549,46 @@ impl Server {
     fn collect_store_results(&mut self) {
         while let Ok(done) = self.store_done.try_recv() {
             self.store_pending = self.store_pending.saturating_sub(1);
+            match done.code_cache {
+                CodeCacheUpdate::None => {}
+                CodeCacheUpdate::Set { tenant, task, key, cache } => self.code_caches.set(tenant, task, key, cache),
+                CodeCacheUpdate::Forget { tenant, task } => self.code_caches.forget(&tenant, &task),
+            }
             self.respond(done.conn, &done.request_id, done.keep_alive, done.response);
         }
+    }
+}
+
+/// The V8 code caches of deployed tasks, made by each deploy's syntax check in the tenant's own sandbox and
+/// handed back, per tenant only, with the task's source to every sandbox of that tenant that compiles it: a
+/// 600 KB bundle then compiles in ~1 ms instead of ~10. In memory only (a restart forgets them until the next
+/// deploy), one per task (its current version), at most `CODE_CACHE_BYTES` in all (beyond that, none is kept).
+/// Never shared between tenants: a cache is code for V8 to trust, and one tenant's sandbox made it.
+#[derive(Default)]
+struct CodeCaches {
+    by_task: HashMap<(String, String), (String, Bytes)>,
+    bytes: usize,
+}
+
+impl CodeCaches {
+    fn set(&mut self, tenant: String, task: String, key: String, cache: Bytes) {
+        self.forget(&tenant, &task);
+        if self.bytes + cache.len() <= CODE_CACHE_BYTES {
+            self.bytes += cache.len();
+            self.by_task.insert((tenant, task), (key, cache));
+        }
+    }
+
+    fn forget(&mut self, tenant: &str, task: &str) {
+        if let Some((_, old)) = self.by_task.remove(&(tenant.to_string(), task.to_string())) {
+            self.bytes -= old.len();
+        }
+    }
+
+    /// The cache for this tenant's task, if it is for this version of it (`key` names the source's hash).
+    fn get(&self, tenant: &str, task: &str, key: &str) -> Option<Bytes> {
+        let (k, cache) = self.by_task.get(&(tenant.to_string(), task.to_string()))?;
+        (k == key).then(|| cache.clone())
     }
 }
 
@@ -1580,15 +1642,18 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
         .spawn(move || {
             for job in jobs {
                 let done = match job {
-                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source } => {
-                        let response = match store.put(&tenant, &task, &source) {
+                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, cache } => {
+                        let (response, code_cache) = match store.put(&tenant, &task, &source) {
                             Ok((info, created)) => {
                                 let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
-                                Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256))
+                                let response = Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256));
+                                let key = format!("task:{task}:{}", info.sha256);
+                                let update = if cache.is_empty() { CodeCacheUpdate::Forget { tenant, task } } else { CodeCacheUpdate::Set { tenant, task, key, cache } };
+                                (response, update)
                             }
-                            Err(e) => Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None),
+                            Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None), CodeCacheUpdate::None),
                         };
-                        StoreDone { conn, keep_alive, request_id, response }
+                        StoreDone { conn, keep_alive, request_id, response, code_cache }
                     }
                     StoreJob::Delete { conn, keep_alive, request_id, tenant, task } => {
                         let response = match store.delete(&tenant, &task) {
@@ -1596,7 +1661,7 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
                             Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
                             Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::jail::error_chain(&e)), None),
                         };
-                        StoreDone { conn, keep_alive, request_id, response }
+                        StoreDone { conn, keep_alive, request_id, response, code_cache: CodeCacheUpdate::Forget { tenant, task } }
                     }
                 };
                 if done_tx.send(done).is_err() {

@@ -973,13 +973,14 @@ fn sample_frames() -> Vec<Frame> {
         id,
         meta: RunMeta { tenant: "acme".into(), task: task.map(Into::into), request_id: format!("req-{id}"), key: key.into() },
         source: Bytes::from_static(source),
+        cache: Bytes::new(),
         data: Bytes::from_static(data),
     };
     vec![
         run(1, Some("hello"), "task:hello:abc", b"module.exports = (d) => d;", br#"{"x":[1,2,"\u00e9"]}"#),
         run(u32::MAX, None, "adhoc:0123", b"", b""),
-        Frame::Compile { id: 7, meta: CompileMeta { tenant: "acme".into(), task: Some("t".into()) }, source: Bytes::from_static(b"let x = ;") },
-        Frame::Compile { id: 8, meta: CompileMeta { tenant: "acme".into(), task: None }, source: Bytes::new() },
+        Frame::Compile { id: 7, meta: CompileMeta { tenant: "acme".into(), task: Some("t".into()), cache: true }, source: Bytes::from_static(b"let x = ;") },
+        Frame::Compile { id: 8, meta: CompileMeta { tenant: "acme".into(), task: None, cache: false }, source: Bytes::new() },
         Frame::Ready { pid: 4242, node: "v20.20.2".into() },
         Frame::Result { id: 3, json: Bytes::from_static(b"{\"ok\":true}") },
         Frame::Result { id: 3, json: Bytes::from_static(b"null") },
@@ -990,7 +991,7 @@ fn sample_frames() -> Vec<Frame> {
         Frame::Log { id: 9, level: LogLevel::Warn, message: Bytes::from_static(b"w") },
         Frame::Log { id: 9, level: LogLevel::Error, message: Bytes::from_static(b"\xff not utf-8") },
         Frame::Log { id: 9, level: LogLevel::Debug, message: Bytes::from_static(b"d") },
-        Frame::Compiled { id: 6 },
+        Frame::Compiled { id: 6, cache: Bytes::new() },
     ]
 }
 
