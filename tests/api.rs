@@ -411,7 +411,8 @@ fn bad_names_are_refused_and_create_nothing() {
             ["state", "tasks", tenant, file] if file.starts_with(".tmp-") => assert!(valid(tenant), "unexpected {entry}"),
             ["state", "tasks", tenant, file] => {
                 assert!(valid(tenant), "unexpected {entry}");
-                let task = file.strip_suffix(".js").unwrap_or_else(|| panic!("unexpected file {entry}"));
+                // A task's source, or the V8 code cache its deploy made.
+                let task = file.strip_suffix(".js.v8cache").or_else(|| file.strip_suffix(".js")).unwrap_or_else(|| panic!("unexpected file {entry}"));
                 assert!(valid(task), "unexpected file {entry}");
             }
             _ => panic!("unexpected entry in the daemon's directory: {entry}"),
@@ -850,8 +851,18 @@ fn a_deployed_task_reaches_new_sandboxes_with_its_code_cache() {
     let r = d.run_task(&tenant, "big", json!({"n": 0}).to_string().as_bytes());
     assert_eq!(r.json()["result"], 14 + (4 + 3998));
     assert_eq!(metric(&d, "taskcell_code_cache_runs_total"), 4);
+    // Kept on disk beside the task: a restarted daemon still has it to give.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+    d.restart();
+    let r = d.run_task(&tenant, "big", json!({"n": 1}).to_string().as_bytes());
+    assert_eq!(r.json()["result"], 16 + (4 + 3998));
+    assert_eq!(metric(&d, "taskcell_code_cache_runs_total"), 1, "after the restart");
     // Deleted: no cache left to send, and nothing to run.
     assert_eq!(d.request("DELETE", &format!("/v1/tenants/{tenant}/tasks/big"), &[], b"").status, 204);
     assert_eq!(d.run_task(&tenant, "big", b"").status, 404);
+    let dir = d.state.join("tasks").join(&tenant);
+    let left: Vec<_> = std::fs::read_dir(&dir).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
     d.assert_healthy();
 }

@@ -870,7 +870,16 @@ impl Server {
                 let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
                 // With the source goes the tenant's own code cache for it, if its deploy made one.
                 let cache = match (&task, send_source) {
-                    (Some(task), true) => self.code_caches.get(&tenant, task, &key).unwrap_or_default(),
+                    (Some(task), true) => match self.code_caches.get(&tenant, task, &key) {
+                        Some(cache) => cache,
+                        None => {
+                            // Not seen since the start: the one kept on disk, if any (remembered either way).
+                            let sha = key.rsplit(':').next().unwrap_or_default();
+                            let cache = self.store.code_cache(&tenant, task, sha).unwrap_or_default();
+                            self.code_caches.set(tenant.clone(), task.clone(), key.clone(), cache.clone());
+                            cache
+                        }
+                    },
                     _ => Bytes::new(),
                 };
                 if !cache.is_empty() {
@@ -1561,9 +1570,10 @@ impl Server {
 
 /// The V8 code caches of deployed tasks, made by each deploy's syntax check in the tenant's own sandbox and
 /// handed back, per tenant only, with the task's source to every sandbox of that tenant that compiles it: a
-/// 600 KB bundle then compiles in ~1 ms instead of ~10. In memory only (a restart forgets them until the next
-/// deploy), one per task (its current version), at most `CODE_CACHE_BYTES` in all (beyond that, none is kept).
-/// Never shared between tenants: a cache is code for V8 to trust, and one tenant's sandbox made it.
+/// 600 KB bundle then compiles in ~1 ms instead of ~10. Kept in memory, one per task (its current version; an
+/// empty one says there is none), at most `CODE_CACHE_BYTES` in all (beyond that, none is kept), and on disk by
+/// the store, where a restarted daemon finds them. Never shared between tenants: a cache is code for V8 to
+/// trust, and one tenant's sandbox made it.
 #[derive(Default)]
 struct CodeCaches {
     by_task: HashMap<(String, String), (String, Bytes)>,
@@ -1648,8 +1658,13 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
                                 let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
                                 let response = Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256));
                                 let key = format!("task:{task}:{}", info.sha256);
-                                let update = if cache.is_empty() { CodeCacheUpdate::Forget { tenant, task } } else { CodeCacheUpdate::Set { tenant, task, key, cache } };
-                                (response, update)
+                                // Kept on disk too, so that a restart does not forget it (best effort).
+                                if cache.is_empty() {
+                                    store.forget_code_cache(&tenant, &task);
+                                } else if let Err(e) = store.put_code_cache(&tenant, &task, &info.sha256, &cache) {
+                                    eprintln!("taskcell: {}", crate::jail::error_chain(&e));
+                                }
+                                (response, CodeCacheUpdate::Set { tenant, task, key, cache })
                             }
                             Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None), CodeCacheUpdate::None),
                         };

@@ -24,6 +24,8 @@ use sha2::{Digest, Sha256};
 /// Prefix of temporary files; starts with a dot so that it never passes `valid_name`.
 const TMP_PREFIX: &str = ".tmp-";
 const EXTENSION: &str = ".js";
+/// A task's V8 code cache sits beside it: the source's SHA-256 in hex, a newline, the cache's bytes.
+const CODE_CACHE_EXTENSION: &str = ".js.v8cache";
 /// Total source bytes the cache may hold; beyond it the least recently used tasks are dropped.
 const CACHE_BYTES: usize = 32 << 20;
 
@@ -273,6 +275,7 @@ impl Store {
         let dir = self.root.join(tenant);
         let path = dir.join(format!("{task}{EXTENSION}"));
         let removed = fs::remove_file(&path);
+        self.forget_code_cache(tenant, task);
         {
             let mut cache = lock(&self.cache);
             cache.generation += 1;
@@ -282,6 +285,49 @@ impl Store {
             Ok(()) => sync_dir(&dir).map(|()| true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    /// Keep the V8 code cache of a task's current source (`sha256`), replacing any other. Not made durable: a
+    /// cache lost in a crash is only made again by the next deploy, and a torn one is refused by V8.
+    pub fn put_code_cache(&self, tenant: &str, task: &str, sha256: &str, cache: &[u8]) -> Result<(), StoreError> {
+        check("tenant", tenant)?;
+        check("task", task)?;
+        let dir = self.root.join(tenant);
+        let target = dir.join(format!("{task}{CODE_CACHE_EXTENSION}"));
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{sha256}\n").as_bytes()).and_then(|()| f.write_all(cache)))
+            .and_then(|()| fs::rename(&tmp, &target));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("writing the code cache", &target)(e));
+        }
+        Ok(())
+    }
+
+    /// The code cache kept for this task's source `sha256`, if there is one for that very source.
+    pub fn code_cache(&self, tenant: &str, task: &str, sha256: &str) -> Option<Bytes> {
+        if !valid_name(tenant) || !valid_name(task) {
+            return None;
+        }
+        let path = self.root.join(tenant).join(format!("{task}{CODE_CACHE_EXTENSION}"));
+        let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        let rest = bytes.strip_prefix(sha256.as_bytes())?.strip_prefix(b"\n")?;
+        Some(Bytes::copy_from_slice(rest))
+    }
+
+    /// Drop a task's code cache, if it has one.
+    pub fn forget_code_cache(&self, tenant: &str, task: &str) {
+        if valid_name(tenant) && valid_name(task) {
+            let _ = fs::remove_file(self.root.join(tenant).join(format!("{task}{CODE_CACHE_EXTENSION}")));
         }
     }
 
@@ -579,5 +625,24 @@ mod tests {
         assert_eq!(rfc3339(1_795_966_200), "2026-11-29T15:30:00Z");
         assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn a_code_cache_is_served_for_its_own_source_only() {
+        let dir = TempDir::new("codecache");
+        let store = Store::open(&dir.0).unwrap();
+        let (info, _) = store.put("acme", "big", b"module.exports = () => 1").unwrap();
+        assert!(store.code_cache("acme", "big", &info.sha256).is_none());
+        store.put_code_cache("acme", "big", &info.sha256, b"\x00cache\xff").unwrap();
+        assert_eq!(store.code_cache("acme", "big", &info.sha256).as_deref(), Some(&b"\x00cache\xff"[..]));
+        // Another version's, another task's or another tenant's: none.
+        assert!(store.code_cache("acme", "big", &sha256_hex(b"other source")).is_none());
+        assert!(store.code_cache("acme", "small", &info.sha256).is_none());
+        assert!(store.code_cache("other", "big", &info.sha256).is_none());
+        // The cache file is not a task, and goes with the task.
+        assert_eq!(store.list("acme").unwrap().len(), 1);
+        assert!(store.delete("acme", "big").unwrap());
+        assert!(store.code_cache("acme", "big", &info.sha256).is_none());
+        assert_eq!(fs::read_dir(dir.0.join("tasks/acme")).unwrap().count(), 0);
     }
 }
