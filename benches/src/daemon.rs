@@ -49,6 +49,11 @@ fn tail(path: &Path, lines: usize) -> String {
 impl Daemon {
     /// Starts `taskcell serve` and waits until `GET /v1/health` answers 200.
     pub fn start(ctx: &Ctx, name: &str, pool_size: usize) -> Result<Daemon, String> {
+        Daemon::start_with(ctx, name, pool_size, &[])
+    }
+
+    /// As `start`, with more flags for `taskcell serve`.
+    pub fn start_with(ctx: &Ctx, name: &str, pool_size: usize, flags: &[&str]) -> Result<Daemon, String> {
         let bin = ctx.taskcell.as_ref().map_err(|e| e.clone())?;
         let socket = ctx.tmp.join(format!("{name}.sock"));
         let state = ctx.tmp.join(format!("state-{name}"));
@@ -73,6 +78,7 @@ impl Daemon {
         if let Some(r) = &ctx.rootfs {
             cmd.arg("--rootfs").arg(r);
         }
+        cmd.args(flags);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
         let mut child =
             Child::spawn(cmd, name).map_err(|e| format!("spawning {}: {e}", bin.display()))?;

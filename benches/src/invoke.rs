@@ -21,6 +21,8 @@ pub const NODE_PER_REQ: &str = "node per request (CGI style)";
 pub const TC_WARM_REF: &str = "taskcell warm, same daemon (reference)";
 pub const COLD_POOL: &str = "taskcell cold: new tenant, pool hit";
 pub const COLD_EMPTY: &str = "taskcell cold: new tenant, pool empty";
+pub const BIG_CACHE: &str = "600 KB task, fresh sandbox, code cache";
+pub const BIG_NO_CACHE: &str = "600 KB task, fresh sandbox, no cache";
 
 pub fn adhoc_body(n: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({"code": TASK_JS, "data": {"n": n}})).expect("static JSON")
@@ -431,6 +433,79 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     warnings.append(&mut cd.warnings);
     if let Ok(d) = empty {
         d.stop(warnings);
+    }
+    rows
+}
+
+/// A bundle-sized task (~600 KB of small functions, as a bundler makes them); `module.exports` returns
+/// `{n}` like the bench's small task.
+fn big_task_js() -> String {
+    let mut src = String::from("const T = {};\n");
+    for i in 0..3000 {
+        src.push_str(&format!(
+            "T.f{i} = function f{i}(a, b) {{ const x = [a, b, {i}].map((v) => v * 2 + {m}); if (x[0] > {i}) {{ return x.reduce((s, v) => s + v, 0) }} else {{ return {{ k: 'v{i}', n: x.length, s: String(a) + '{i}' }} }} }};\n",
+            m = i % 7
+        ));
+    }
+    src.push_str("module.exports = (d) => { let s = 0; for (let i = 0; i < 3000; i += 97) s += JSON.stringify(T['f' + i](d.n, i)).length; return { n: d.n, s } };\n");
+    src
+}
+
+/// The first run of a large named task in a sandbox that has not compiled it (every run, with
+/// `--max-requests 1`), with the code cache its deploy made and without (`--code-cache-bytes 0`); the pool
+/// is full before each sample.
+pub fn big_task(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
+    let n = if ctx.quick { 5 } else { 40 };
+    let src = big_task_js();
+    let r = |name: &str| Row::new(3, name, Unit::Micros);
+    let mut daemons = Vec::new();
+    let mut lanes: Vec<Lane> = Vec::new();
+    for (name, flags, row) in [
+        ("big-cache", &["--max-requests", "1"][..], r(BIG_CACHE).vs(BIG_NO_CACHE)),
+        ("big-nocache", &["--max-requests", "1", "--code-cache-bytes", "0"][..], r(BIG_NO_CACHE)),
+    ] {
+        let setup = || -> Result<(Daemon, Conn, Conn), String> {
+            let d = Daemon::start_with(ctx, name, ctx.pool_size, flags)?;
+            let mut c = Conn::open(&d.socket).map_err(|e| e.to_string())?;
+            d.settle_start();
+            let put = c.request(&build("PUT", "/v1/tenants/bench-big/tasks/big", src.as_bytes())).map_err(|e| format!("deploy: {e}"))?;
+            if put.status != 200 && put.status != 201 {
+                return Err(format!("deploy: {}", put.describe()));
+            }
+            let h = Conn::open(&d.socket).map_err(|e| e.to_string())?;
+            Ok((d, c, h))
+        };
+        match setup() {
+            Err(e) => lanes.push(Lane::na(row, e)),
+            Ok((d, mut c, mut h)) => {
+                let d = std::rc::Rc::new(d);
+                daemons.push(d.clone());
+                let mut i = 0;
+                lanes.push(Lane::new(
+                    row,
+                    n,
+                    1,
+                    Box::new(move || {
+                        let _ = d.wait_pool_full(&mut h, Duration::from_secs(5));
+                        i += 1;
+                        let body = serde_json::to_vec(&json!({"n": i})).expect("static JSON");
+                        let req = build("POST", "/v1/tenants/bench-big/tasks/big/run", &body);
+                        let t0 = Instant::now();
+                        let resp = c.request(&req).map_err(|e| e.to_string())?;
+                        let us = micros_since(t0);
+                        check_run(&resp, i)?;
+                        Ok(us)
+                    }),
+                ));
+            }
+        }
+    }
+    let rows = lanes::run(lanes);
+    for d in daemons {
+        // The lanes, and their references, are gone once run.
+        if let Ok(d) = std::rc::Rc::try_unwrap(d) {
+            d.stop(warnings);
+        }
     }
     rows
 }

@@ -325,7 +325,11 @@ fn main() {
         let rows = match g {
             1 => sandbox::run(&ctx),
             2 => invoke::warm(&ctx, &mut report.warnings),
-            3 => invoke::cold(&ctx, &mut report.warnings),
+            3 => {
+                let mut rows = invoke::cold(&ctx, &mut report.warnings);
+                rows.extend(invoke::big_task(&ctx, &mut report.warnings));
+                rows
+            }
             4 => throughput::run(&ctx, &mut report.warnings),
             _ => pool::run(&ctx, &mut report.warnings),
         };

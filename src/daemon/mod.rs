@@ -40,6 +40,8 @@ pub struct Config {
     pub queue_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_body: usize,
+    /// Memory for the V8 code caches of deployed tasks; 0 turns code caches off (none made, none sent).
+    pub code_cache_bytes: usize,
     pub spawners: usize,
     pub max_starting: usize,
     /// Sandboxes alive at once (pool and tenants); a new tenant beyond it takes the place of the least
@@ -69,6 +71,7 @@ impl Default for Config {
             queue_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_body: 1 << 20,
+            code_cache_bytes: 64 << 20,
             spawners: cores.clamp(1, 4),
             max_starting: cores.clamp(1, 4) * 2,
             max_sandboxes: default_max_sandboxes(128 << 20),
@@ -104,6 +107,8 @@ impl Config {
             "queue-timeout-ms" => self.queue_timeout = ms(value)?,
             "drain-timeout-ms" => self.drain_timeout = ms(value)?,
             "max-body" => self.max_body = args::bytes(&flag, value)? as usize,
+            // 0 (off) is a valid size here, unlike the limits.
+            "code-cache-bytes" => self.code_cache_bytes = if value.trim() == "0" { 0 } else { args::bytes(&flag, value)? as usize },
             "spawners" => self.spawners = args::count(&flag, value)?.max(1) as usize,
             "reserved-cpus" => self.reserved_cpus = Some(args::count(&flag, value)? as usize),
             _ => return Err(ArgError::Unknown(flag)),

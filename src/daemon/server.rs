@@ -71,8 +71,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const MAX_COMPILED: usize = 1024;
 /// CPU weight (cgroup v2 units) of a sandbox booting or waiting in the pool, and of a tenant's.
 pub const BOOT_CPU_WEIGHT: u64 = 10;
-/// All the code caches kept, in bytes.
-const CODE_CACHE_BYTES: usize = 64 << 20;
 /// Bytes read from one sandbox's socket per turn of the loop, so that one flooding its logs cannot hold the
 /// loop while other tenants' requests and answers wait.
 const SANDBOX_READ_BUDGET: usize = 64 << 10;
@@ -283,6 +281,7 @@ impl Server {
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
         let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
+        let code_cache_bytes = config.code_cache_bytes;
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
             config,
@@ -299,7 +298,7 @@ impl Server {
             deadlines: BTreeMap::new(),
             busy_checks: VecDeque::new(),
             busy_tenants: HashMap::new(),
-            code_caches: CodeCaches::default(),
+            code_caches: CodeCaches { limit: code_cache_bytes, ..CodeCaches::default() },
             read_again: VecDeque::new(),
             cpus,
             next_id: 1,
@@ -869,7 +868,7 @@ impl Server {
                 }
                 let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
                 // With the source goes the tenant's own code cache for it, if its deploy made one.
-                let cache = match (&task, send_source) {
+                let cache = match (&task, send_source && self.code_caches.enabled()) {
                     (Some(task), true) => match self.code_caches.get(&tenant, task, &key) {
                         Some(cache) => cache,
                         None => {
@@ -889,7 +888,7 @@ impl Server {
                 (Frame::Run { id, meta, source, cache, data }, task, None, Some(key))
             }
             Job::Compile { task, source } => {
-                let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: true };
+                let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled() };
                 (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source), None)
             }
         };
@@ -1571,19 +1570,25 @@ impl Server {
 /// The V8 code caches of deployed tasks, made by each deploy's syntax check in the tenant's own sandbox and
 /// handed back, per tenant only, with the task's source to every sandbox of that tenant that compiles it: a
 /// 600 KB bundle then compiles in ~1 ms instead of ~10. Kept in memory, one per task (its current version; an
-/// empty one says there is none), at most `CODE_CACHE_BYTES` in all (beyond that, none is kept), and on disk by
+/// empty one says there is none), at most `--code-cache-bytes` in all (beyond that, none is kept), and on disk by
 /// the store, where a restarted daemon finds them. Never shared between tenants: a cache is code for V8 to
 /// trust, and one tenant's sandbox made it.
 #[derive(Default)]
 struct CodeCaches {
     by_task: HashMap<(String, String), (String, Bytes)>,
     bytes: usize,
+    /// 0: code caches are off.
+    limit: usize,
 }
 
 impl CodeCaches {
+    fn enabled(&self) -> bool {
+        self.limit > 0
+    }
+
     fn set(&mut self, tenant: String, task: String, key: String, cache: Bytes) {
         self.forget(&tenant, &task);
-        if self.bytes + cache.len() <= CODE_CACHE_BYTES {
+        if self.bytes + cache.len() <= self.limit {
             self.bytes += cache.len();
             self.by_task.insert((tenant, task), (key, cache));
         }
