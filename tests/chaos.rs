@@ -108,40 +108,14 @@ fn sandbox_mounts(pid: u32) -> u64 {
     mountinfo(&pid.to_string()).iter().filter(|l| l.contains(&rootfs) || l.contains("taskcell")).count() as u64
 }
 
-/// The daemon's `taskcell-<pid>` groups, one per hierarchy it uses (memory, pids, cpu on v1; unified on v2).
+/// The daemon's `taskcell-<pid>` groups that exist, one per hierarchy it uses.
 fn sandbox_groups(pid: u32) -> Vec<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let mut v1 = Vec::new();
-    let mut v2 = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let rel = path.trim_start_matches('/');
-        for c in controllers.split(',').filter(|c| ["memory", "pids", "cpu"].contains(c)) {
-            v1.push(PathBuf::from("/sys/fs/cgroup").join(c).join(rel).join(format!("taskcell-{pid}")));
-        }
-        if controllers.is_empty() {
-            v2.push(PathBuf::from("/sys/fs/cgroup").join(rel).join(format!("taskcell-{pid}")));
-            v2.push(PathBuf::from("/sys/fs/cgroup/unified").join(rel).join(format!("taskcell-{pid}")));
-        }
-    }
-    let v1: Vec<PathBuf> = v1.into_iter().filter(|p| p.is_dir()).collect();
-    if !v1.is_empty() {
-        return v1;
-    }
-    v2.into_iter().filter(|p| p.is_dir()).collect()
+    common::group_paths(pid).into_iter().filter(|p| p.is_dir()).collect()
 }
 
 /// Sandbox cgroup directories (`sb-*`) under the daemon's groups, all hierarchies together.
 fn sandbox_cgroups(groups: &[PathBuf]) -> u64 {
-    groups
-        .iter()
-        .map(|g| {
-            fs::read_dir(g)
-                .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sb-") && e.path().is_dir()).count() as u64)
-                .unwrap_or(0)
-        })
-        .sum()
+    common::sandbox_cgroups(groups) as u64
 }
 
 fn health(d: &Daemon) -> Value {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{descendant_pids as descendants, wait_until, Client, Daemon, Rng};
+use common::{descendant_pids as descendants, group_paths, sandbox_cgroups, wait_until, Client, Daemon, Rng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -39,45 +39,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn sha256_hex(b: &[u8]) -> String {
     Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
-}
-
-
-/// The `taskcell-<pid>` group `pid` makes in each hierarchy, whether it exists or not: computed from the cgroup
-/// of this test process, which every daemon it starts inherits.
-fn group_paths(pid: u32) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mut v1 = Vec::new();
-    let mut v2 = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let rel = path.trim_start_matches('/');
-        for c in controllers.split(',').filter(|c| ["memory", "pids", "cpu"].contains(c)) {
-            let base = PathBuf::from("/sys/fs/cgroup").join(c).join(rel);
-            if base.is_dir() {
-                v1.push(base.join(format!("taskcell-{pid}")));
-            }
-        }
-        if controllers.is_empty() {
-            for base in [PathBuf::from("/sys/fs/cgroup").join(rel), PathBuf::from("/sys/fs/cgroup/unified").join(rel)] {
-                if base.join("cgroup.controllers").exists() {
-                    v2.push(base.join(format!("taskcell-{pid}")));
-                }
-            }
-        }
-    }
-    if v1.len() == 3 {
-        v1
-    } else {
-        v2
-    }
-}
-
-fn sandbox_cgroups(groups: &[PathBuf]) -> usize {
-    groups
-        .iter()
-        .map(|g| fs::read_dir(g).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sb-") && e.path().is_dir()).count()).unwrap_or(0))
-        .sum()
 }
 
 /// Processes still in any cgroup under these groups.

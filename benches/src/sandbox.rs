@@ -268,20 +268,12 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
                 Err(e) => lanes.push(Lane::na(jr, e.clone())),
                 Ok(tc) => {
                     let bind = format!("{}:/bench", noop_dir.display());
-                    let mut args = vec!["jail", "--bind-ro", &bind];
-                    let rootfs = ctx
-                        .rootfs
-                        .as_ref()
-                        .map(|p| p.to_string_lossy().into_owned());
-                    if let Some(rf) = &rootfs {
-                        args.extend(["--rootfs", rf]);
-                    }
-                    args.extend(["--", "/bench/noop"]);
+                    let args = jail_args(ctx, &["--bind-ro", &bind], &["/bench/noop"]);
                     lanes.push(lane_for(
                         jr,
                         n_noop,
                         w_noop,
-                        Spawn::new(tc, &args),
+                        Spawn::new(tc, &args.iter().map(String::as_str).collect::<Vec<_>>()),
                         Until::Exit,
                     ));
                 }
@@ -304,24 +296,28 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
     match &ctx.taskcell {
         Err(e) => lanes.push(Lane::na(jr, e.clone())),
         Ok(tc) => {
-            let mut args = vec!["jail"];
-            let rootfs = ctx
-                .rootfs
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned());
-            if let Some(rf) = &rootfs {
-                args.extend(["--rootfs", rf]);
-            }
-            args.extend(["--", "/usr/bin/node", "-e", script]);
+            let args = jail_args(ctx, &[], &["/usr/bin/node", "-e", script]);
             lanes.push(lane_for(
                 jr,
                 n_node,
                 w_node,
-                Spawn::new(tc, &args),
+                Spawn::new(tc, &args.iter().map(String::as_str).collect::<Vec<_>>()),
                 Until::FirstByte,
             ));
         }
     }
     rows.extend(lanes::run(lanes));
     rows
+}
+
+/// `jail EXTRA... [--rootfs DIR] -- CMD...`: the arguments of `taskcell jail` as the bench runs it.
+fn jail_args(ctx: &Ctx, extra: &[&str], cmd: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = std::iter::once("jail").chain(extra.iter().copied()).map(String::from).collect();
+    if let Some(rootfs) = &ctx.rootfs {
+        args.push("--rootfs".into());
+        args.push(rootfs.to_string_lossy().into_owned());
+    }
+    args.push("--".into());
+    args.extend(cmd.iter().map(|a| a.to_string()));
+    args
 }

@@ -175,6 +175,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         cold: u64,
         elapsed: Duration,
     }
+    let cfg = |row, socket, reqs| Cfg { row, socket, reqs, ok: 0, cold: 0, elapsed: Duration::ZERO };
     let mut cfgs: Vec<Cfg> = Vec::new();
     for c in CLIENTS {
         let mut row = Row::new(4, bare_name(c), Unit::Micros);
@@ -186,14 +187,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
             }
         };
         let reqs = vec![build("POST", "/v1/tenants/bare/run", &adhoc_body(1))];
-        cfgs.push(Cfg {
-            row,
-            socket,
-            reqs,
-            ok: 0,
-            cold: 0,
-            elapsed: Duration::ZERO,
-        });
+        cfgs.push(cfg(row, socket, reqs));
         for t in TENANTS {
             let mut row = Row::new(4, tc_name(c, t), Unit::Micros).vs(&bare_name(c));
             row.rate_baseline = Some(bare_name(c));
@@ -207,14 +201,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
             let reqs = (0..t)
                 .map(|i| build("POST", &format!("/v1/tenants/tp-{i}/run"), &adhoc_body(1)))
                 .collect();
-            cfgs.push(Cfg {
-                row,
-                socket,
-                reqs,
-                ok: 0,
-                cold: 0,
-                elapsed: Duration::ZERO,
-            });
+            cfgs.push(cfg(row, socket, reqs));
         }
     }
     let k = cfgs.len();

@@ -158,31 +158,14 @@ pub fn set_process_affinity(pid: i32, set: &CpuSet) -> usize {
         .count()
 }
 
-/// Let every thread of every process in the tree under `pid` (a sandbox's init and its descendants, found
-/// through /proc/PID/task/TID/children) run only on `set`. Threads and processes started meanwhile inherit
-/// the mask of the one that started them: a second pass catches those started from a thread the first pass
-/// had not reached yet. Returns the number of threads set in the last pass.
+/// Let every thread of every process in the tree under `pid` (a sandbox's init and its descendants) run only
+/// on `set`. Threads and processes started meanwhile inherit the mask of the one that started them: a second
+/// pass catches those started from a thread the first pass had not reached yet. Returns the number of threads
+/// set in the last pass.
 pub fn set_tree_affinity(pid: i32, set: &CpuSet) -> usize {
     let mut count = 0;
     for _pass in 0..2 {
-        count = 0;
-        let mut todo = vec![pid];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(p) = todo.pop() {
-            if !seen.insert(p) || seen.len() > 100_000 {
-                continue;
-            }
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
-            for task in tasks.flatten() {
-                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else { continue };
-                if set_affinity(tid, set).is_ok() {
-                    count += 1;
-                }
-                if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{tid}/children")) {
-                    todo.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-                }
-            }
-        }
+        count = tree_processes(pid).into_iter().map(|p| set_process_affinity(p, set)).sum();
     }
     count
 }

@@ -34,12 +34,16 @@ pub const BUSY_MEMORY: Duration = Duration::from_secs(2);
 pub struct CpuTime {
     stat: std::fs::File,
     last: Duration,
+    /// Clock ticks a second, the unit of /proc/PID/stat's times.
+    hz: u64,
 }
 
 impl CpuTime {
     pub fn open(pid: i32) -> Option<CpuTime> {
         let stat = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-        let mut t = CpuTime { stat, last: Duration::ZERO };
+        // SAFETY: sysconf with a constant name.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let mut t = CpuTime { stat, last: Duration::ZERO, hz };
         t.last = t.read()?;
         Some(t)
     }
@@ -54,9 +58,7 @@ impl CpuTime {
         let mut fields = text[text.rfind(')')? + 2..].split(' ');
         let utime: u64 = fields.nth(11)?.parse().ok()?;
         let stime: u64 = fields.next()?.parse().ok()?;
-        // SAFETY: sysconf with a constant name.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Some(Duration::from_millis((utime + stime) * 1000 / hz))
+        Some(Duration::from_millis((utime + stime) * 1000 / self.hz))
     }
 
     /// CPU time used since the previous call (or since `open`).

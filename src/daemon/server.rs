@@ -832,20 +832,20 @@ impl Server {
     fn assign(&mut self, sb: Key, tenant: &str) {
         let recently_busy = self.recently_busy(tenant);
         if let Some(s) = self.sbs.get_mut(sb) {
-            // A tenant busy a moment ago gets its new sandbox on the batch CPUs, at the boot weight it has.
-            let stays_on_batch = s.on_batch && recently_busy;
-            if let (Some(sandbox), false) = (&s.sandbox, stays_on_batch) {
-                if let Err(e) = sandbox.set_cpu_weight(TENANT_CPU_WEIGHT) {
+            // A tenant busy a moment ago gets its new sandbox on the batch CPUs, at the boot weight it has;
+            // any other, the tenant weight and (if it booted there) every CPU.
+            if !(s.on_batch && recently_busy) {
+                if let Some(Err(e)) = s.sandbox.as_ref().map(|sandbox| sandbox.set_cpu_weight(TENANT_CPU_WEIGHT)) {
                     eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
                 }
-            }
-            if let (Some(cpus), true, false) = (&self.cpus, s.on_batch, recently_busy) {
-                // Booted on the batch CPUs; a tenant's sandbox runs anywhere until it is busy. Idle in the
-                // pool, it has the processes and threads it had when ready (a walk would cost ~0.2 ms here).
-                for &pid in &s.boot_processes {
-                    jailer::sched::set_process_affinity(pid, &cpus.all);
+                if let (Some(cpus), true) = (&self.cpus, s.on_batch) {
+                    // Idle in the pool, it has the processes and threads it had when ready: one pass over
+                    // those, not a walk of its tree (~0.2 ms here).
+                    for &pid in &s.boot_processes {
+                        jailer::sched::set_process_affinity(pid, &cpus.all);
+                    }
+                    s.on_batch = false;
                 }
-                s.on_batch = false;
             }
             s.tenant = Some(tenant.to_string());
             s.created = Instant::now();
@@ -868,17 +868,8 @@ impl Server {
                 }
                 let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
                 // With the source goes the tenant's own code cache for it, if its deploy made one.
-                let cache = match (&task, send_source && self.code_caches.enabled()) {
-                    (Some(task), true) => match self.code_caches.get(&tenant, task, &key) {
-                        Some(cache) => cache,
-                        None => {
-                            // Not seen since the start: the one kept on disk, if any (remembered either way).
-                            let sha = key.rsplit(':').next().unwrap_or_default();
-                            let cache = self.store.code_cache(&tenant, task, sha).unwrap_or_default();
-                            self.code_caches.set(tenant.clone(), task.clone(), key.clone(), cache.clone());
-                            cache
-                        }
-                    },
+                let cache = match (&task, send_source) {
+                    (Some(task), true) => self.code_caches.get_or_load(&self.store, &tenant, task, &key),
                     _ => Bytes::new(),
                 };
                 if !cache.is_empty() {
@@ -1600,10 +1591,21 @@ impl CodeCaches {
         }
     }
 
-    /// The cache for this tenant's task, if it is for this version of it (`key` names the source's hash).
-    fn get(&self, tenant: &str, task: &str, key: &str) -> Option<Bytes> {
-        let (k, cache) = self.by_task.get(&(tenant.to_string(), task.to_string()))?;
-        (k == key).then(|| cache.clone())
+    /// The cache for this tenant's task if it is for this version of it (`key` names the source's hash), or
+    /// empty. A version not seen since the start is looked up on disk once, and remembered either way.
+    fn get_or_load(&mut self, store: &Store, tenant: &str, task: &str, key: &str) -> Bytes {
+        if !self.enabled() {
+            return Bytes::new();
+        }
+        if let Some((k, cache)) = self.by_task.get(&(tenant.to_string(), task.to_string())) {
+            if k == key {
+                return cache.clone();
+            }
+        }
+        let sha = key.rsplit(':').next().unwrap_or_default();
+        let cache = store.code_cache(tenant, task, sha).unwrap_or_default();
+        self.set(tenant.to_string(), task.to_string(), key.to_string(), cache.clone());
+        cache
     }
 }
 

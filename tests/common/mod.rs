@@ -534,6 +534,45 @@ fn remove_empty_cgroups(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
+/// The `taskcell-<pid>` group `pid` makes in each hierarchy, whether it exists or not: computed from the cgroup
+/// of this test process, which every daemon it starts inherits.
+pub fn group_paths(pid: u32) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut v1 = Vec::new();
+    let mut v2 = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let rel = path.trim_start_matches('/');
+        for c in controllers.split(',').filter(|c| ["memory", "pids", "cpu"].contains(c)) {
+            let base = PathBuf::from("/sys/fs/cgroup").join(c).join(rel);
+            if base.is_dir() {
+                v1.push(base.join(format!("taskcell-{pid}")));
+            }
+        }
+        if controllers.is_empty() {
+            for base in [PathBuf::from("/sys/fs/cgroup").join(rel), PathBuf::from("/sys/fs/cgroup/unified").join(rel)] {
+                if base.join("cgroup.controllers").exists() {
+                    v2.push(base.join(format!("taskcell-{pid}")));
+                }
+            }
+        }
+    }
+    if v1.len() == 3 {
+        v1
+    } else {
+        v2
+    }
+}
+
+/// Sandbox cgroup directories (`sb-*`) under the daemon's groups, all hierarchies together.
+pub fn sandbox_cgroups(groups: &[PathBuf]) -> usize {
+    groups
+        .iter()
+        .map(|g| fs::read_dir(g).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sb-") && e.path().is_dir()).count()).unwrap_or(0))
+        .sum()
+}
+
 /// The directories of the cgroups `pid` is in, in every hierarchy (where the daemon makes `taskcell-<pid>`).
 fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();

@@ -681,6 +681,20 @@ static void check_sockets(void) {
     }
 }
 
+/* An info line naming what a directory holds (for the report, not a check). */
+static void info_listing(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return;
+    char list[1024] = "";
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(list);
+        snprintf(list + l, sizeof list - l, " %s", e->d_name);
+    }
+    closedir(d);
+    info("%s holds:%s", path, list);
+}
+
 static void check_absent(const char *name, const char *path) {
     struct stat sb;
     if (lstat(path, &sb) != 0) {
@@ -744,28 +758,8 @@ static void check_files(void) {
     struct stat sb;
     if (stat("/usr/bin/node", &sb) != 0) fail("node_present", "/usr/bin/node: %s", strerror(errno));
     else ok("node_present");
-    DIR *d = opendir("/");
-    if (d) {
-        char list[1024] = "";
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            size_t l = strlen(list);
-            snprintf(list + l, sizeof list - l, " %s", e->d_name);
-        }
-        closedir(d);
-        info("/ holds:%s", list);
-    }
-    d = opendir("/etc");
-    if (d) {
-        char list[1024] = "";
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            size_t l = strlen(list);
-            snprintf(list + l, sizeof list - l, " %s", e->d_name);
-        }
-        closedir(d);
-        info("/etc holds:%s", list);
-    }
+    info_listing("/");
+    info_listing("/etc");
     walk_files = walk_bad = 0;
     walk_report[0] = 0;
     nftw("/", walk_cb, 32, FTW_PHYS | FTW_ACTIONRETVAL);
