@@ -37,6 +37,35 @@ fn main() {
         eprintln!("error: {POLICY}: {message}");
         std::process::exit(1);
     }
+    if let Err(message) = compile_init() {
+        eprintln!("error: {INIT_SOURCE}: {message}");
+        std::process::exit(1);
+    }
+}
+
+const INIT_SOURCE: &str = "init/init.c";
+
+/// Builds the sandbox's init program (`init/init.c`) into `$OUT_DIR/taskcell-init`, a static executable
+/// that `src/pid.rs` embeds: a sandbox's PID 1 execs it so as to hold nothing of the daemon's memory. Static,
+/// because the sandbox's root has no C library of the host's to load it with. `$CC`, else `cc`.
+fn compile_init() -> Result<(), String> {
+    println!("cargo:rerun-if-changed={INIT_SOURCE}");
+    println!("cargo:rerun-if-env-changed=CC");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?).join("taskcell-init");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+    let result = std::process::Command::new(&cc)
+        .args(["-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&out)
+        .arg(INIT_SOURCE)
+        .output()
+        .map_err(|e| format!("cannot run {cc} (a C compiler and the static C library, libc.a, are needed): {e}"))?;
+    if !result.status.success() {
+        return Err(format!(
+            "{cc} -static failed (is the static C library, libc.a, installed?):\n{}",
+            String::from_utf8_lossy(&result.stderr)
+        ));
+    }
+    Ok(())
 }
 
 fn run() -> Result<(), String> {

@@ -2,12 +2,13 @@
 //!
 //! The sandbox's first process is PID 1 of a new PID namespace (created by the `clone` in [`crate::spawn`]): when
 //! it dies the kernel kills every other process of the namespace, so killing one pidfd ends the whole sandbox.
-//! It stays behind as a minimal init (reaping orphans, reporting the command's status) and forks the command,
-//! which is then an ordinary process that its own signals can kill. Child side: die with the supervisor
-//! thread, start a new session, the init. Parent side: signals and exit status through the pidfd, never
-//! through a pid that could be reused.
+//! It forks the command, which is then an ordinary process that its own signals can kill, and execs the init
+//! program (`jailer/init/init.c`, reaping orphans and reporting the command's status) from a sealed memfd, so
+//! that the process that lives as long as the sandbox holds no copy of the daemon's memory. Child side: die
+//! with the supervisor thread, start a new session, exec the init. Parent side: the init's memfd, signals and
+//! exit status through the pidfd, never through a pid that could be reused.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Child side: SIGKILL us when the thread that cloned us exits, so that no sandbox outlives its supervisor.
 pub fn die_with_parent() -> Result<(), i32> {
@@ -113,58 +114,150 @@ pub fn fork() -> Result<i32, i32> {
     }
 }
 
-/// Where this process's argv and environment strings live (from /proc/self/stat), so that the sandbox's
-/// init, a copy of this process, can blank them: /proc/1/cmdline is readable inside the sandbox and must not
-/// show the daemon's command line.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ArgsArea {
-    start: usize,
-    end: usize,
+/// The descriptor number at which a sandbox's PID 1 finds the init program to exec: the one `execveat` that the
+/// seccomp policy allows (`policies/sandbox.json`, filter `refuse`, names this number). Above the command's 0-3,
+/// and below 10, where every descriptor the child is given is first lifted, so that nothing else is ever here.
+pub const INIT_FD: RawFd = 4;
+
+/// The init program, built from `jailer/init/init.c` by `jailer/build.rs`: a static executable that reaps the
+/// sandbox's processes and reports the command's status, and nothing else.
+static INIT_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/taskcell-init"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{what} for the sandbox's init program")]
+    Memfd { what: &'static str, source: std::io::Error },
 }
 
-impl ArgsArea {
-    pub fn of_self() -> ArgsArea {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the command name in parentheses (which may hold spaces): arg_start is field 48,
-        // env_end field 51 (1-based), that is the 46th and 49th after the ")".
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<usize> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-        match (fields.get(45), fields.get(48)) {
-            (Some(&start), Some(&end)) if start > 0 && end > start && end - start < (1 << 20) => ArgsArea { start, end },
-            _ => ArgsArea::default(),
+/// Parent side: the init program in a sealed memfd, made once per jailer and exec'd by the PID 1 of every
+/// sandbox. Sealed against writing, shrinking and growing, so that no holder of the descriptor can change what
+/// the next sandbox runs; mode 0111 (execute only): a process that cannot read its program is not dumpable, so
+/// that the sandbox's own processes (the same uid) can neither ptrace it nor open its `/proc/1/mem`.
+pub struct InitProgram {
+    fd: OwnedFd,
+}
+
+impl InitProgram {
+    pub fn load() -> Result<InitProgram, InitError> {
+        let fail = |what| move |source| InitError::Memfd { what, source };
+        let fd = memfd(c"taskcell-init").map_err(fail("memfd_create"))?;
+        let mut written = 0;
+        while written < INIT_PROGRAM.len() {
+            let rest = &INIT_PROGRAM[written..];
+            // SAFETY: writes from a static byte slice to a descriptor we own.
+            let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(fail("writing a memfd")(err));
+            }
+            written += n as usize;
         }
+        // SAFETY: fchmod of a descriptor we own.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), 0o111) } < 0 {
+            return Err(fail("fchmod of a memfd")(std::io::Error::last_os_error()));
+        }
+        const F_SEAL_EXEC: libc::c_int = 0x20;
+        let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        // SAFETY: F_ADD_SEALS takes an integer; F_SEAL_EXEC (Linux 6.3+, which also fixes the mode's exec bits)
+        // is tried first, then the seals every kernel with memfds knows.
+        let rc = unsafe {
+            let rc = libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals | F_SEAL_EXEC);
+            if rc < 0 && errno() == libc::EINVAL {
+                libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals)
+            } else {
+                rc
+            }
+        };
+        if rc < 0 {
+            return Err(fail("sealing a memfd")(std::io::Error::last_os_error()));
+        }
+        // Lifted to 10 and above, as every descriptor the child is given: INIT_FD is never taken.
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one that we then own.
+        let lifted = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+        if lifted < 0 {
+            return Err(fail("fcntl(F_DUPFD_CLOEXEC)")(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `lifted` was just returned by fcntl and is owned by nobody else.
+        Ok(InitProgram { fd: unsafe { OwnedFd::from_raw_fd(lifted) } })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
-/// Child side, PID 1 of the sandbox: reap every child until `command` exits, write its wait status to
-/// `report`, and exit (which ends the PID namespace and everything left in it). Never returns.
-pub fn run_init(command: i32, report: i32, status_pipe: i32, args: ArgsArea) -> ! {
-    // SAFETY: blanks this process's own argv/environment strings, a range of its own writable memory found
-    // from /proc/self/stat before the fork; then closes descriptors the init does not use (the command keeps
-    // its own copies); then only wait4, write and _exit, on locals.
-    unsafe {
-        if args.end > args.start {
-            std::ptr::write_bytes(args.start as *mut u8, 0, args.end - args.start);
-            let name = b"taskcell-init";
-            if args.end - args.start > name.len() {
-                std::ptr::copy_nonoverlapping(name.as_ptr(), args.start as *mut u8, name.len());
-            }
+/// A close-on-exec memfd that may be sealed, executable where the kernel asks to be told (Linux 6.3+ warns
+/// about, and with `vm.memfd_noexec` = 2 refuses, an executable memfd made without MFD_EXEC).
+fn memfd(name: &std::ffi::CStr) -> std::io::Result<OwnedFd> {
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; an older kernel refuses MFD_EXEC with EINVAL.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), flags | MFD_EXEC) };
+    if fd < 0 && errno() == libc::EINVAL {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    }
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Child side, PID 1 of the sandbox once it has forked `command`: close every descriptor but the exit report,
+/// the status pipe (close-on-exec: its closing tells the parent the exec succeeded) and INIT_FD, and exec the
+/// init program there as `taskcell-init COMMAND REPORT_FD`, with an empty environment. PID 1 thereby drops its
+/// copy of the daemon's memory. Returns only on failure, with the errno. No allocation: the numbers are
+/// written into buffers on this stack.
+pub fn exec_init(command: i32, report: RawFd, status: RawFd) -> i32 {
+    let mut keep = [report, status, INIT_FD];
+    keep.sort_unstable();
+    let mut from = 0;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: closes descriptors that neither the init nor the exec uses.
+            unsafe { libc::close_range(from as u32, (fd - 1) as u32, 0) };
         }
-        libc::close_range(0, (report - 1).max(0) as u32, 0);
-        libc::close_range((report + 1) as u32, u32::MAX, 0);
-        let _ = status_pipe; // closed above: the command's copy alone tells the parent whether exec worked
-        loop {
-            let mut status: libc::c_int = 0;
-            let pid = libc::wait4(-1, &mut status, libc::__WALL, std::ptr::null_mut());
-            if pid == command {
-                libc::write(report, (&status as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>());
-                libc::_exit(0);
-            }
-            if pid < 0 && errno() != libc::EINTR {
-                libc::_exit(0);
-            }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::close_range(from as u32, u32::MAX, 0) };
+    // The report must survive the exec (the pipe was made close-on-exec for the command's sake).
+    // SAFETY: F_SETFD with 0 on a descriptor this process holds.
+    if unsafe { libc::fcntl(report, libc::F_SETFD, 0) } < 0 {
+        return errno();
+    }
+    let mut pid_text = [0u8; 24];
+    let mut fd_text = [0u8; 24];
+    decimal(command as u64, &mut pid_text);
+    decimal(report as u64, &mut fd_text);
+    let argv = [c"taskcell-init".as_ptr(), pid_text.as_ptr().cast(), fd_text.as_ptr().cast(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: argv and envp are NULL-terminated arrays of NUL-terminated strings on this stack or static;
+    // AT_EMPTY_PATH with "" execs the descriptor itself.
+    unsafe { libc::syscall(libc::SYS_execveat, INIT_FD, c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH) };
+    errno()
+}
+
+/// `n` in decimal, NUL-terminated, into `out` (24 bytes hold any u64).
+fn decimal(mut n: u64, out: &mut [u8; 24]) {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    for i in 0..len {
+        out[i] = digits[len - 1 - i];
+    }
+    out[len] = 0;
 }
 
 /// Parent side: the wait status the sandbox's init reported for its command, if it did.

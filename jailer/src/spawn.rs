@@ -98,6 +98,8 @@ pub enum JailError {
     Mount(#[from] MountError),
     #[error("user namespace")]
     User(#[from] UserError),
+    #[error("init program")]
+    Init(#[from] pid::InitError),
     #[error("{what}")]
     Os { what: &'static str, source: std::io::Error },
     #[error("argument or environment entry contains a NUL byte")]
@@ -126,6 +128,7 @@ pub enum Step {
     NoNewPrivs,
     Seccomp,
     Init,
+    InitExec,
     Exec,
 }
 
@@ -151,15 +154,16 @@ impl Step {
             Step::Seccomp => 14,
             Step::Exec => 15,
             Step::Init => 16,
+            Step::InitExec => 17,
         };
         (n, 0)
     }
 
     fn from_code(code: u32, sub: u32) -> Step {
-        const ALL: [Step; 15] = [
+        const ALL: [Step; 16] = [
             Step::DeathSignal, Step::AwaitParent, Step::BecomeUser, Step::CgroupNamespace, Step::Hostname,
             Step::Loopback, Step::Rlimits, Step::Descriptors, Step::Session, Step::Signals, Step::DropCapabilities,
-            Step::NoNewPrivs, Step::Seccomp, Step::Init, Step::Exec,
+            Step::NoNewPrivs, Step::Seccomp, Step::Init, Step::InitExec, Step::Exec,
         ];
         if code == 5 {
             return Step::Mount(sub);
@@ -186,6 +190,7 @@ impl std::fmt::Display for Step {
             Step::NoNewPrivs => "PR_SET_NO_NEW_PRIVS",
             Step::Seccomp => "installing the seccomp filters",
             Step::Init => "forking the command from the sandbox's init",
+            Step::InitExec => "execveat of the sandbox's init program",
             Step::Exec => "execve",
         };
         f.write_str(text)
@@ -302,8 +307,8 @@ pub struct Jailer {
     cgroups: CgroupRoot,
     /// Every path, flag and option of the sandbox's root, the same for every sandbox: prepared once.
     mounts: MountPlan,
-    /// Where this process's argv and environment live, for the init to blank its copy.
-    args_area: pid::ArgsArea,
+    /// The sandbox's init program, exec'd by the PID 1 of each sandbox.
+    init: pid::InitProgram,
     last_cap: u32,
     counter: AtomicU64,
 }
@@ -314,8 +319,8 @@ impl Jailer {
         let binds: Vec<BindRo> = config.binds_ro.iter().map(|(h, i)| BindRo { host: h.clone(), inside: i.clone() }).collect();
         let mounts = MountPlan::new(&config.rootfs, &entries, config.tmp_bytes, &binds)?;
         let cgroups = CgroupRoot::create()?;
-        let args_area = pid::ArgsArea::of_self();
-        Ok(Jailer { config, cgroups, mounts, args_area, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
+        let init = pid::InitProgram::load()?;
+        Ok(Jailer { config, cgroups, mounts, init, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
     }
 
     pub fn config(&self) -> &JailerConfig {
@@ -340,9 +345,12 @@ impl Jailer {
         // The cgroup exists, limited, before the child does: it joins before running a line of its own code.
         let cgroup = self.cgroups.sandbox(&format!("sb-{n}"), &limits)?;
         let plan = self.prepare(spec)?;
+        // The child's ends lifted to 10 and above, as every descriptor it is given: none can sit where the child
+        // moves its stdio, socket and init program (0-4).
         let (go_r, go_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
         let (exit_r, exit_w) = pipe()?;
+        let (go_r, status_w, exit_w) = (lift(go_r)?, lift(status_w)?, lift(exit_w)?);
         let pipes = ChildPipes { go: go_r.as_raw_fd(), status: status_w.as_raw_fd(), exit: exit_w.as_raw_fd() };
         let cgroup_dir = cgroup.clone_target();
         let (pid, pidfd, born_in_cgroup) = match clone_child(&plan, &pipes, cgroup_dir.as_ref().map(|d| d.as_fd())) {
@@ -397,15 +405,6 @@ impl Jailer {
         }
         // Descriptors the child moves to 0-3 are first lifted to 10 and above, so that moving one can never
         // overwrite another still to be moved.
-        let lift = |fd: OwnedFd| -> Result<OwnedFd, JailError> {
-            // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one that we then own.
-            let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
-            if new < 0 {
-                return Err(JailError::Os { what: "fcntl(F_DUPFD_CLOEXEC)", source: std::io::Error::last_os_error() });
-            }
-            // SAFETY: `new` was just returned by fcntl.
-            Ok(unsafe { OwnedFd::from_raw_fd(new) })
-        };
         let stdio = match spec.stdio {
             Stdio::Inherit => None,
             Stdio::Fds([a, b, c]) => Some([lift(a)?, lift(b)?, lift(c)?]),
@@ -432,7 +431,7 @@ impl Jailer {
             _env: env,
             argv_ptrs,
             env_ptrs,
-            args_area: self.args_area,
+            init: self.init.fd(),
             slice_ns: self.config.slice_ns,
         })
     }
@@ -451,8 +450,8 @@ struct ChildPlan<'a> {
     _env: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     env_ptrs: Vec<*const libc::c_char>,
-    /// This process's argv and environment strings, which the init blanks in its copy of our memory.
-    args_area: pid::ArgsArea,
+    /// The init program's sealed memfd (lifted to 10 and above), which the child moves to [`pid::INIT_FD`].
+    init: BorrowedFd<'a>,
     slice_ns: Option<u64>,
 }
 
@@ -464,6 +463,18 @@ struct ChildPipes {
     status: RawFd,
     /// The init's report of the command's wait status (close-on-exec: the command never holds it).
     exit: RawFd,
+}
+
+/// `fd` moved to a close-on-exec descriptor numbered 10 or above: clear of the numbers 0-4 that the child
+/// moves descriptors to.
+fn lift(fd: OwnedFd) -> Result<OwnedFd, JailError> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new one that we then own.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if new < 0 {
+        return Err(JailError::Os { what: "fcntl(F_DUPFD_CLOEXEC)", source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: `new` was just returned by fcntl.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// A close-on-exec pipe: (read end, write end).
@@ -594,7 +605,9 @@ fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i3
     // command die of its own signals like any process (PID 1 would ignore them), and reports its status.
     let command = pid::fork().map_err(|e| (Step::Init, e))?;
     if command != 0 {
-        pid::run_init(command, pipes.exit, pipes.status, plan.args_area);
+        // PID 1 becomes the init program, so that what lives as long as the sandbox holds no copy of the
+        // daemon's memory (other tenants' requests, results, sources). Returns only on failure.
+        return Err((Step::InitExec, pid::exec_init(command, pipes.exit, pipes.status)));
     }
     // The command dies with its init (the namespace would take it anyway; this says so to the process).
     pid::die_with_parent().map_err(|e| (Step::DeathSignal, e))?;
@@ -654,9 +667,14 @@ fn arrange_fds(plan: &ChildPlan, status_fd: RawFd, exit_fd: RawFd) -> Result<(),
         pid::check(unsafe { libc::dup2(sock.as_raw_fd(), 3) })?;
         keep_from = 4;
     }
-    // Close everything from keep_from up, except the status and exit pipes, which are close-on-exec: the
+    // The init program where PID 1's execveat (the only one the policy allows) expects it; close-on-exec, so
+    // that the command never holds it. Nothing else is at INIT_FD: every source was lifted to 10 or above.
+    // SAFETY: dup3 between descriptors this process holds.
+    pid::check(unsafe { libc::dup3(plan.init.as_raw_fd(), pid::INIT_FD, libc::O_CLOEXEC) })?;
+    // Close everything from keep_from up, except INIT_FD and the status and exit pipes, all close-on-exec: the
     // command's copies close exactly when its execve succeeds; the init keeps the exit pipe.
-    let keep = if status_fd < exit_fd { [status_fd, exit_fd] } else { [exit_fd, status_fd] };
+    let mut keep = [status_fd, exit_fd, pid::INIT_FD];
+    keep.sort_unstable();
     let mut from = keep_from;
     for fd in keep {
         if fd > from {
@@ -669,7 +687,7 @@ fn arrange_fds(plan: &ChildPlan, status_fd: RawFd, exit_fd: RawFd) -> Result<(),
     pid::check(unsafe { libc::close_range(from as u32, u32::MAX, 0) })
 }
 
-/// Close every descriptor but the pipes and the ones the sandbox will be given (stdio, socket).
+/// Close every descriptor but the pipes and the ones the sandbox will be given (stdio, socket, the init).
 fn close_inherited(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(), i32> {
     let mut keep = [-1 as RawFd; 8];
     keep[0] = pipes.go;
@@ -685,6 +703,7 @@ fn close_inherited(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(), i32> {
     if let Some(sock) = &plan.socket {
         keep[6] = sock.as_raw_fd();
     }
+    keep[7] = plan.init.as_raw_fd();
     keep.sort_unstable();
     let mut from: RawFd = 0;
     for fd in keep {
