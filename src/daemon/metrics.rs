@@ -56,6 +56,12 @@ pub struct Metrics {
     sandboxes_to_batch: u64,
     code_cache_runs: u64,
     sandboxes_from_batch: u64,
+    /// Connections refused past `--max-connections`.
+    connections_refused: u64,
+    /// Frames from sandboxes that broke the protocol (each killed its sandbox).
+    protocol_errors: u64,
+    /// Code caches dropped for being too large for their source.
+    code_caches_refused: u64,
     duration: Histogram,
 }
 
@@ -93,6 +99,18 @@ impl Metrics {
         } else {
             self.sandboxes_from_batch += 1;
         }
+    }
+
+    pub fn connection_refused(&mut self) {
+        self.connections_refused += 1;
+    }
+
+    pub fn protocol_error(&mut self) {
+        self.protocol_errors += 1;
+    }
+
+    pub fn code_cache_refused(&mut self) {
+        self.code_caches_refused += 1;
     }
 
     /// One sandbox ended, by reason (`timeout`, `memory_limit`, `crashed`, `idle`, `max_age`, ...).
@@ -133,6 +151,12 @@ impl Metrics {
         }
         family(o, "taskcell_code_cache_runs_total", "counter", "Runs that gave a sandbox a task's source with its V8 code cache.");
         sample(o, "taskcell_code_cache_runs_total", &[], self.code_cache_runs);
+        family(o, "taskcell_connections_refused_total", "counter", "Client connections refused past --max-connections.");
+        sample(o, "taskcell_connections_refused_total", &[], self.connections_refused);
+        family(o, "taskcell_sandbox_protocol_errors_total", "counter", "Frames from sandboxes that broke the protocol (the sandbox was killed).");
+        sample(o, "taskcell_sandbox_protocol_errors_total", &[], self.protocol_errors);
+        family(o, "taskcell_code_caches_refused_total", "counter", "Code caches dropped for being too large for their source.");
+        sample(o, "taskcell_code_caches_refused_total", &[], self.code_caches_refused);
         family(o, "taskcell_sandbox_cpu_moves_total", "counter", "Tenant sandboxes moved to the batch CPUs when busy, and back when idle.");
         sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "batch")], self.sandboxes_to_batch);
         sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "all")], self.sandboxes_from_batch);

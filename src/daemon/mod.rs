@@ -3,6 +3,7 @@
 //! Startup (config, state directory, stale socket and cgroups, jailer, threads) lives here; the event loop
 //! lives in `server`. See docs/api.md for the API decisions the spec leaves open.
 
+mod code_cache;
 mod cpus;
 mod http;
 mod logs;
@@ -50,6 +51,10 @@ pub struct Config {
     max_sandboxes_given: bool,
     /// CPUs kept from booting and busy sandboxes (see `cpus`); None: a quarter of them, at least one.
     pub reserved_cpus: Option<usize>,
+    /// Client connections open at once; past it a new one gets 503 `overloaded` and is closed.
+    pub max_connections: usize,
+    /// `/v1/logs` subscribers at once; past it 503 `overloaded`.
+    pub max_log_subscribers: usize,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             max_sandboxes: default_max_sandboxes(128 << 20),
             max_sandboxes_given: false,
             reserved_cpus: None,
+            max_connections: 1024,
+            max_log_subscribers: 64,
         }
     }
 }
@@ -111,6 +118,8 @@ impl Config {
             "code-cache-bytes" => self.code_cache_bytes = if value.trim() == "0" { 0 } else { args::bytes(&flag, value)? as usize },
             "spawners" => self.spawners = args::count(&flag, value)?.max(1) as usize,
             "reserved-cpus" => self.reserved_cpus = Some(args::count(&flag, value)? as usize),
+            "max-connections" => self.max_connections = args::count(&flag, value)?.max(1) as usize,
+            "max-log-subscribers" => self.max_log_subscribers = args::count(&flag, value)? as usize,
             _ => return Err(ArgError::Unknown(flag)),
         }
         Ok(())

@@ -19,6 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use runtime::{Decoder, Frame, RunMeta};
 
+use super::code_cache::{self, CodeCaches, Lookup};
 use super::cpus::{self, CpuClasses, CpuTime};
 use super::http::{self, Parsed, Request, Response};
 use super::logs::{self, Captured};
@@ -67,6 +68,26 @@ const SUBSCRIBER_BACKLOG: usize = 1 << 20;
 const OUTPUT_TAIL: usize = 8 << 10;
 /// How long a closing connection may keep sending before it is cut off.
 const LINGER: Duration = Duration::from_secs(2);
+/// Pipelined requests parsed from one connection per turn of the loop: one client that pipelines thousands
+/// of requests answered at once (404s, health) gets its share of the loop, then the others get theirs.
+const PIPELINE_BUDGET: usize = 32;
+/// Connections accepted per turn of the loop.
+const ACCEPT_BUDGET: usize = 64;
+/// Bytes read from one connection per turn of the loop (a client that streams garbage at a subscriber
+/// connection, whose input is discarded, must not hold the loop either).
+const CONN_READ_BUDGET: usize = 256 << 10;
+/// A connection whose unsent answers pass this many bytes is not parsed further until they drain: a client
+/// that pipelines and never reads is pushed back (its input, then its socket, fill up), not buffered for.
+const OUTPUT_HIGH_WATER: usize = 256 << 10;
+/// A sandbox that leaves a frame half-sent this long is broken (or hostile): a protocol error.
+const PARTIAL_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames waiting to be written to one sandbox (Runs with their sources and data) beyond which new
+/// invocations for it are refused with 503: a sandbox that stops reading must not make the daemon buffer
+/// every request sent its way until their deadlines.
+const SANDBOX_OUTBOX_LIMIT: usize = 64 << 20;
+/// A log message from a sandbox is cut to this many bytes (the spec's per-invocation cap): tenant code can
+/// bypass the bootstrap and send a frame of 8 MiB.
+pub const LOG_MESSAGE_CAP: usize = 64 << 10;
 /// A sandbox that has compiled this many distinct sources is recycled when next idle.
 const MAX_COMPILED: usize = 1024;
 /// CPU weight (cgroup v2 units) of a sandbox booting or waiting in the pool, and of a tenant's.
@@ -98,6 +119,11 @@ struct Conn {
     keep_alive: bool,
     deadline: Instant,
     read_closed: bool,
+    /// In the loop's `advance_queue` (to be parsed further or closed on its next pass).
+    scheduled: bool,
+    /// Reading stopped with more perhaps waiting (the input buffer was full or the turn's read budget spent):
+    /// the socket's edge-triggered readiness will not repeat, so the loop reads again itself.
+    read_pending: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +171,8 @@ struct Sb {
     boot_processes: Vec<i32>,
     /// Its Node's CPU time, sampled every housekeeping tick to find work left running in the background.
     cpu_time: Option<CpuTime>,
+    /// Since when the decoder has held part of a frame (see `PARTIAL_FRAME_TIMEOUT`).
+    partial_since: Option<Instant>,
 }
 
 impl Sb {
@@ -198,18 +226,29 @@ struct Pending {
     give_up: Instant,
 }
 
+/// A Run waiting for the store thread to load its task's code cache (see `dispatch`).
+struct Deferred {
+    sb: Key,
+    conn: Key,
+    keep_alive: bool,
+    request_id: String,
+    job: Job,
+    cold: bool,
+    started: Instant,
+}
+
 /// Work for the store thread, and its answers.
 enum StoreJob {
     /// `cache`: the V8 code cache the syntax check made (empty if none).
     Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, cache: Bytes },
     Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
+    /// Read a task's code cache from disk (a version the loop does not hold in memory).
+    LoadCache { tenant: String, task: String, sha: String, key: String },
 }
 
 struct StoreDone {
-    conn: Key,
-    keep_alive: bool,
-    request_id: String,
-    response: Response,
+    /// The answer to a client's request, if the job was one.
+    reply: Option<(Key, bool, String, Response)>,
     code_cache: CodeCacheUpdate,
 }
 
@@ -241,8 +280,15 @@ pub struct Server {
     /// When each tenant was last seen busy (an invocation past `BUSY_AFTER`, a memory kill).
     busy_tenants: HashMap<String, Instant>,
     code_caches: CodeCaches,
+    /// Runs waiting for a code cache being loaded, by tenant and task.
+    cache_waits: HashMap<(String, String), Vec<Deferred>>,
     /// Sandboxes that used up their read budget with more perhaps waiting: read again after this turn.
     read_again: VecDeque<Key>,
+    /// Connections to read, parse or close on the next pass of the loop (see `schedule`): answers never
+    /// recurse into parsing the next pipelined request.
+    advance_queue: VecDeque<Key>,
+    /// The listener's backlog was not drained in the last turn (connections accepted per turn are bounded).
+    accept_again: bool,
     cpus: Option<CpuClasses>,
     next_id: u32,
     spawner: Spawner,
@@ -298,8 +344,11 @@ impl Server {
             deadlines: BTreeMap::new(),
             busy_checks: VecDeque::new(),
             busy_tenants: HashMap::new(),
-            code_caches: CodeCaches { limit: code_cache_bytes, ..CodeCaches::default() },
+            code_caches: CodeCaches::new(code_cache_bytes),
+            cache_waits: HashMap::new(),
             read_again: VecDeque::new(),
+            advance_queue: VecDeque::new(),
+            accept_again: false,
             cpus,
             next_id: 1,
             spawner,
@@ -341,7 +390,8 @@ impl Server {
             if let Some((t, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
-            let timeout = if self.read_again.is_empty() { wake_at.saturating_duration_since(now) } else { Duration::ZERO };
+            let more_to_do = !self.read_again.is_empty() || !self.advance_queue.is_empty() || self.accept_again;
+            let timeout = if more_to_do { Duration::ZERO } else { wake_at.saturating_duration_since(now) };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -373,8 +423,18 @@ impl Server {
                     },
                 }
             }
+            if std::mem::take(&mut self.accept_again) {
+                self.accept();
+            }
             for key in std::mem::take(&mut self.read_again) {
                 self.on_sandbox_socket(key, true, false);
+            }
+            // Connections with work left from this turn: at most their budget each, then everyone else's turn.
+            for key in std::mem::take(&mut self.advance_queue) {
+                let Some(conn) = self.conns.get_mut(key) else { continue };
+                conn.scheduled = false;
+                let read = std::mem::take(&mut conn.read_pending);
+                self.on_conn_event(key, read, false);
             }
             // Answers from the helper threads arrive through the waker; check them every turn (cheap).
             self.collect_spawned();
@@ -395,10 +455,15 @@ impl Server {
     // ---- connections -------------------------------------------------------------------------------
 
     fn accept(&mut self) {
-        loop {
+        // Bounded per turn: a connect flood gets its share of the loop, then the others theirs.
+        for _ in 0..ACCEPT_BUDGET {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
                 Ok((stream, _)) => {
+                    if self.conns.len() >= self.config.max_connections {
+                        self.refuse_connection(stream);
+                        continue;
+                    }
                     let conn = Conn {
                         stream,
                         input: Vec::new(),
@@ -407,6 +472,8 @@ impl Server {
                         keep_alive: true,
                         deadline: Instant::now() + IDLE_TIMEOUT,
                         read_closed: false,
+                        scheduled: false,
+                        read_pending: false,
                     };
                     let key = self.conns.insert(conn);
                     let conn = self.conns.get_mut(key).expect("just inserted");
@@ -424,6 +491,19 @@ impl Server {
                 }
             }
         }
+        self.accept_again = true;
+    }
+
+    /// Past `--max-connections`: one 503 written without waiting (into an empty socket buffer it fits) and
+    /// a close, before reading anything. The client learns why; the daemon holds nothing for it.
+    fn refuse_connection(&mut self, mut stream: UnixStream) {
+        self.metrics.connection_refused();
+        let request_id = self.new_request_id();
+        let msg = format!("too many connections (the limit is {}); retry later", self.config.max_connections);
+        let mut out = Vec::new();
+        Response::error(503, "overloaded", &msg, None).header("Retry-After", "1").write(&mut out, &request_id, false);
+        let _ = stream.write(&out);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
     }
 
     fn on_conn_event(&mut self, key: Key, readable: bool, writable: bool) {
@@ -436,21 +516,39 @@ impl Server {
         self.advance(key);
     }
 
+    /// Put a connection on the loop's list for its next pass (once, however often asked).
+    fn schedule(&mut self, key: Key) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.scheduled {
+                conn.scheduled = true;
+                self.advance_queue.push_back(key);
+            }
+        }
+    }
+
     fn read_conn(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let limit = self.config.max_body + (64 << 10);
         let mut buf = [0u8; 64 << 10];
+        let mut budget = CONN_READ_BUDGET;
         loop {
             // A busy connection's pipelined input is bounded: stop reading and let the socket push back.
-            if conn.input.len() > limit {
+            // Parsing frees room, and the loop reads again then (`read_pending`).
+            if conn.input.len() > limit || budget == 0 {
+                conn.read_pending = true;
+                if budget == 0 {
+                    let _ = conn;
+                    self.schedule(key);
+                }
                 return;
             }
-            match conn.stream.read(&mut buf) {
+            match conn.stream.read(&mut buf[..budget.min(64 << 10)]) {
                 Ok(0) => {
                     conn.read_closed = true;
                     return;
                 }
                 Ok(n) => {
+                    budget -= n;
                     if conn.input.is_empty() && matches!(conn.state, ConnState::Idle) {
                         conn.deadline = Instant::now() + REQUEST_TIMEOUT;
                     }
@@ -470,9 +568,11 @@ impl Server {
         }
     }
 
-    /// Parse and dispatch what the connection has buffered, as far as its state allows; close it when done.
+    /// Parse and dispatch what the connection has buffered, as far as its state, its output and its budget
+    /// for this turn allow; close it when done. Iterative: an answer given at once never parses the next
+    /// request from inside itself (`respond` schedules the connection instead).
     fn advance(&mut self, key: Key) {
-        loop {
+        for _ in 0..PIPELINE_BUDGET {
             let Some(conn) = self.conns.get_mut(key) else { return };
             match conn.state {
                 ConnState::Busy => return,
@@ -501,7 +601,13 @@ impl Server {
             if conn.input.is_empty() {
                 if conn.read_closed && conn.output.is_empty() {
                     self.close(key);
+                } else if conn.read_pending {
+                    self.schedule(key);
                 }
+                return;
+            }
+            if conn.output.len() > OUTPUT_HIGH_WATER {
+                // Back-pressure: parse on once the client has read its answers (`flush` schedules us).
                 return;
             }
             let limits = http::Limits { max_head: 16 << 10, max_body: self.config.max_body };
@@ -511,6 +617,8 @@ impl Server {
                         self.close(key);
                     } else if conn.input.len() > limits.max_head + limits.max_body + (64 << 10) {
                         self.fail_conn(key, 413, "payload_too_large", "request too large");
+                    } else if conn.read_pending {
+                        self.schedule(key);
                     }
                     return;
                 }
@@ -519,9 +627,6 @@ impl Server {
                     conn.state = ConnState::Busy;
                     conn.keep_alive = request.keep_alive && self.draining.is_none();
                     self.handle(key, request);
-                    // Pick up the next pipelined request, if this one was answered at once; and if the client
-                    // pushed back while busy, read the rest now (edge-triggered readiness will not repeat).
-                    self.read_conn(key);
                 }
                 Err(e) => {
                     self.fail_conn(key, e.status, e.kind, &e.message);
@@ -529,6 +634,8 @@ impl Server {
                 }
             }
         }
+        // The budget is spent with requests perhaps still buffered: the rest on the next pass.
+        self.schedule(key);
     }
 
     /// Answer a framing error and close: the rest of the stream cannot be trusted.
@@ -543,7 +650,7 @@ impl Server {
             conn.deadline = Instant::now() + LINGER;
         }
         self.flush(key);
-        self.advance(key);
+        self.schedule(key);
     }
 
     fn respond(&mut self, key: Key, request_id: &str, keep_alive: bool, response: Response) {
@@ -554,11 +661,13 @@ impl Server {
         conn.state = if keep { ConnState::Idle } else { ConnState::Closing };
         conn.deadline = Instant::now() + if keep { IDLE_TIMEOUT } else { LINGER };
         self.flush(key);
-        self.advance(key);
+        // The next pipelined request (or the close) on the loop's next pass, never from here.
+        self.schedule(key);
     }
 
     fn flush(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        let before = conn.output.len();
         let mut written = 0;
         while written < conn.output.len() {
             match conn.stream.write(&conn.output[written..]) {
@@ -570,6 +679,8 @@ impl Server {
                     conn.output.clear();
                     conn.read_closed = true;
                     conn.state = ConnState::Closing;
+                    let _ = conn;
+                    self.schedule(key);
                     return;
                 }
             }
@@ -580,6 +691,12 @@ impl Server {
                 http::chunk(&mut conn.output, &logs::dropped_line(*dropped));
                 *dropped = 0;
             }
+        }
+        // Parsing waited for the answers to drain (back-pressure), or a closing connection is now empty.
+        let resume = before > OUTPUT_HIGH_WATER && conn.output.len() <= OUTPUT_HIGH_WATER && !conn.input.is_empty();
+        let closing_done = matches!(conn.state, ConnState::Closing) && conn.output.is_empty() && written > 0;
+        if resume || closing_done {
+            self.schedule(key);
         }
     }
 
@@ -730,6 +847,11 @@ impl Server {
                 _ => {}
             }
         }
+        if self.subscribers.len() >= self.config.max_log_subscribers {
+            let msg = format!("too many log subscribers (the limit is {}); retry later", self.config.max_log_subscribers);
+            let r = Response::error(503, "overloaded", &msg, None).header("Retry-After", "1");
+            return self.respond(key, request_id, true, r);
+        }
         self.metrics.http_request(200);
         let Some(conn) = self.conns.get_mut(key) else { return };
         http::stream_head(&mut conn.output, request_id);
@@ -776,6 +898,12 @@ impl Server {
             "connections": self.conns.len(),
             "uptime_s": self.started.elapsed().as_secs(),
             "last_spawn_error": self.last_spawn_error,
+            "code_caches": {
+                "bytes": self.code_caches.bytes(),
+                "limit": self.config.code_cache_bytes,
+                "tenant_limit": self.code_caches.tenant_limit(),
+                "largest_tenant_bytes": self.code_caches.largest_tenant_bytes(),
+            },
             "cpus": self.cpus.map(|c| serde_json::json!({"all": c.all.list(), "reserved": c.reserved.list(), "batch": c.batch.list()})),
         })
         .to_string()
@@ -859,6 +987,36 @@ impl Server {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let deadline = Instant::now() + self.config.timeout;
+        if self.sbs.get(sb).is_some_and(|s| s.outbox.len() > SANDBOX_OUTBOX_LIMIT) {
+            self.metrics.invocation("overloaded");
+            let msg = "the tenant's sandbox is not taking new invocations (it has stopped reading them)";
+            let r = Response::error(503, "overloaded", msg, None).header("Retry-After", "1");
+            return self.respond(conn, &request_id, keep_alive, r);
+        }
+        // A deployed task's first Run in this sandbox carries its code cache, which may still be on disk
+        // only (after a restart, or evicted): the store thread reads it, and the Run waits for that (well
+        // under a millisecond) rather than the loop reading the disk or the sandbox compiling without it.
+        let mut wait_for = None;
+        if let Job::Run { task: Some(task), key, .. } = &job {
+            let first_here = self.sbs.get(sb).is_some_and(|s| !s.compiled.contains(key));
+            if first_here {
+                match self.code_caches.get(&tenant, task, key) {
+                    Lookup::Hit(_) => {}
+                    Lookup::Loading => wait_for = Some(task.clone()),
+                    Lookup::Miss => {
+                        self.code_caches.loading(&tenant, task, key);
+                        let sha = key.rsplit(':').next().unwrap_or_default().to_string();
+                        self.send_store_job(StoreJob::LoadCache { tenant: tenant.clone(), task: task.clone(), sha, key: key.clone() });
+                        wait_for = Some(task.clone());
+                    }
+                }
+            }
+        }
+        if let Some(task) = wait_for {
+            let waiting = Deferred { sb, conn, keep_alive, request_id, job, cold, started };
+            self.cache_waits.entry((tenant, task)).or_default().push(waiting);
+            return;
+        }
         let s = self.sbs.get_mut(sb).expect("dispatch to a live sandbox");
         let (frame, task, compile, code_key) = match job {
             Job::Run { task, key, source, data } => {
@@ -869,7 +1027,10 @@ impl Server {
                 let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
                 // With the source goes the tenant's own code cache for it, if its deploy made one.
                 let cache = match (&task, send_source) {
-                    (Some(task), true) => self.code_caches.get_or_load(&self.store, &tenant, task, &key),
+                    (Some(task), true) => match self.code_caches.get(&tenant, task, &key) {
+                        Lookup::Hit(cache) => cache,
+                        Lookup::Loading | Lookup::Miss => Bytes::new(),
+                    },
                     _ => Bytes::new(),
                 };
                 if !cache.is_empty() {
@@ -883,6 +1044,7 @@ impl Server {
                 (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source), None)
             }
         };
+        let Some(s) = self.sbs.get_mut(sb) else { return };
         if runtime::encode(&frame, &mut s.outbox).is_err() {
             let r = Response::error(500, "internal", "could not encode the invocation", None);
             return self.respond(conn, &request_id, keep_alive, r);
@@ -1138,6 +1300,7 @@ impl Server {
             // The command is the init's child: the second process of the tree (when there are CPU classes).
             cpu_time: if self.cpus.is_some() { processes.get(1).and_then(|&pid| CpuTime::open(pid)) } else { None },
             boot_processes: processes,
+            partial_since: None,
             sandbox: Some(sandbox),
         };
         let key = self.sbs.insert(sb);
@@ -1242,6 +1405,13 @@ impl Server {
                 }
             }
         }
+        if let Some(s) = self.sbs.get_mut(key) {
+            s.partial_since = match (s.decoder.buffered(), s.partial_since) {
+                (0, _) => None,
+                (_, Some(t)) => Some(t),
+                (_, None) => Some(Instant::now()),
+            };
+        }
         for frame in frames {
             self.on_frame(key, frame);
         }
@@ -1251,10 +1421,15 @@ impl Server {
         }
     }
 
+    /// One frame from a sandbox, checked against the protocol by the daemon itself: tenant code can bypass
+    /// the bootstrap and write any bytes to its socket. An answer must be for an invocation in flight in
+    /// this sandbox and of the kind that invocation expects (a `Result` for a run, `Compiled` for a deploy's
+    /// check, `Error` for either); anything else is a protocol error that kills the sandbox, so that no
+    /// sandbox bytes reach a response unchecked (a `Result`'s JSON is checked by the decoder, its size here).
     fn on_frame(&mut self, key: Key, frame: Frame) {
-        let owns = |s: &Server, id: u32| s.invocations.get(&id).is_some_and(|i| i.sb == key);
+        let expects = |s: &Server, id: u32| s.invocations.get(&id).filter(|i| i.sb == key).map(|i| i.compile.is_some());
         match frame {
-            Frame::Result { id, json } if owns(self, id) => {
+            Frame::Result { id, json } if expects(self, id) == Some(false) => {
                 if json.len() > runtime::RESULT_LIMIT {
                     let msg = format!("the result is {} bytes, over the limit of {} bytes", json.len(), runtime::RESULT_LIMIT);
                     self.complete(id, Err((500, "task_error", msg)));
@@ -1262,8 +1437,20 @@ impl Server {
                     self.complete(id, Ok(json));
                 }
             }
-            Frame::Compiled { id, cache } if owns(self, id) => self.complete(id, Ok(cache)),
-            Frame::Error { id, kind, message } if owns(self, id) => {
+            Frame::Compiled { id, cache } if expects(self, id) == Some(true) => {
+                // A code cache is V8's compiled form of the source: bounded by the source's size, so that a
+                // 10-byte task cannot park megabytes in the daemon's cache budget (a larger one is dropped;
+                // the deploy still succeeds).
+                let source_len = self.invocations.get(&id).and_then(|i| i.compile.as_ref()).map_or(0, |s| s.len());
+                let cache = if cache.len() > code_cache::max_cache_len(source_len) {
+                    self.metrics.code_cache_refused();
+                    Bytes::new()
+                } else {
+                    cache
+                };
+                self.complete(id, Ok(cache))
+            }
+            Frame::Error { id, kind, message } if expects(self, id).is_some() => {
                 if kind == runtime::ErrorKind::CompileError {
                     // The sandbox did not keep code that failed to compile: send it again next time.
                     let code_key = self.invocations.get(&id).and_then(|i| i.key.clone());
@@ -1275,7 +1462,7 @@ impl Server {
                 self.complete(id, Err((if kind == runtime::ErrorKind::CompileError { 400 } else { 500 }, kind.as_str(), message)));
             }
             Frame::Log { id, level, message } => {
-                let text = String::from_utf8_lossy(&message).into_owned();
+                let text = log_text(&message);
                 let tenant = self.sbs.get(key).and_then(|s| s.tenant.clone()).unwrap_or_default();
                 let (task, request_id) = match self.invocations.get_mut(&id) {
                     Some(inv) if inv.sb == key => {
@@ -1286,10 +1473,19 @@ impl Server {
                 };
                 self.publish(&tenant, task.as_deref(), request_id.as_deref(), level.as_str(), &text);
             }
-            // A frame for an invocation that already ended (timed out) or a frame the runtime must not send.
-            Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } => {}
-            Frame::Ready { .. } | Frame::Run { .. } | Frame::Compile { .. } => {
-                eprintln!("taskcell: sandbox sent an unexpected frame; killing it");
+            // An answer for an invocation this sandbox does not hold (another's, one already answered, or
+            // none), or of the wrong kind, or a frame only the daemon sends: the bootstrap never does this.
+            other => {
+                let what = match &other {
+                    Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } => match expects(self, other.id()) {
+                        None => "an answer for an invocation it does not hold",
+                        Some(true) => "a Result for a deploy's syntax check",
+                        Some(false) => "a Compiled for a run",
+                    },
+                    _ => "a frame only the daemon sends",
+                };
+                eprintln!("taskcell: sandbox sent {what} ({} frame, id {}); killing it", other.frame_type(), other.id());
+                self.metrics.protocol_error();
                 self.kill_sandbox(key, KillReason::Protocol);
             }
         }
@@ -1352,6 +1548,8 @@ impl Server {
         let (status, kind, message) = if memory {
             let limit = self.config.memory;
             (507, "memory_limit", format!("the sandbox hit its memory limit of {limit} bytes{}", if heap { " (V8 heap exhausted)" } else { " (killed by the cgroup OOM killer)" }))
+        } else if killed == Some(KillReason::Protocol) {
+            (502, "sandbox_crashed", "the sandbox broke the frame protocol (something in it wrote to the runtime's socket what the runtime never sends); it was killed".to_string())
         } else if killed == Some(KillReason::Timeout) {
             (502, "sandbox_crashed", "the sandbox was killed because another invocation in it ran past its time limit".to_string())
         } else if exit.seccomp_killed() {
@@ -1435,6 +1633,18 @@ impl Server {
             }
         }
         self.pending = still;
+        // Sandboxes that left a frame half-sent too long: broken or hostile, either way not to be waited on.
+        let stalled: Vec<Key> = self
+            .sbs
+            .iter()
+            .filter(|(_, s)| s.killed.is_none() && s.partial_since.is_some_and(|t| now.duration_since(t) >= PARTIAL_FRAME_TIMEOUT))
+            .map(|(k, _)| k)
+            .collect();
+        for key in stalled {
+            eprintln!("taskcell: a sandbox left a frame half-sent for {} s; killing it", PARTIAL_FRAME_TIMEOUT.as_secs());
+            self.metrics.protocol_error();
+            self.kill_sandbox(key, KillReason::Protocol);
+        }
         // Tenant sandboxes that idled, aged or served enough.
         for (key, reason) in self.spent_sandboxes(now) {
             self.kill_sandbox(key, reason);
@@ -1550,63 +1760,40 @@ impl Server {
             self.store_pending = self.store_pending.saturating_sub(1);
             match done.code_cache {
                 CodeCacheUpdate::None => {}
-                CodeCacheUpdate::Set { tenant, task, key, cache } => self.code_caches.set(tenant, task, key, cache),
+                CodeCacheUpdate::Set { tenant, task, key, cache } => {
+                    let waiting = self.cache_waits.remove(&(tenant.clone(), task.clone())).unwrap_or_default();
+                    self.code_caches.set(tenant.clone(), task, key, cache);
+                    for w in waiting {
+                        // Its sandbox may have died meanwhile: then it is a new invocation for the tenant.
+                        let alive = self.sbs.get(w.sb).is_some_and(|s| s.killed.is_none()) && self.tenants.get(&tenant) == Some(&w.sb);
+                        if alive {
+                            self.dispatch(w.sb, w.conn, w.keep_alive, w.request_id, tenant.clone(), w.job, w.cold, w.started);
+                        } else {
+                            self.invoke(w.conn, w.request_id, w.keep_alive, tenant.clone(), w.job, w.started);
+                        }
+                    }
+                }
                 CodeCacheUpdate::Forget { tenant, task } => self.code_caches.forget(&tenant, &task),
             }
-            self.respond(done.conn, &done.request_id, done.keep_alive, done.response);
-        }
-    }
-}
-
-/// The V8 code caches of deployed tasks, made by each deploy's syntax check in the tenant's own sandbox and
-/// handed back, per tenant only, with the task's source to every sandbox of that tenant that compiles it: a
-/// 600 KB bundle then compiles in ~1 ms instead of ~10. Kept in memory, one per task (its current version; an
-/// empty one says there is none), at most `--code-cache-bytes` in all (beyond that, none is kept), and on disk by
-/// the store, where a restarted daemon finds them. Never shared between tenants: a cache is code for V8 to
-/// trust, and one tenant's sandbox made it.
-#[derive(Default)]
-struct CodeCaches {
-    by_task: HashMap<(String, String), (String, Bytes)>,
-    bytes: usize,
-    /// 0: code caches are off.
-    limit: usize,
-}
-
-impl CodeCaches {
-    fn enabled(&self) -> bool {
-        self.limit > 0
-    }
-
-    fn set(&mut self, tenant: String, task: String, key: String, cache: Bytes) {
-        self.forget(&tenant, &task);
-        if self.bytes + cache.len() <= self.limit {
-            self.bytes += cache.len();
-            self.by_task.insert((tenant, task), (key, cache));
-        }
-    }
-
-    fn forget(&mut self, tenant: &str, task: &str) {
-        if let Some((_, old)) = self.by_task.remove(&(tenant.to_string(), task.to_string())) {
-            self.bytes -= old.len();
-        }
-    }
-
-    /// The cache for this tenant's task if it is for this version of it (`key` names the source's hash), or
-    /// empty. A version not seen since the start is looked up on disk once, and remembered either way.
-    fn get_or_load(&mut self, store: &Store, tenant: &str, task: &str, key: &str) -> Bytes {
-        if !self.enabled() {
-            return Bytes::new();
-        }
-        if let Some((k, cache)) = self.by_task.get(&(tenant.to_string(), task.to_string())) {
-            if k == key {
-                return cache.clone();
+            if let Some((conn, keep_alive, request_id, response)) = done.reply {
+                self.respond(conn, &request_id, keep_alive, response);
             }
         }
-        let sha = key.rsplit(':').next().unwrap_or_default();
-        let cache = store.code_cache(tenant, task, sha).unwrap_or_default();
-        self.set(tenant.to_string(), task.to_string(), key.to_string(), cache.clone());
-        cache
     }
+}
+
+/// A log message as text, cut to `LOG_MESSAGE_CAP` bytes (on a character boundary) with a note of the rest.
+fn log_text(message: &[u8]) -> String {
+    if message.len() <= LOG_MESSAGE_CAP {
+        return String::from_utf8_lossy(message).into_owned();
+    }
+    let mut text = String::from_utf8_lossy(&message[..LOG_MESSAGE_CAP]).into_owned();
+    // A character cut in two became U+FFFD: drop it rather than keep half of one.
+    if text.ends_with('\u{fffd}') {
+        text.pop();
+    }
+    text.push_str(&format!(" [log message truncated: {} bytes over the limit of {LOG_MESSAGE_CAP}]", message.len() - LOG_MESSAGE_CAP));
+    text
 }
 
 fn drain_output(s: &mut Sb) {
@@ -1675,7 +1862,7 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
                             }
                             Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None), CodeCacheUpdate::None),
                         };
-                        StoreDone { conn, keep_alive, request_id, response, code_cache }
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache }
                     }
                     StoreJob::Delete { conn, keep_alive, request_id, tenant, task } => {
                         let response = match store.delete(&tenant, &task) {
@@ -1683,7 +1870,11 @@ fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>
                             Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
                             Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::jail::error_chain(&e)), None),
                         };
-                        StoreDone { conn, keep_alive, request_id, response, code_cache: CodeCacheUpdate::Forget { tenant, task } }
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::Forget { tenant, task } }
+                    }
+                    StoreJob::LoadCache { tenant, task, sha, key } => {
+                        let cache = store.code_cache(&tenant, &task, &sha).unwrap_or_default();
+                        StoreDone { reply: None, code_cache: CodeCacheUpdate::Set { tenant, task, key, cache } }
                     }
                 };
                 if done_tx.send(done).is_err() {

@@ -649,6 +649,12 @@ impl Client {
         Client::try_connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()))
     }
 
+    /// A client on a stream connected elsewhere (its timeouts are set to the harness's).
+    pub fn from_stream(stream: UnixStream) -> Client {
+        stream.set_read_timeout(Some(HANG)).expect("set the read timeout");
+        Client { stream, buf: Vec::new() }
+    }
+
     pub fn try_connect(path: &Path) -> io::Result<Client> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(HANG))?;
@@ -867,4 +873,12 @@ pub fn descendant_pids(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The resident set of a process, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()))
+        .unwrap_or(0)
 }
