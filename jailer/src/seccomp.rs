@@ -4,7 +4,9 @@
 //! made at build time); this module only hands them to the kernel, in the child, as the last step
 //! before `execve`. Three filters are stacked and the kernel applies the strictest answer of all:
 //! - `refuse`: EPERM for mount, namespaces, ptrace, bpf, keyrings, modules, clock setting, memfd,
-//!   sockets of families other than unix/inet/inet6, `clone` with namespace flags, TIOCSTI...;
+//!   `clone` with namespace flags, and for the arguments Node never passes: socket families other than
+//!   unix/inet/inet6/route netlink and inet protocols other than TCP/UDP, `TCP_ULP`, ioctl requests and
+//!   prctl options outside short lists, changes of `RLIMIT_CORE`;
 //! - `enosys`: ENOSYS for `clone3` (so that glibc falls back to `clone`, whose flags `refuse` can
 //!   read) and `io_uring_*` (so that libuv falls back to its thread pool);
 //! - `allow`: kills the process (SIGSYS) on any syscall it does not list. It lists what Node needs
@@ -162,11 +164,12 @@ mod tests {
         status
     }
 
-    /// The sandbox's state before the filters: no_new_privs set, and no core dump on SIGSYS.
+    /// The sandbox's state before the filters: no_new_privs set, and no core dump on SIGSYS (RLIMIT_CORE 1, as
+    /// in a sandbox: the one value for which the kernel also skips a `core_pattern` pipe to a crash handler).
     fn sandbox_prelude() -> Result<(), i32> {
         let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+            rlim_cur: 1,
+            rlim_max: 1,
         };
         // SAFETY: `no_core` is a local rlimit read by the kernel.
         if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
@@ -187,7 +190,7 @@ mod tests {
         errno: i64,
     }
 
-    const PROBES: [&str; 12] = [
+    const PROBES: [&str; 23] = [
         "mount",
         "unshare(CLONE_NEWUSER)",
         "clone3",
@@ -200,18 +203,30 @@ mod tests {
         "ioctl(TIOCSTI)",
         "memfd_create",
         "personality",
+        "socket(AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE)",
+        "socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_MPTCP)",
+        "socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_UDP)",
+        "setsockopt(SOL_TCP, TCP_ULP)",
+        "ioctl(FIOASYNC)",
+        "ioctl(FIONBIO)",
+        "prctl(PR_GET_DUMPABLE)",
+        "prctl(PR_SET_NAME)",
+        "setrlimit(RLIMIT_CORE)",
+        "prlimit64(RLIMIT_CORE, new limit)",
+        "prlimit64(RLIMIT_CORE, NULL, old limit)",
     ];
 
     /// Runs in the filtered child: one raw syscall per probe, each chosen to be harmless had the
-    /// filter failed (a missing mount point, an invalid descriptor, an immediate `_exit`...).
+    /// filter failed (a missing mount point, an invalid descriptor, an immediate `_exit`, the core limit
+    /// set to the value it has...). The sockets are of protocols built into the kernel: no module is loaded.
     fn probe_all() -> [Seen; PROBES.len()] {
         let mut seen = [Seen::default(); PROBES.len()];
         let record = |rc: libc::c_long| Seen {
             rc,
             errno: if rc < 0 { i64::from(errno()) } else { 0 },
         };
-        // SAFETY: raw syscalls with constant arguments, NUL-terminated literals, or null pointers the
-        // kernel rejects; only socketpair writes to memory of ours, into the local `pair` array.
+        // SAFETY: raw syscalls with constant arguments, NUL-terminated literals, null pointers the kernel
+        // rejects, or pointers to locals of the right type (`pair`, `one`, `old`, `on`) that outlive the calls.
         unsafe {
             seen[0] = record(libc::syscall(
                 libc::SYS_mount,
@@ -274,6 +289,49 @@ mod tests {
             ));
             seen[10] = record(libc::syscall(libc::SYS_memfd_create, c"probe".as_ptr(), 0));
             seen[11] = record(libc::syscall(libc::SYS_personality, 0xffff_ffff_u32));
+            let stream = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let dgram = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            let sockets = [
+                libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE),
+                libc::syscall(libc::SYS_socket, libc::AF_INET6, stream, libc::IPPROTO_MPTCP),
+                libc::syscall(libc::SYS_socket, libc::AF_INET6, dgram, libc::IPPROTO_UDP),
+            ];
+            for (i, fd) in sockets.into_iter().enumerate() {
+                seen[12 + i] = record(fd);
+                if fd >= 0 {
+                    libc::close(fd as i32);
+                }
+            }
+            let on: libc::c_int = 1;
+            seen[15] = record(libc::syscall(
+                libc::SYS_setsockopt,
+                -1,
+                libc::SOL_TCP,
+                libc::TCP_ULP,
+                &on as *const libc::c_int,
+                std::mem::size_of::<libc::c_int>(),
+            ));
+            seen[16] = record(libc::syscall(libc::SYS_ioctl, -1, libc::FIOASYNC, &on as *const libc::c_int));
+            seen[17] = record(libc::syscall(libc::SYS_ioctl, -1, libc::FIONBIO, &on as *const libc::c_int));
+            seen[18] = record(libc::syscall(libc::SYS_prctl, libc::PR_GET_DUMPABLE, 0, 0, 0, 0));
+            seen[19] = record(libc::syscall(libc::SYS_prctl, libc::PR_SET_NAME, c"probe".as_ptr(), 0, 0, 0));
+            let one = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+            let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            seen[20] = record(libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_CORE, &one as *const libc::rlimit));
+            seen[21] = record(libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_CORE,
+                &one as *const libc::rlimit,
+                std::ptr::null_mut::<libc::rlimit>(),
+            ));
+            seen[22] = record(libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_CORE,
+                std::ptr::null::<libc::rlimit>(),
+                &mut old as *mut libc::rlimit,
+            ));
         }
         seen
     }
@@ -326,6 +384,15 @@ mod tests {
             (9, libc::EPERM),
             (10, libc::EPERM),
             (11, libc::EPERM),
+            (12, libc::EPERM),
+            (13, libc::EPERM),
+            (15, libc::EPERM),
+            (16, libc::EPERM),
+            // The filter let it through: the kernel's own answer for a bad descriptor.
+            (17, libc::EBADF),
+            (18, libc::EPERM),
+            (20, libc::EPERM),
+            (21, libc::EPERM),
         ] {
             assert!(
                 refused(seen[i], expected),
@@ -333,7 +400,9 @@ mod tests {
                 PROBES[i]
             );
         }
-        assert!(seen[5].rc >= 0, "socket(AF_INET) should work:\n{report:#?}");
+        for i in [5, 14, 19, 22] {
+            assert!(seen[i].rc >= 0, "{} should work:\n{report:#?}", PROBES[i]);
+        }
         assert!(
             seen[7].rc > 0,
             "clone without namespace flags should work:\n{report:#?}"

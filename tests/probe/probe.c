@@ -22,10 +22,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <ifaddrs.h>
 #include <limits.h>
 #include <linux/sched.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <sched.h>
 #include <signal.h>
@@ -66,6 +68,22 @@
 #endif
 #ifndef CLONE_NEWTIME
 #define CLONE_NEWTIME 0x00000080
+#endif
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+#ifndef IPPROTO_L2TP
+#define IPPROTO_L2TP 115
+#endif
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41
+#define PR_SET_VMA_ANON_NAME 0
+#endif
+#ifndef FICLONE
+#define FICLONE 0x40049409
 #endif
 
 /* A path that exists nowhere, so that a call that is wrongly allowed still fails harmlessly. */
@@ -207,6 +225,9 @@ static const char *errname(int e) {
     case ECONNREFUSED: return "ECONNREFUSED";
     case ENOKEY: return "ENOKEY";
     case EFBIG: return "EFBIG";
+    case ENOTTY: return "ENOTTY";
+    case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
+    case ESOCKTNOSUPPORT: return "ESOCKTNOSUPPORT";
     default: return strerror(e);
     }
 }
@@ -239,6 +260,23 @@ static void expect_refused(const char *name, long (*fn)(void *), void *arg) {
     else {
         if (o.signal) info("%s: killed by seccomp", name);
         else info("%s: %s", name, errname(o.err));
+        ok(name);
+    }
+}
+
+/* The call must get through the filter: succeed, or fail with the kernel's own answer (`kernel_errno`, or any
+ * errno but EPERM when it is 0), never the filter's EPERM or a kill. */
+static void expect_passes(const char *name, long (*fn)(void *), void *arg, int kernel_errno) {
+    struct outcome o = in_child(fn, arg);
+    if (o.broken)
+        fail(name, "could not run the check (%d)", o.broken);
+    else if (o.signal)
+        fail(name, "killed by signal %d%s", o.signal, o.signal == SIGSYS ? " (seccomp)" : "");
+    else if (o.ret == -1 && (kernel_errno ? o.err != kernel_errno : o.err == EPERM))
+        fail(name, "failed with %s%s%s", errname(o.err), kernel_errno ? ", expected " : "",
+             kernel_errno ? errname(kernel_errno) : "");
+    else {
+        if (o.ret == -1) info("%s: %s from the kernel", name, errname(o.err));
         ok(name);
     }
 }
@@ -358,6 +396,62 @@ static long c_tiocsti(void *a) {
     (void)a;
     char c = 'x';
     return syscall(SYS_ioctl, 0L, (long)TIOCSTI, &c);
+}
+/* an ioctl request on a descriptor that does not exist: EBADF if the filter lets it through */
+static long c_ioctl_badfd(void *a) { int on = 1; return syscall(SYS_ioctl, -1L, *(long *)a, &on); }
+/* an ioctl request on a real descriptor: a pipe, or a UDP socket for the interface requests */
+static long c_ioctl_on(void *a) {
+    long req = *(long *)a;
+    if (req == SIOCGIFINDEX) {
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) return -2;
+        struct ifreq ifr;
+        memset(&ifr, 0, sizeof ifr);
+        strcpy(ifr.ifr_name, "lo");
+        return syscall(SYS_ioctl, (long)fd, req, &ifr);
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) return -2;
+    char buf[256] = {0}; /* big enough for a termios or a winsize */
+    int on = 1;
+    return syscall(SYS_ioctl, (long)p[0], req, req == FIONBIO ? (void *)&on : (void *)buf);
+}
+static long c_setsockopt_tcp(void *a) {
+    int opt = *(int *)a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -2;
+    int on = 1;
+    if (opt == TCP_ULP) return syscall(SYS_setsockopt, (long)fd, (long)SOL_TCP, (long)TCP_ULP, "tls", 3L);
+    return syscall(SYS_setsockopt, (long)fd, (long)SOL_TCP, (long)opt, &on, (long)sizeof on);
+}
+static long c_prctl(void *a) { long *v = a; return syscall(SYS_prctl, v[0], v[1], 0L, 0L, 0L); }
+static long c_prctl_name(void *a) {
+    char name[17] = {0};
+    if (a) return syscall(SYS_prctl, (long)PR_SET_NAME, "probe-renamed", 0L, 0L, 0L);
+    return syscall(SYS_prctl, (long)PR_GET_NAME, name, 0L, 0L, 0L);
+}
+static long c_prctl_set_vma(void *a) {
+    (void)a;
+    void *m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -2;
+    return syscall(SYS_prctl, (long)PR_SET_VMA, (long)PR_SET_VMA_ANON_NAME, m, 4096L, "probe");
+}
+/* the attack: RLIMIT_CORE 0, so that a crash is piped to the host's crash handler */
+static long c_setrlimit_core(void *a) {
+    (void)a;
+    struct rlimit r = {0, 0};
+    return syscall(SYS_setrlimit, (long)RLIMIT_CORE, &r);
+}
+static long c_prlimit_core(void *a) {
+    struct rlimit64 { unsigned long long cur, max; } r = {0, 0}, old;
+    if (a) return syscall(SYS_prlimit64, 0L, (long)RLIMIT_CORE, &r, NULL);
+    return syscall(SYS_prlimit64, 0L, (long)RLIMIT_CORE, NULL, &old);
+}
+static long c_setrlimit_nofile(void *a) {
+    (void)a;
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) != 0) return -2;
+    return syscall(SYS_setrlimit, (long)RLIMIT_NOFILE, &r);
 }
 static long c_setuid0(void *a) { (void)a; return syscall(SYS_setuid, 0L); }
 static long c_chroot(void *a) { (void)a; return syscall(SYS_chroot, "/tmp"); }
@@ -656,6 +750,20 @@ static void check_sockets(void) {
         {"refused_socket_key", AF_KEY, SOCK_RAW, 2 /* PF_KEY_V2 */},
         {"refused_socket_xdp", AF_XDP, SOCK_RAW, 0},
         {"refused_socket_bluetooth", AF_BLUETOOTH, SOCK_RAW, 0},
+        /* inet is TCP and UDP only: each other protocol is kernel code of its own, and unknown ones make the
+         * kernel try to load a module */
+        {"refused_socket_inet_udplite", AF_INET, SOCK_DGRAM, IPPROTO_UDPLITE},
+        {"refused_socket_inet6_udplite", AF_INET6, SOCK_DGRAM, IPPROTO_UDPLITE},
+        {"refused_socket_inet_mptcp", AF_INET, SOCK_STREAM, IPPROTO_MPTCP},
+        {"refused_socket_inet6_mptcp", AF_INET6, SOCK_STREAM, IPPROTO_MPTCP},
+        {"refused_socket_inet_sctp", AF_INET, SOCK_STREAM, IPPROTO_SCTP},
+        {"refused_socket_inet6_sctp_seqpacket", AF_INET6, SOCK_SEQPACKET, IPPROTO_SCTP},
+        {"refused_socket_inet_dccp", AF_INET, 6 /* SOCK_DCCP */, 33 /* IPPROTO_DCCP */},
+        {"refused_socket_inet_l2tp", AF_INET, SOCK_DGRAM, IPPROTO_L2TP},
+        {"refused_socket_inet_icmp_ping", AF_INET, SOCK_DGRAM, IPPROTO_ICMP},
+        {"refused_socket_inet6_raw", AF_INET6, SOCK_RAW, IPPROTO_RAW},
+        {"refused_socket_inet_packet_type", AF_INET, SOCK_PACKET, 0},
+        {"refused_socket_inet_udp_stream", AF_INET, SOCK_STREAM, IPPROTO_UDP},
     };
     for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
         int args[3] = {refused[i].fam, refused[i].type | SOCK_CLOEXEC, refused[i].proto};
@@ -664,21 +772,75 @@ static void check_sockets(void) {
     /* raw IP needs CAP_NET_RAW, which is gone */
     int raw[3] = {AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP};
     expect_refused("refused_socket_raw_inet", c_socket, raw);
-    static const struct { const char *name; int fam, type; } allowed[] = {
-        {"socket_inet_works", AF_INET, SOCK_STREAM},
-        {"socket_inet6_works", AF_INET6, SOCK_STREAM},
-        {"socket_unix_works", AF_UNIX, SOCK_STREAM},
-        {"socket_inet_udp_works", AF_INET, SOCK_DGRAM},
-        {"socket_netlink_route_works", AF_NETLINK, SOCK_RAW}, /* protocol 0: NETLINK_ROUTE, for getifaddrs */
+    static const struct { const char *name; int fam, type, proto; } allowed[] = {
+        {"socket_inet_works", AF_INET, SOCK_STREAM, 0},
+        {"socket_inet6_works", AF_INET6, SOCK_STREAM, 0},
+        {"socket_unix_works", AF_UNIX, SOCK_STREAM, 0},
+        {"socket_inet_udp_works", AF_INET, SOCK_DGRAM, 0},
+        {"socket_inet6_udp_works", AF_INET6, SOCK_DGRAM, 0},
+        {"socket_inet_tcp_nonblock_works", AF_INET, SOCK_STREAM | SOCK_NONBLOCK, IPPROTO_TCP},
+        {"socket_inet6_udp_nonblock_works", AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK, IPPROTO_UDP},
+        {"socket_netlink_route_works", AF_NETLINK, SOCK_RAW, 0}, /* protocol 0: NETLINK_ROUTE, for getifaddrs */
     };
     for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++) {
-        int fd = socket(allowed[i].fam, allowed[i].type | SOCK_CLOEXEC, 0);
+        int fd = socket(allowed[i].fam, allowed[i].type | SOCK_CLOEXEC, allowed[i].proto);
         if (fd < 0) fail(allowed[i].name, "%s", strerror(errno));
         else {
             close(fd);
             ok(allowed[i].name);
         }
     }
+}
+
+/* Calls the sandbox may make, narrowed by argument to what Node uses: ioctl requests, TCP options, prctl
+ * options, and the core-dump limit, which must stay at 1. */
+static void check_narrowed(void) {
+    static const struct { const char *name; long req; } refused_ioctls[] = {
+        {"refused_ioctl_fioasync", FIOASYNC},
+        {"refused_ioctl_tiocsetd", TIOCSETD}, /* line disciplines: kernel code (and modules) of their own */
+        {"refused_ioctl_tioccons", TIOCCONS},
+        {"refused_ioctl_tiocsctty", TIOCSCTTY},
+        {"refused_ioctl_tioclinux", TIOCLINUX},
+        {"refused_ioctl_ficlone", FICLONE}, /* fs.copyFile's COPYFILE_FICLONE falls back to copying */
+        {"refused_ioctl_siocsifflags", SIOCSIFFLAGS},
+        {"refused_ioctl_high_bits_ignored", 0x100000000L | FIOASYNC}, /* the kernel reads 32 bits */
+    };
+    for (size_t i = 0; i < sizeof refused_ioctls / sizeof *refused_ioctls; i++)
+        expect_errno(refused_ioctls[i].name, c_ioctl_badfd, (void *)&refused_ioctls[i].req, EPERM);
+    static const struct { const char *name; long req; int kernel_errno; } passed_ioctls[] = {
+        {"ioctl_fionbio_works", FIONBIO, 0},
+        {"ioctl_tcgets_passes", TCGETS, ENOTTY}, /* a pipe is no tty: the kernel's answer, not the filter's */
+        {"ioctl_tiocgwinsz_passes", TIOCGWINSZ, ENOTTY},
+        {"ioctl_tiocgptn_passes", TIOCGPTN, ENOTTY},
+        {"ioctl_siocgifindex_works", SIOCGIFINDEX, 0},
+    };
+    for (size_t i = 0; i < sizeof passed_ioctls / sizeof *passed_ioctls; i++)
+        expect_passes(passed_ioctls[i].name, c_ioctl_on, (void *)&passed_ioctls[i].req, passed_ioctls[i].kernel_errno);
+
+    int ulp = TCP_ULP, nodelay = TCP_NODELAY;
+    expect_errno("refused_setsockopt_tcp_ulp", c_setsockopt_tcp, &ulp, EPERM);
+    expect_passes("setsockopt_tcp_nodelay_works", c_setsockopt_tcp, &nodelay, 0);
+
+    static const struct { const char *name; long opt, arg; } refused_prctls[] = {
+        {"refused_prctl_get_dumpable", PR_GET_DUMPABLE, 0},
+        {"refused_prctl_set_dumpable", PR_SET_DUMPABLE, 0},
+        {"refused_prctl_set_child_subreaper", PR_SET_CHILD_SUBREAPER, 1},
+        {"refused_prctl_capbset_read", PR_CAPBSET_READ, 0},
+        {"refused_prctl_set_thp_disable", PR_SET_THP_DISABLE, 1},
+    };
+    for (size_t i = 0; i < sizeof refused_prctls / sizeof *refused_prctls; i++) {
+        long args[2] = {refused_prctls[i].opt, refused_prctls[i].arg};
+        expect_errno(refused_prctls[i].name, c_prctl, args, EPERM);
+    }
+    expect_passes("prctl_set_name_works", c_prctl_name, "set", 0);
+    expect_passes("prctl_get_name_works", c_prctl_name, NULL, 0);
+    /* EINVAL from a kernel without CONFIG_ANON_VMA_NAME is fine: glibc ignores it */
+    expect_passes("prctl_set_vma_passes", c_prctl_set_vma, NULL, 0);
+
+    expect_errno("refused_setrlimit_core", c_setrlimit_core, NULL, EPERM);
+    expect_errno("refused_prlimit64_core", c_prlimit_core, "set", EPERM);
+    expect_passes("prlimit64_core_read_works", c_prlimit_core, NULL, 0);
+    expect_passes("setrlimit_nofile_works", c_setrlimit_nofile, NULL, 0);
 }
 
 /* An info line naming what a directory holds (for the report, not a check). */
@@ -1054,31 +1216,24 @@ static void check_net(void) {
         if (others || !lo) fail("only_lo", "interfaces:%s", list);
         else ok("only_lo");
     }
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
-        struct ifreq reqs[32];
-        struct ifconf ifc = {.ifc_len = sizeof reqs, .ifc_req = reqs};
-        if (ioctl(fd, SIOCGIFCONF, &ifc) < 0) fail("ifconf_only_lo", "SIOCGIFCONF: %s", strerror(errno));
-        else {
-            int n = ifc.ifc_len / (int)sizeof(struct ifreq), bad = 0;
-            char list[512] = "";
-            for (int i = 0; i < n; i++) {
-                size_t l = strlen(list);
-                snprintf(list + l, sizeof list - l, " %.*s", IFNAMSIZ, reqs[i].ifr_name);
-                if (strcmp(reqs[i].ifr_name, "lo") != 0) bad = 1;
-            }
-            if (bad) fail("ifconf_only_lo", "SIOCGIFCONF lists:%s", list);
-            else ok("ifconf_only_lo");
+    /* the interfaces as Node sees them (os.networkInterfaces() is getifaddrs, over route netlink); the
+     * SIOCGIFCONF/SIOCGIFFLAGS ioctls are refused, Node does not use them */
+    struct ifaddrs *ifs;
+    if (getifaddrs(&ifs) < 0) fail("getifaddrs_only_lo", "getifaddrs: %s", strerror(errno));
+    else {
+        char list[512] = "";
+        int bad = 0, lo_up = 0;
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+            size_t l = strlen(list);
+            snprintf(list + l, sizeof list - l, " %s", i->ifa_name);
+            if (strcmp(i->ifa_name, "lo") != 0) bad = 1;
+            else if (i->ifa_flags & IFF_UP) lo_up = 1;
         }
-        struct ifreq fr;
-        memset(&fr, 0, sizeof fr);
-        strcpy(fr.ifr_name, "lo");
-        if (ioctl(fd, SIOCGIFFLAGS, &fr) < 0) fail("lo_up", "SIOCGIFFLAGS lo: %s", strerror(errno));
-        else if (!(fr.ifr_flags & IFF_UP)) fail("lo_up", "lo is down");
+        freeifaddrs(ifs);
+        if (bad) fail("getifaddrs_only_lo", "getifaddrs lists:%s", list);
+        else ok("getifaddrs_only_lo");
+        if (!lo_up) fail("lo_up", "lo is down or missing:%s", list);
         else ok("lo_up");
-        close(fd);
-    } else {
-        fail("ifconf_only_lo", "socket: %s", strerror(errno));
     }
     s = slurp("/proc/net/route");
     if (!s) info("/proc/net/route: %s", strerror(errno));
@@ -1340,6 +1495,7 @@ int main(int argc, char **argv) {
     section("net", check_net);
     section("syscalls", check_syscalls);
     section("sockets", check_sockets);
+    section("narrowed", check_narrowed);
     check_parent_death_signal(); /* last: prctl is the call a strict policy is likeliest to filter by argument */
     printf("%s: %d failed\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;
