@@ -721,6 +721,24 @@ fn node_works_inside() {
     );
 }
 
+/// Node's test load (`tests/node/load.js`: HTTP on 127.0.0.1 and ::1, a Unix socket, dgram, dns.lookup,
+/// os.networkInterfaces, fs with watch and copyFile, crypto with scrypt and key generation, zlib and brotli,
+/// child processes, a worker, process.title, timers) passes under the seccomp policy as narrowed by argument
+/// (socket protocols, ioctl requests, prctl options, TCP_ULP, RLIMIT_CORE): what it refuses, Node does not need.
+#[test]
+fn node_test_load_passes_under_the_policy() {
+    if !have_root("node_test_load_passes_under_the_policy") {
+        return;
+    }
+    let script = fs::read_to_string(repo().join("tests/node/load.js")).expect("read tests/node/load.js");
+    let out = run_node("node-load", &[], &script, &[]);
+    assert!(
+        out.code() == Some(0) && out.stdout.lines().any(|l| l == "OK"),
+        "Node's test load failed in the jail:\n{}",
+        out.describe()
+    );
+}
+
 #[test]
 fn tmp_is_size_limited() {
     if !have_root("tmp_is_size_limited") {
