@@ -4,9 +4,11 @@
 //! [`MountPlan::build_root`] assembles the new root on a tmpfs and [`pivot`] moves into it and detaches the
 //! host's tree. Nothing here allocates in the child.
 //!
-//! The new root holds: the rootfs's top-level directories bound read-only (nosuid, nodev), its symlinks, `/proc`
+//! The new root holds: the rootfs's top-level directories bound read-only (nosuid, nodev; their submounts too),
+//! its symlinks, `/proc`
 //! of the sandbox's own PID namespace, a size-limited `/tmp` (nosuid, nodev, noexec), a `/dev` of four host device
-//! nodes bound in, and any `--bind-ro` paths. The tmpfs under it all is made read-only last.
+//! nodes bound in, and any `--bind-ro` paths (read-only with every submount). The tmpfs under it all is made
+//! read-only last.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -80,7 +82,22 @@ enum Op {
     Touch(CString),
     Symlink { target: CString, link: CString },
     Mount { source: CString, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    /// mount_setattr(AT_RECURSIVE): these attributes set on the mount at `target` and on every mount below it.
+    SetAttrTree { target: CString, set: u64 },
 }
+
+/// The kernel's `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// Everything the child needs to build its root, prepared by the parent.
 ///
@@ -99,7 +116,6 @@ pub struct BindRo {
 }
 
 const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
-const LOCKED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME | libc::MS_NODIRATIME | libc::MS_RELATIME;
 
 impl MountPlan {
     pub fn new(rootfs: &Path, entries: &[Entry], tmp_bytes: u64, binds: &[BindRo]) -> Result<MountPlan, MountError> {
@@ -122,8 +138,7 @@ impl MountPlan {
                     let target = cpath(&at(name))?;
                     steps.push((MountStep::RootfsDir, Op::Mkdir(target.clone())));
                     steps.push((MountStep::RootfsDir, bind(cpath(&src)?, target.clone(), libc::MS_REC)));
-                    let flags = locked_flags(&rootfs.join(name)) | libc::MS_NOSUID | libc::MS_NODEV;
-                    steps.push((MountStep::RootfsDir, remount_ro(target, flags)));
+                    steps.push((MountStep::RootfsDir, read_only_tree(target)));
                 }
                 Entry::Symlink { name, target } => {
                     steps.push((MountStep::RootfsSymlink, Op::Symlink { target: cpath(target)?, link: cpath(&at(name))? }));
@@ -173,8 +188,7 @@ impl MountPlan {
             let ctarget = cpath(&target)?;
             steps.push((MountStep::BindRo, if is_dir { Op::Mkdir(ctarget.clone()) } else { Op::Touch(ctarget.clone()) }));
             steps.push((MountStep::BindRo, bind(cpath(&b.host)?, ctarget.clone(), libc::MS_REC)));
-            let flags = locked_flags(&b.host) | libc::MS_NOSUID | libc::MS_NODEV;
-            steps.push((MountStep::BindRo, remount_ro(ctarget, flags)));
+            steps.push((MountStep::BindRo, read_only_tree(ctarget)));
         }
         // Last: the tmpfs holding the mount points becomes read-only too.
         steps.push((MountStep::RootReadOnly, Op::Mount {
@@ -239,6 +253,17 @@ fn run(op: &Op) -> Result<(), i32> {
                 *flags,
                 data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
             )),
+            Op::SetAttrTree { target, set } => {
+                let attr = MountAttr { attr_set: *set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+                crate::pid::check(libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    libc::AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) as libc::c_int)
+            }
         }
     }
 }
@@ -247,23 +272,12 @@ fn bind(source: CString, target: CString, extra: libc::c_ulong) -> Op {
     Op::Mount { source, target, fstype: None, flags: libc::MS_BIND | extra, data: None }
 }
 
-fn remount_ro(target: CString, flags: libc::c_ulong) -> Op {
-    Op::Mount { source: c("none").expect("static"), target, fstype: None, flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags, data: None }
-}
-
-/// The flags of the mount holding `path` that a user namespace may not clear on a bind remount (the kernel
-/// refuses a remount that drops them). statvfs's ST_* values equal the MS_* ones for these flags.
-fn locked_flags(path: &Path) -> libc::c_ulong {
-    let Ok(cpath) = cpath(path) else { return 0 };
-    // SAFETY: `st` is a local the kernel fills; cpath is NUL-terminated.
-    let flags = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(cpath.as_ptr(), &mut st) < 0 {
-            return 0;
-        }
-        st.f_flag
-    };
-    flags as libc::c_ulong & LOCKED
+/// Read-only, nosuid and nodev for the mount at `target` and every mount below it (Linux 5.12+). A bind remount
+/// (MS_REMOUNT | MS_BIND | MS_RDONLY) would change the top mount alone, leaving a submount of a recursive
+/// bind (a tmpfs or bind mounted inside a `--bind-ro` directory on the host) writable. Only sets flags: those
+/// the kernel locks on mounts from the host's namespace (noexec, nosuid...) are never cleared.
+fn read_only_tree(target: CString) -> Op {
+    Op::SetAttrTree { target, set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV }
 }
 
 fn c(s: &str) -> Result<CString, MountError> {
