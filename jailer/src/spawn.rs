@@ -25,6 +25,12 @@ use crate::{caps, net, sched, seccomp};
 /// under heavy load) before the jailer gives up on it and kills it.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Signals queued at once to all of a sandbox's processes (sigqueue, timers; a plain kill() of a blocked
+/// real-time signal is not held to it by the kernel, only by the memory cgroup). Node queues next to none.
+pub const RLIMIT_SIGPENDING: u64 = 128;
+/// Bytes a sandbox may lock in memory (mlock, SHM_LOCK): Node locks nothing; this is the kernel's old default.
+pub const RLIMIT_MEMLOCK: u64 = 64 << 10;
+
 /// What every sandbox of one jailer shares.
 #[derive(Clone, Debug)]
 pub struct JailerConfig {
@@ -121,6 +127,7 @@ pub enum Step {
     Hostname,
     Loopback,
     Rlimits,
+    NamespaceLimits,
     Descriptors,
     Session,
     Signals,
@@ -155,14 +162,15 @@ impl Step {
             Step::Exec => 15,
             Step::Init => 16,
             Step::InitExec => 17,
+            Step::NamespaceLimits => 18,
         };
         (n, 0)
     }
 
     fn from_code(code: u32, sub: u32) -> Step {
-        const ALL: [Step; 16] = [
+        const ALL: [Step; 17] = [
             Step::DeathSignal, Step::AwaitParent, Step::BecomeUser, Step::CgroupNamespace, Step::Hostname,
-            Step::Loopback, Step::Rlimits, Step::Descriptors, Step::Session, Step::Signals, Step::DropCapabilities,
+            Step::Loopback, Step::Rlimits, Step::NamespaceLimits, Step::Descriptors, Step::Session, Step::Signals, Step::DropCapabilities,
             Step::NoNewPrivs, Step::Seccomp, Step::Init, Step::InitExec, Step::Exec,
         ];
         if code == 5 {
@@ -183,6 +191,7 @@ impl std::fmt::Display for Step {
             Step::Hostname => "sethostname",
             Step::Loopback => "bringing lo up",
             Step::Rlimits => "setrlimit",
+            Step::NamespaceLimits => "writing the user namespace's limits in /proc/sys/user",
             Step::Descriptors => "arranging descriptors",
             Step::Session => "setsid",
             Step::Signals => "resetting signals",
@@ -309,6 +318,8 @@ pub struct Jailer {
     mounts: MountPlan,
     /// The sandbox's init program, exec'd by the PID 1 of each sandbox.
     init: pid::InitProgram,
+    /// The limits each sandbox writes into its user namespace's /proc/sys/user.
+    ns_limits: user::NamespaceLimits,
     last_cap: u32,
     counter: AtomicU64,
 }
@@ -319,8 +330,11 @@ impl Jailer {
         let binds: Vec<BindRo> = config.binds_ro.iter().map(|(h, i)| BindRo { host: h.clone(), inside: i.clone() }).collect();
         let mounts = MountPlan::new(&config.rootfs, &entries, config.tmp_bytes, &binds)?;
         let cgroups = CgroupRoot::create()?;
+        // Before any sandbox: none may inherit a supplementary group of this process's.
+        user::drop_supplementary_groups()?;
         let init = pid::InitProgram::load()?;
-        Ok(Jailer { config, cgroups, mounts, init, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
+        let ns_limits = user::NamespaceLimits::new();
+        Ok(Jailer { config, cgroups, mounts, init, ns_limits, last_cap: caps::last_cap(), counter: AtomicU64::new(0) })
     }
 
     pub fn config(&self) -> &JailerConfig {
@@ -340,6 +354,8 @@ impl Jailer {
 
     /// Make a sandbox and exec `spec.argv` in it. Returns once execve has succeeded, or with the failed step.
     pub fn make(&self, spec: SandboxSpec) -> Result<Sandbox, JailError> {
+        // The child copies this thread's credentials: no supplementary group may have come back.
+        user::check_no_groups()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let limits = spec.limits.clone().unwrap_or_else(|| self.config.limits.clone());
         // The cgroup exists, limited, before the child does: it joins before running a line of its own code.
@@ -415,9 +431,16 @@ impl Jailer {
         let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
         env_ptrs.push(std::ptr::null());
         let rlimits = [
-            (libc::RLIMIT_CORE, 0),
+            // 1, not 0: the one value for which the kernel also skips piping the dump to the host's crash
+            // handler (core_pattern "|apport", "|systemd-coredump"); no file dump fits in a byte. Hard limit
+            // too, which nothing without CAP_SYS_RESOURCE in the host's namespace can raise again.
+            (libc::RLIMIT_CORE, 1),
             (libc::RLIMIT_NOFILE, self.config.max_files),
             (libc::RLIMIT_FSIZE, self.config.max_file_size),
+            // Counted per user and charged up to the host's root (the namespace's creator) too.
+            (libc::RLIMIT_SIGPENDING, RLIMIT_SIGPENDING),
+            (libc::RLIMIT_MSGQUEUE, 0),
+            (libc::RLIMIT_MEMLOCK, RLIMIT_MEMLOCK),
         ];
         Ok(ChildPlan {
             hostname: self.config.hostname.clone().into_bytes(),
@@ -432,6 +455,7 @@ impl Jailer {
             argv_ptrs,
             env_ptrs,
             init: self.init.fd(),
+            ns_limits: &self.ns_limits,
             slice_ns: self.config.slice_ns,
         })
     }
@@ -441,7 +465,7 @@ impl Jailer {
 struct ChildPlan<'a> {
     hostname: Vec<u8>,
     mounts: &'a MountPlan,
-    rlimits: [(libc::__rlimit_resource_t, u64); 3],
+    rlimits: [(libc::__rlimit_resource_t, u64); 6],
     stdio: Option<[OwnedFd; 3]>,
     socket: Option<OwnedFd>,
     last_cap: u32,
@@ -452,6 +476,7 @@ struct ChildPlan<'a> {
     env_ptrs: Vec<*const libc::c_char>,
     /// The init program's sealed memfd (lifted to 10 and above), which the child moves to [`pid::INIT_FD`].
     init: BorrowedFd<'a>,
+    ns_limits: &'a user::NamespaceLimits,
     slice_ns: Option<u64>,
 }
 
@@ -582,8 +607,12 @@ fn child_recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i3
     pid::check(unsafe { libc::sethostname(plan.hostname.as_ptr().cast(), plan.hostname.len()) }).map_err(|e| (Step::Hostname, e))?;
     // Loopback up: the namespace's only device, so that Node can serve and connect on 127.0.0.1.
     net::loopback_up().map_err(|e| (Step::Loopback, e))?;
-    // Resource limits that cgroups do not cover: no core dumps, open files, file size.
+    // Resource limits that cgroups do not cover: no core dumps, open files, file size, and what the kernel
+    // counts per user (queued signals, message queues, locked memory), which our host uid shares with root.
     set_rlimits(plan).map_err(|e| (Step::Rlimits, e))?;
+    // The same for the user namespace's own counts (inotify, fanotify, namespaces), while we still hold
+    // CAP_SYS_RESOURCE in it and after the last namespace of ours (the cgroup one) was made.
+    plan.ns_limits.apply().map_err(|e| (Step::NamespaceLimits, e))?;
     // A short time slice, inherited by every process and thread of the sandbox, so that a busy sandbox gives
     // way quickly to whatever wakes up (best effort: a kernel without per-task slices ignores it).
     if let Some(ns) = plan.slice_ns {

@@ -3,9 +3,16 @@
 //! Each sandbox has a user namespace of its own in which it is uid and gid 1000, mapped to one unprivileged host
 //! uid and gid of its own: `uid_base + the host pid of the sandbox's first process`. Host pids are unique among
 //! live processes, so two live sandboxes (of this daemon or of any other taskcell on the host) never share a
-//! host uid, and no shared allocator is needed. Parent side: deny setgroups, then write the maps. Child side:
-//! take on the mapped ids.
+//! host uid, and no shared allocator is needed. Parent side: drop the supervisor's supplementary groups, deny
+//! setgroups, then write the maps. Child side: take on the mapped ids, and cap what the namespace may count
+//! against the host's root.
+//!
+//! The sandbox's user namespace is created by root, so what the kernel counts per user in it (inotify
+//! instances and watches, fanotify groups and marks, namespaces; and, through rlimits set in `spawn`, queued
+//! signals, message queues, locked memory) is charged to the host's root as well, up the chain of namespaces:
+//! without a limit of its own, one tenant could use up root's share for the host and every other sandbox.
 
+use std::ffi::CString;
 use std::path::PathBuf;
 
 /// The uid and gid the sandbox sees.
@@ -17,6 +24,104 @@ pub enum UserError {
     WriteMap { path: PathBuf, source: std::io::Error },
     #[error("host uid {base} + pid {pid} overflows")]
     Range { base: u32, pid: i32 },
+    #[error("dropping the supplementary groups")]
+    DropGroups { source: std::io::Error },
+    #[error("this thread still has {count} supplementary groups, which the sandbox would inherit")]
+    GroupsLeft { count: i32 },
+}
+
+/// Per-user-namespace limits the child writes into `/proc/sys/user/` of its own namespace (the file names the
+/// namespace of whoever opens it; the child holds CAP_SYS_RESOURCE there until it drops its capabilities).
+/// Node's `fs.watch` takes one inotify instance per event loop (the main thread, each worker that watches) and
+/// one watch per file or directory watched. Nothing in a sandbox needs fanotify, and no new namespace of any
+/// kind may be made (the seccomp filter refuses the calls too; this holds even if a way around it were found).
+/// Files this kernel does not have (max_time_namespaces before 5.6, fanotify before 5.13) are skipped.
+pub const NAMESPACE_LIMITS: [(&str, u32); 12] = [
+    ("max_inotify_instances", 4),
+    ("max_inotify_watches", 1024),
+    ("max_fanotify_groups", 0),
+    ("max_fanotify_marks", 0),
+    ("max_user_namespaces", 0),
+    ("max_mnt_namespaces", 0),
+    ("max_pid_namespaces", 0),
+    ("max_net_namespaces", 0),
+    ("max_ipc_namespaces", 0),
+    ("max_uts_namespaces", 0),
+    ("max_cgroup_namespaces", 0),
+    ("max_time_namespaces", 0),
+];
+
+/// [`NAMESPACE_LIMITS`] as the paths and values the child writes, prepared before the fork.
+pub struct NamespaceLimits {
+    files: Vec<(CString, CString)>,
+}
+
+impl NamespaceLimits {
+    pub fn new() -> NamespaceLimits {
+        let files = NAMESPACE_LIMITS
+            .iter()
+            .map(|(name, value)| {
+                let path = CString::new(format!("/proc/sys/user/{name}")).expect("no NUL in a static name");
+                (path, CString::new(value.to_string()).expect("digits"))
+            })
+            .collect();
+        NamespaceLimits { files }
+    }
+
+    /// Child side, after the last namespace of the sandbox is made (the cgroup namespace) and before the
+    /// capabilities are dropped: write each limit. Only system calls.
+    pub fn apply(&self) -> Result<(), i32> {
+        for (path, value) in &self.files {
+            // SAFETY: opens a NUL-terminated path prepared before the fork.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                if crate::pid::errno() == libc::ENOENT {
+                    continue;
+                }
+                return Err(crate::pid::errno());
+            }
+            let bytes = value.as_bytes();
+            // SAFETY: writes the value's bytes, owned by the plan, to the descriptor just opened.
+            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+            let err = crate::pid::errno();
+            // SAFETY: closes the descriptor opened above, which nothing else uses.
+            unsafe { libc::close(fd) };
+            if n != bytes.len() as isize {
+                return Err(if n < 0 { err } else { libc::EIO });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for NamespaceLimits {
+    fn default() -> Self {
+        NamespaceLimits::new()
+    }
+}
+
+/// Parent side, once per process: no supplementary group of the supervisor's may reach a sandbox. Its first
+/// process would inherit them and, unmapped in its user namespace (they show as 65534), they would still grant
+/// their access to host files. Inside the namespace nothing can drop them (setgroups is denied there before the
+/// gid map is written), so it is done here, for the whole process: glibc's setgroups changes the credentials of
+/// every thread. The supervisor, root, keeps its own access through its capabilities.
+pub fn drop_supplementary_groups() -> Result<(), UserError> {
+    // SAFETY: setgroups with a zero count reads no memory.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } < 0 {
+        return Err(UserError::DropGroups { source: std::io::Error::last_os_error() });
+    }
+    check_no_groups()
+}
+
+/// Parent side, before each clone: the calling thread, whose credentials the child copies, has no
+/// supplementary group, whatever part of the process may have changed since [`drop_supplementary_groups`].
+pub fn check_no_groups() -> Result<(), UserError> {
+    // SAFETY: getgroups with a zero size only returns the count and writes nothing.
+    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if count != 0 {
+        return Err(UserError::GroupsLeft { count });
+    }
+    Ok(())
 }
 
 /// The host uid (and gid) for the sandbox whose first process has host pid `pid`.
