@@ -1,6 +1,7 @@
 //! The daemon's HTTP front on arbitrary bytes, through the real code: `src/daemon/http.rs` (parser and
-//! response writer), `src/daemon/routes.rs` (route table) and `valid_name` from `src/daemon/store.rs`,
-//! all compiled here with `#[path]`, nothing copied.
+//! response writer), `src/daemon/api.rs` (a request into a typed request or an API error, exactly what
+//! `Server::handle` calls first), `src/daemon/routes.rs` (route table) and `valid_name` from
+//! `src/daemon/store.rs`, all compiled here with `#[path]`, nothing copied.
 //!
 //! The input is one connection's byte stream. It is driven as `Server::read_conn` and `Server::handle`
 //! drive it: parse a request from the front of the buffer, drop the bytes it used, route its path,
@@ -29,6 +30,9 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code)]
+#[path = "../../src/daemon/api.rs"]
+mod api;
+#[allow(dead_code)]
 #[path = "../../src/daemon/http.rs"]
 mod http;
 #[allow(dead_code)]
@@ -38,6 +42,7 @@ mod routes;
 #[path = "../../src/daemon/store.rs"]
 mod store;
 
+use api::ApiRequest;
 use http::{HttpError, Limits, Parsed, Request, Response};
 use routes::Endpoint;
 
@@ -99,14 +104,17 @@ fn check_response(response: &Response, request_id: &str, keep_alive: bool, kind:
     assert_eq!(body["error"]["message"], message);
 }
 
-/// What `Server::handle` does with a request up to the point where it would touch a sandbox or the store.
+/// `Server::handle`'s first step, the daemon's own: `api::parse` turns the request into a typed request or
+/// an error, and nothing else is decided before the loop acts on it. Checked here against the route table's
+/// shape and the name pattern, independently.
 fn route_request(req: &Request, request_id: &str) {
     let keep = req.keep_alive;
     let segments: Vec<&str> = req.path.strip_prefix('/').unwrap_or(&req.path).split('/').collect();
+    let parsed = api::parse(req);
     let Some(route) = routes::route(&segments) else {
-        let message = format!("no such endpoint: {}", req.path);
-        check_response(&Response::error(404, "not_found", &message, None), request_id, keep, "not_found", &message);
-        return;
+        let e = parsed.expect_err("no route, yet a request");
+        assert_eq!((e.status, e.kind), (404, "not_found"));
+        return check_response(&e.response(), request_id, keep, e.kind, &e.message);
     };
     assert!(!route.methods.is_empty());
     // The shape of the table: tenant at index 2, task at index 4, literals elsewhere.
@@ -130,29 +138,33 @@ fn route_request(req: &Request, request_id: &str) {
         Endpoint::Health | Endpoint::Metrics | Endpoint::Logs => assert_eq!(route.tenant, None),
         _ => {}
     }
-    if !route.methods.contains(&req.method.as_str()) {
-        let allow = route.methods.join(", ");
-        let message = format!("{} is not allowed on {}; allowed: {allow}", req.method, req.path);
-        let response = Response::error(405, "method_not_allowed", &message, None).header("Allow", allow);
-        check_response(&response, request_id, keep, "method_not_allowed", &message);
-        return;
-    }
-    for name in route.tenant.iter().chain(route.task.iter()) {
-        if !check_name(name) {
-            let message = format!("invalid name {name:?}: names match ^[a-z0-9][a-z0-9_-]{{0,62}}$");
-            check_response(&Response::error(400, "bad_request", &message, None), request_id, keep, "bad_request", &message);
-            return;
+    let names_ok = route.tenant.iter().chain(route.task.iter()).all(|n| check_name(n));
+    match parsed {
+        Err(e) => {
+            assert!(matches!((e.status, e.kind), (400, "bad_request") | (405, "method_not_allowed")), "{e:?}");
+            if e.status == 405 {
+                assert!(!route.methods.contains(&req.method.as_str()));
+                let allow = e.allow.clone().expect("a 405 says what is allowed");
+                assert_eq!(allow, route.methods.join(", "));
+                let response = e.response();
+                assert!(response.headers.iter().any(|(n, v)| *n == "Allow" && *v == allow));
+            } else if !names_ok {
+                assert!(e.message.starts_with("invalid name"), "{e:?}");
+            }
+            check_response(&e.response(), request_id, keep, e.kind, &e.message);
         }
-    }
-    if route.endpoint == Endpoint::Logs {
-        // `Server::subscribe`.
-        for pair in req.query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            if let Some(("tenant", t)) = pair.split_once('=') {
-                if !check_name(t) {
-                    let message = format!("invalid tenant name {t:?}");
-                    check_response(&Response::error(400, "bad_request", &message, None), request_id, true, "bad_request", &message);
-                    return;
+        Ok(api_request) => {
+            assert!(route.methods.contains(&req.method.as_str()), "{} accepted on {}", req.method, req.path);
+            assert!(names_ok, "a bad name was accepted: {api_request:?}");
+            match &api_request {
+                ApiRequest::RunAdhoc { data, .. } | ApiRequest::RunTask { data, .. } => {
+                    // The input reaches the sandbox as JSON text.
+                    serde_json::from_slice::<serde_json::Value>(data).expect("a run's input is JSON");
                 }
+                ApiRequest::PutTask { source, .. } => assert!(std::str::from_utf8(source).is_ok()),
+                ApiRequest::Logs { tenant: Some(t) } => assert!(check_name(t)),
+                ApiRequest::ListTasks { tenant } | ApiRequest::GetTask { tenant, .. } | ApiRequest::DeleteTask { tenant, .. } => assert!(check_name(tenant)),
+                _ => {}
             }
         }
     }

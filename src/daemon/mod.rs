@@ -3,6 +3,7 @@
 //! Startup (config, state directory, stale socket and cgroups, jailer, threads) lives here; the event loop
 //! lives in `server`. See docs/api.md for the API decisions the spec leaves open.
 
+mod api;
 mod code_cache;
 mod cpus;
 mod http;

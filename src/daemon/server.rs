@@ -21,6 +21,7 @@ use runtime::{Decoder, Frame, RunMeta};
 
 use super::code_cache::{self, CodeCaches, Lookup};
 use super::cpus::{self, CpuClasses, CpuTime};
+use super::api::{self, ApiRequest};
 use super::http::{self, Parsed, Request, Response};
 use super::logs::{self, Captured};
 use super::metrics::{ColdStart, Gauges, Metrics};
@@ -717,42 +718,32 @@ impl Server {
     fn handle(&mut self, key: Key, req: Request) {
         let request_id = req.request_id.clone().unwrap_or_else(|| self.new_request_id());
         let keep = req.keep_alive;
-        let segments: Vec<&str> = req.path.strip_prefix('/').unwrap_or(&req.path).split('/').collect();
-        let method = req.method.as_str();
-        let route = super::routes::route(&segments);
-        let route = match route {
-            Some(r) => r,
-            None => return self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("no such endpoint: {}", req.path), None)),
-        };
-        if !route.methods.contains(&method) {
-            let allow = route.methods.join(", ");
-            let msg = format!("{method} is not allowed on {}; allowed: {allow}", req.path);
-            return self.respond(key, &request_id, keep, Response::error(405, "method_not_allowed", &msg, None).header("Allow", allow));
-        }
-        for name in route.tenant.iter().chain(route.task.iter()) {
-            if !store::valid_name(name) {
-                let msg = format!("invalid name {name:?}: names match ^[a-z0-9][a-z0-9_-]{{0,62}}$");
-                return self.respond(key, &request_id, keep, Response::error(400, "bad_request", &msg, None));
+        let request = match api::parse(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.refused_run {
+                    self.metrics.invocation("bad_request");
+                }
+                return self.respond(key, &request_id, keep, e.response());
             }
-        }
-        let tenant = route.tenant.map(str::to_string);
-        let task = route.task.map(str::to_string);
-        use super::routes::Endpoint::*;
-        match (route.endpoint, method) {
-            (Health, _) => {
+        };
+        match request {
+            ApiRequest::Health => {
                 let body = self.health_json();
                 self.respond(key, &request_id, keep, Response::json(200, body));
             }
-            (Metrics, _) => {
+            ApiRequest::Metrics => {
                 let text = self.metrics.render(&self.gauges());
                 let mut r = Response::json(200, text);
                 r.content_type = super::metrics::CONTENT_TYPE;
                 self.respond(key, &request_id, keep, r);
             }
-            (Logs, _) => self.subscribe(key, &request_id, req.query.as_deref()),
-            (RunAdhoc, _) => self.run_adhoc(key, request_id, keep, tenant.expect("route has a tenant"), req.body),
-            (Tasks, _) => {
-                let tenant = tenant.expect("route has a tenant");
+            ApiRequest::Logs { tenant } => self.subscribe(key, &request_id, tenant),
+            ApiRequest::RunAdhoc { tenant, source, data } => {
+                let job = Job::Run { task: None, key: format!("adhoc:{}", store::sha256_hex(&source)), source, data };
+                self.invoke(key, request_id, keep, tenant, job, Instant::now());
+            }
+            ApiRequest::ListTasks { tenant } => {
                 let response = match self.store.list(&tenant) {
                     Ok(list) => {
                         let tasks: Vec<serde_json::Value> = list.iter().map(task_json).collect();
@@ -762,8 +753,7 @@ impl Server {
                 };
                 self.respond(key, &request_id, keep, response);
             }
-            (Task, "GET") => {
-                let (tenant, task) = (tenant.expect("tenant"), task.expect("task"));
+            ApiRequest::GetTask { tenant, task } => {
                 let response = match self.store.get(&tenant, &task) {
                     Ok(Some((info, source))) => Response { status: 200, content_type: "application/javascript", headers: vec![("ETag", format!("\"{}\"", info.sha256))], body: source },
                     Ok(None) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
@@ -771,49 +761,14 @@ impl Server {
                 };
                 self.respond(key, &request_id, keep, response);
             }
-            (Task, "PUT") => self.deploy(key, request_id, keep, tenant.expect("tenant"), task.expect("task"), req.body),
-            (Task, _) => {
-                let job = StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant: tenant.expect("tenant"), task: task.expect("task") };
-                self.send_store_job(job);
-            }
-            (RunTask, _) => self.run_task(key, request_id, keep, tenant.expect("tenant"), task.expect("task"), req.body),
+            // The syntax check runs in the tenant's sandbox; storing happens when it answers `Compiled`.
+            ApiRequest::PutTask { tenant, task, source } => self.invoke(key, request_id, keep, tenant, Job::Compile { task, source }, Instant::now()),
+            ApiRequest::DeleteTask { tenant, task } => self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task }),
+            ApiRequest::RunTask { tenant, task, data } => self.run_task(key, request_id, keep, tenant, task, data),
         }
     }
 
-    fn run_adhoc(&mut self, key: Key, request_id: String, keep: bool, tenant: String, body: Bytes) {
-        #[derive(serde::Deserialize)]
-        struct Body<'a> {
-            #[serde(borrow)]
-            code: Option<std::borrow::Cow<'a, str>>,
-            #[serde(borrow)]
-            data: Option<&'a serde_json::value::RawValue>,
-        }
-        let parsed: Body = match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                self.metrics.invocation("bad_request");
-                return self.respond(key, &request_id, keep, Response::error(400, "bad_request", &format!("invalid JSON body: {e}"), None));
-            }
-        };
-        let Some(code) = parsed.code else {
-            self.metrics.invocation("bad_request");
-            return self.respond(key, &request_id, keep, Response::error(400, "bad_request", "the body needs a \"code\" field holding the task's source", None));
-        };
-        let data = parsed.data.map(|d| Bytes::copy_from_slice(d.get().as_bytes())).unwrap_or_else(|| Bytes::from_static(b"null"));
-        let source = Bytes::copy_from_slice(code.as_bytes());
-        let job = Job::Run { task: None, key: format!("adhoc:{}", store::sha256_hex(&source)), source, data };
-        self.invoke(key, request_id, keep, tenant, job, Instant::now());
-    }
-
-    fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, body: Bytes) {
-        let data = if body.iter().all(|b| b.is_ascii_whitespace()) {
-            Bytes::from_static(b"null")
-        } else if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            self.metrics.invocation("bad_request");
-            return self.respond(key, &request_id, keep, Response::error(400, "bad_request", "the body must be JSON (the task's input) or empty", None));
-        } else {
-            body
-        };
+    fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, data: Bytes) {
         match self.store.get(&tenant, &task) {
             Ok(Some((info, source))) => {
                 let job = Job::Run { key: format!("task:{task}:{}", info.sha256), task: Some(task), source, data };
@@ -827,26 +782,7 @@ impl Server {
         }
     }
 
-    fn deploy(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, source: Bytes) {
-        if std::str::from_utf8(&source).is_err() {
-            return self.respond(key, &request_id, keep, Response::error(400, "bad_request", "the task source must be UTF-8", None));
-        }
-        // The syntax check runs in the tenant's sandbox; storing happens when it answers `Compiled`.
-        self.invoke(key, request_id, keep, tenant, Job::Compile { task, source }, Instant::now());
-    }
-
-    fn subscribe(&mut self, key: Key, request_id: &str, query: Option<&str>) {
-        let mut tenant = None;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("tenant", t)) if store::valid_name(t) => tenant = Some(t.to_string()),
-                Some(("tenant", t)) => {
-                    let msg = format!("invalid tenant name {t:?}");
-                    return self.respond(key, request_id, true, Response::error(400, "bad_request", &msg, None));
-                }
-                _ => {}
-            }
-        }
+    fn subscribe(&mut self, key: Key, request_id: &str, tenant: Option<String>) {
         if self.subscribers.len() >= self.config.max_log_subscribers {
             let msg = format!("too many log subscribers (the limit is {}); retry later", self.config.max_log_subscribers);
             let r = Response::error(503, "overloaded", &msg, None).header("Retry-After", "1");
