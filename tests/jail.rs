@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -490,6 +491,35 @@ fn assert_no_process_left(marker: &str, what: &str) {
 
 // ---------- the probe ----------
 
+/// Runs `cmd` (a `taskcell jail`) the way a careless host would: with supplementary groups (4242, 4243) that
+/// the jailer must not pass on, and with a world-writable tmpfs mounted at `<dir>/submount`, inside the
+/// directory bound with --bind-ro, which must be read-only inside like the rest. The tmpfs lives in a mount
+/// namespace of the jail's own (private propagation): the host's mount table never sees it, and it goes away
+/// with the jail's process, whatever becomes of the test.
+fn with_submount_and_groups(cmd: &mut Command, dir: &Scratch) {
+    let sub = dir.path().join("submount");
+    fs::create_dir(&sub).expect("create the submount's mount point");
+    let sub = std::ffi::CString::new(sub.as_os_str().as_encoded_bytes()).expect("no NUL in the scratch path");
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: runs in the forked child before exec, calling only system calls (through libc's thin wrappers) on
+    // a string prepared before the fork and static literals; the child is single-threaded there.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                sub.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"size=1m,mode=1777".as_ptr().cast(),
+            ))?;
+            let groups: [libc::gid_t; 2] = [4242, 4243];
+            check(libc::syscall(libc::SYS_setgroups, 2, groups.as_ptr()) as libc::c_int)
+        });
+    }
+}
+
 #[test]
 fn probe_finds_no_way_out() {
     if !have_root("probe_finds_no_way_out") {
@@ -503,18 +533,24 @@ fn probe_finds_no_way_out() {
     let _listener = UnixListener::bind_addr(&addr).expect("bind a host abstract socket");
     let bind = format!("{}:/probe", dir.path().display());
     let host = host_hostname();
-    let out = run(
-        jail(&[
-            "--bind-ro",
-            &bind,
-            "--",
-            "/probe/probe",
-            &host,
-            &abstract_name,
-        ]),
-        "probe",
-    );
+    let mut cmd = jail(&[
+        "--bind-ro",
+        &bind,
+        "--",
+        "/probe/probe",
+        &host,
+        &abstract_name,
+    ]);
+    with_submount_and_groups(&mut cmd, &dir);
+    let out = run(cmd, "probe");
     println!("{}", out.describe());
+    for check in ["bind_ro_submount_readonly", "no_supplementary_groups"] {
+        assert!(
+            out.stdout.lines().any(|l| l == format!("ok {check}")),
+            "the probe did not pass {check}:\n{}",
+            out.describe()
+        );
+    }
     let failed: Vec<&str> = out
         .stdout
         .lines()
@@ -737,6 +773,39 @@ fn node_test_load_passes_under_the_policy() {
         "Node's test load failed in the jail:\n{}",
         out.describe()
     );
+}
+
+/// Node's fs.watch works within the user namespace's inotify limits, and a watch beyond them fails with an
+/// error (ENOSPC) instead of taking from the host's root, whom the kernel charges too.
+#[test]
+fn node_fs_watch_works_within_the_inotify_limits() {
+    if !have_root("node_fs_watch_works_within_the_inotify_limits") {
+        return;
+    }
+    let js = r#"
+const fs = require('fs');
+const w = fs.watch('/tmp', (event, name) => {
+  if (name !== 'x') return;
+  console.log('event ' + event);
+  w.close();
+  fs.mkdirSync('/tmp/many');
+  const watchers = [];
+  try {
+    for (let i = 0; i < 5000; i++) {
+      fs.writeFileSync('/tmp/many/' + i, '');
+      watchers.push(fs.watch('/tmp/many/' + i));
+    }
+    console.log('no limit after 5000 watches');
+  } catch (e) {
+    console.log('watch ' + watchers.length + ' failed: ' + e.code);
+  }
+  for (const v of watchers) v.close();
+});
+setTimeout(() => fs.writeFileSync('/tmp/x', '1'), 10);
+"#;
+    let out = run_node("fs-watch", &[], js, &[]);
+    assert!(out.code() == Some(0) && out.stdout.contains("event "), "fs.watch does not work:\n{}", out.describe());
+    assert!(out.stdout.contains("failed: ENOSPC"), "no inotify watch limit:\n{}", out.describe());
 }
 
 #[test]

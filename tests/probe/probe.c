@@ -45,6 +45,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/inotify.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/time.h>
@@ -665,18 +666,15 @@ static void check_ids(void) {
     else if (strncmp(sg, "deny", 4) != 0) fail("setgroups_deny", "setgroups is %.20s", sg);
     else ok("setgroups_deny");
     /* Host supplementary groups kept across the user namespace show up as the overflow gid and still
-     * grant the host group's access to files. */
-    gid_t groups[64];
-    int n = getgroups(64, groups);
-    char list[256] = "";
-    int bad = 0;
-    for (int i = 0; i < n; i++) {
-        size_t l = strlen(list);
-        snprintf(list + l, sizeof list - l, " %d", (int)groups[i]);
-        if (groups[i] != 1000) bad = 1;
-    }
-    if (n < 0) fail("no_supplementary_groups", "getgroups: %s", strerror(errno));
-    else if (bad) fail("no_supplementary_groups", "supplementary groups:%s", list);
+     * grant the host group's access to files: the list must be empty (the caller of tests/jail.rs gives the
+     * jail some, which the jailer must drop). */
+    char *st = slurp("/proc/self/status");
+    char v[256];
+    const char *g = st ? status_field(st, "Groups", v, sizeof v) : NULL;
+    int n = getgroups(0, NULL);
+    if (!g) fail("no_supplementary_groups", "no Groups line in /proc/self/status");
+    else if (g[strspn(g, " \t")] != 0) fail("no_supplementary_groups", "Groups: %s", g);
+    else if (n != 0) fail("no_supplementary_groups", "getgroups counts %d", n);
     else ok("no_supplementary_groups");
 }
 
@@ -968,6 +966,22 @@ static void check_proc(void) {
     expect_refused("proc_sysrq_not_writable", c_open_write, "/proc/sysrq-trigger");
     expect_refused("proc_core_pattern_not_writable", c_open_write, "/proc/sys/kernel/core_pattern");
     expect_refused("proc_kcore_not_readable", c_open_read, "/proc/kcore");
+    /* PID 1 is the init program exec'd from an execute-only memfd: not dumpable, so no process of ours can
+     * read or write its memory (and take over the process that reports the command's status). */
+    if (g_self != 1) {
+        int fd = open("/proc/1/mem", O_RDWR | O_CLOEXEC);
+        if (fd >= 0) {
+            close(fd);
+            fail("init_memory_closed", "opened /proc/1/mem");
+        } else if (errno != EACCES && errno != EPERM) {
+            fail("init_memory_closed", "opening /proc/1/mem failed with %s, not EACCES", errname(errno));
+        } else {
+            ok("init_memory_closed");
+        }
+        char *c1 = slurp("/proc/1/cmdline");
+        if (!c1 || strcmp(c1, "taskcell-init") != 0) fail("init_is_taskcell_init", "/proc/1/cmdline starts with %s", c1 ? c1 : "?");
+        else ok("init_is_taskcell_init");
+    }
 }
 
 static void check_dev(void) {
@@ -1072,6 +1086,14 @@ static void check_readonly(void) {
     struct stat sb;
     if (stat("/taskcell", &sb) == 0) check_readonly_dir("readonly_taskcell", "/taskcell");
     else info("/taskcell: %s", strerror(errno));
+    /* tests/jail.rs mounts a world-writable tmpfs inside the probe's --bind-ro directory, in a mount namespace
+     * of the caller's own: the recursive bind brings it along, and it must be read-only too. */
+    if (stat("/probe/submount", &sb) == 0) {
+        if (!mount_at("/probe/submount")) fail("bind_ro_submount_readonly", "/probe/submount is not a mount point");
+        else check_readonly_dir("bind_ro_submount_readonly", "/probe/submount");
+    } else {
+        info("/probe/submount: %s", strerror(errno));
+    }
     expect_refused("node_not_writable", c_open_write, "/usr/bin/node");
     struct mnt *m = mount_at("/");
     if (!m) fail("root_mounted_ro", "no mount at /");
@@ -1194,7 +1216,23 @@ static void check_mounts(void) {
             snprintf(rw + l, sizeof rw - l, " %s(%s)", p, mounts[i].fstype);
         }
     }
+    /* Each of them is a mount the jailer made read-only (the rootfs's directories, --bind-ro paths, their
+     * submounts), but the four device nodes bound into /dev, which must stay writable. */
     if (rw[0]) info("writable mounts other than /tmp and /proc:%s", rw);
+    char rw_bad[1024] = "";
+    for (int i = 0; i < nmounts; i++) {
+        const char *p = mounts[i].point;
+        if (strcmp(p, "/tmp") == 0 || strcmp(p, "/proc") == 0 || strncmp(p, "/proc/", 6) == 0) continue;
+        if (strcmp(p, "/dev/null") == 0 || strcmp(p, "/dev/zero") == 0 || strcmp(p, "/dev/random") == 0 ||
+            strcmp(p, "/dev/urandom") == 0)
+            continue;
+        if (!has_opt(mounts[i].opts, "ro")) {
+            size_t l = strlen(rw_bad);
+            snprintf(rw_bad + l, sizeof rw_bad - l, " %s(%s)", p, mounts[i].fstype);
+        }
+    }
+    if (rw_bad[0]) fail("mounts_read_only", "writable:%s", rw_bad);
+    else ok("mounts_read_only");
 }
 
 static void check_net(void) {
@@ -1297,11 +1335,162 @@ static void check_env(void) {
     else ok("env_minimal");
 }
 
+/* Raising RLIMIT_CORE's hard limit needs CAP_SYS_RESOURCE in the host's namespace. */
+static long c_raise_core(void *a) {
+    (void)a;
+    struct rlimit r = {1, 2};
+    return syscall(SYS_setrlimit, (long)RLIMIT_CORE, &r);
+}
+
+/* Queues a blocked real-time signal to ourselves as sigqueue would (si_code SI_QUEUE, the kind of sending that
+ * RLIMIT_SIGPENDING holds; plain kill() is never refused by the kernel), through a pidfd; returns how many
+ * were queued, errno the failure that stopped it. */
+static long c_sigqueue_flood(void *a) {
+    (void)a;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGRTMIN + 1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    int pidfd = (int)syscall(SYS_pidfd_open, (long)getpid(), 0L);
+    if (pidfd < 0) return -2;
+    long n = 0;
+    for (; n < 100000; n++) {
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        info.si_signo = SIGRTMIN + 1;
+        info.si_code = SI_QUEUE;
+        info.si_pid = getpid();
+        info.si_uid = getuid();
+        if (syscall(SYS_pidfd_send_signal, (long)pidfd, (long)(SIGRTMIN + 1), &info, 0L) < 0) break;
+    }
+    if (n == 100000) errno = 0;
+    return n;
+}
+
+/* Opens inotify instances until one is refused; returns how many were opened. */
+static long c_inotify_flood(void *a) {
+    (void)a;
+    long n = 0;
+    for (; n < 1000; n++)
+        if (inotify_init1(IN_CLOEXEC) < 0) break;
+    if (n == 1000) errno = 0;
+    return n;
+}
+
+/* Adds inotify watches on files of a fresh /tmp directory until one is refused; returns how many were added. */
+static long c_inotify_watch_flood(void *a) {
+    long max = *(long *)a;
+    int in = inotify_init1(IN_CLOEXEC);
+    if (in < 0) return -2;
+    char dir[64], path[96];
+    snprintf(dir, sizeof dir, "/tmp/probe-watch-%d", (int)getpid());
+    if (mkdir(dir, 0700) < 0) return -3;
+    long n = 0, made = 0;
+    int err = 0;
+    for (; n <= max + 1; n++) {
+        snprintf(path, sizeof path, "%s/%ld", dir, n);
+        int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            err = -1;
+            break;
+        }
+        close(fd);
+        made++;
+        if (inotify_add_watch(in, path, IN_MODIFY) < 0) {
+            err = errno;
+            break;
+        }
+    }
+    close(in);
+    for (long i = 0; i < made; i++) {
+        snprintf(path, sizeof path, "%s/%ld", dir, i);
+        unlink(path);
+    }
+    rmdir(dir);
+    errno = err > 0 ? err : 0;
+    return err < 0 ? -4 : n;
+}
+
+static long read_long(const char *path) {
+    char *s = slurp(path);
+    return s ? strtol(s, NULL, 10) : -1;
+}
+
+/* What the kernel counts per user in our user namespace, and charges to the host's root as well, is capped in
+ * the namespace's /proc/sys/user: inotify small, fanotify and every new namespace none. */
+static void check_userns_limits(void) {
+    static const char *const none[] = {"max_user_namespaces", "max_mnt_namespaces", "max_pid_namespaces",
+                                       "max_net_namespaces", "max_ipc_namespaces", "max_uts_namespaces",
+                                       "max_cgroup_namespaces", "max_time_namespaces", "max_fanotify_groups",
+                                       "max_fanotify_marks"};
+    char bad[1024] = "";
+    for (size_t i = 0; i < sizeof none / sizeof *none; i++) {
+        char path[96];
+        snprintf(path, sizeof path, "/proc/sys/user/%s", none[i]);
+        long v = read_long(path);
+        if (v == -1 && errno == ENOENT) continue; /* not on this kernel */
+        if (v != 0) {
+            size_t l = strlen(bad);
+            snprintf(bad + l, sizeof bad - l, " %s=%ld", none[i], v);
+        }
+    }
+    if (bad[0]) fail("userns_no_new_namespaces", "limits not 0:%s", bad);
+    else ok("userns_no_new_namespaces");
+    /* the limit, not only the filter: a user namespace cannot be made even by a path around seccomp (unshare
+     * is refused by the filter too, so here only its errno is shown) */
+    long instances = read_long("/proc/sys/user/max_inotify_instances");
+    long watches = read_long("/proc/sys/user/max_inotify_watches");
+    info("max_inotify_instances %ld, max_inotify_watches %ld", instances, watches);
+    if (instances < 1 || instances > 16) fail("inotify_instances_small", "max_inotify_instances is %ld", instances);
+    else ok("inotify_instances_small");
+    if (watches < 64 || watches > 8192) fail("inotify_watches_small", "max_inotify_watches is %ld", watches);
+    else ok("inotify_watches_small");
+    struct outcome o = in_child(c_inotify_flood, NULL);
+    if (o.broken || o.signal) fail("inotify_instances_limited", "the loop could not run (%d, signal %d)", o.broken, o.signal);
+    else if (o.err != EMFILE || o.ret > instances || o.ret < 1)
+        fail("inotify_instances_limited", "opened %ld instances (limit %ld), then %s", o.ret, instances, errname(o.err));
+    else {
+        info("opened %ld inotify instances before EMFILE", o.ret);
+        ok("inotify_instances_limited");
+    }
+    if (watches >= 64 && watches <= 8192) {
+        o = in_child(c_inotify_watch_flood, &watches);
+        if (o.broken || o.signal || o.ret < 0) fail("inotify_watches_limited", "the loop could not run (%d, signal %d, %ld)", o.broken, o.signal, o.ret);
+        else if (o.err != ENOSPC || o.ret > watches)
+            fail("inotify_watches_limited", "added %ld watches (limit %ld), then %s", o.ret, watches, errname(o.err));
+        else {
+            info("added %ld inotify watches before ENOSPC", o.ret);
+            ok("inotify_watches_limited");
+        }
+    }
+}
+
 static void check_rlimits(void) {
     struct rlimit r;
     getrlimit(RLIMIT_CORE, &r);
-    if (r.rlim_cur != 0 || r.rlim_max != 0) fail("rlimit_core_0", "RLIMIT_CORE is %llu/%llu", (unsigned long long)r.rlim_cur, (unsigned long long)r.rlim_max);
-    else ok("rlimit_core_0");
+    /* 1, not 0: the one value for which the kernel also skips piping a dump to the host's crash handler */
+    if (r.rlim_cur != 1 || r.rlim_max != 1) fail("rlimit_core_1", "RLIMIT_CORE is %llu/%llu", (unsigned long long)r.rlim_cur, (unsigned long long)r.rlim_max);
+    else ok("rlimit_core_1");
+    expect_errno("rlimit_core_hard_not_raised", c_raise_core, NULL, EPERM);
+    /* counted per user, and charged to the host's root as well: small, or none */
+    getrlimit(RLIMIT_SIGPENDING, &r);
+    info("RLIMIT_SIGPENDING %lld/%lld", (long long)r.rlim_cur, (long long)r.rlim_max);
+    if (r.rlim_max == RLIM_INFINITY || r.rlim_max > 1024) fail("rlimit_sigpending_small", "RLIMIT_SIGPENDING is %lld", (long long)r.rlim_max);
+    else ok("rlimit_sigpending_small");
+    struct outcome o = in_child(c_sigqueue_flood, NULL);
+    if (o.broken || o.signal) fail("sigqueue_limited", "the flood could not run (%d, signal %d)", o.broken, o.signal);
+    else if (o.err != EAGAIN || o.ret > (long)r.rlim_cur) fail("sigqueue_limited", "queued %ld signals, then %s", o.ret, errname(o.err));
+    else {
+        info("queued %ld real-time signals before EAGAIN", o.ret);
+        ok("sigqueue_limited");
+    }
+    getrlimit(RLIMIT_MSGQUEUE, &r);
+    if (r.rlim_cur != 0 || r.rlim_max != 0) fail("rlimit_msgqueue_0", "RLIMIT_MSGQUEUE is %lld/%lld", (long long)r.rlim_cur, (long long)r.rlim_max);
+    else ok("rlimit_msgqueue_0");
+    getrlimit(RLIMIT_MEMLOCK, &r);
+    info("RLIMIT_MEMLOCK %lld/%lld", (long long)r.rlim_cur, (long long)r.rlim_max);
+    if (r.rlim_max == RLIM_INFINITY || r.rlim_max > (1 << 20)) fail("rlimit_memlock_small", "RLIMIT_MEMLOCK is %lld", (long long)r.rlim_max);
+    else ok("rlimit_memlock_small");
     getrlimit(RLIMIT_FSIZE, &r);
     info("RLIMIT_FSIZE %lld/%lld", (long long)r.rlim_cur, (long long)r.rlim_max);
     if (r.rlim_max == RLIM_INFINITY) fail("rlimit_fsize_set", "RLIMIT_FSIZE is unlimited");
@@ -1491,6 +1680,7 @@ int main(int argc, char **argv) {
     section("tmp", check_tmp);
     section("uts", check_uts);
     section("rlimits", check_rlimits);
+    section("userns_limits", check_userns_limits);
     section("cwd", check_cwd);
     section("net", check_net);
     section("syscalls", check_syscalls);
