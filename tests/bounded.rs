@@ -177,7 +177,7 @@ fn a_client_that_never_finishes_its_request_is_cut_off() {
     let mut c = d.client();
     let start = Instant::now();
     let mut closed = false;
-    for b in b"GET /v1/health HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a').take(60)) {
+    for b in b"GET /v1/health HTTP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat_n(&b'a', 60)) {
         if c.send_raw(&[*b]).is_err() {
             closed = true;
             break;
