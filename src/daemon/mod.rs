@@ -11,6 +11,7 @@ mod logs;
 mod metrics;
 mod routes;
 mod server;
+mod settings;
 mod slab;
 mod spawner;
 mod store;
@@ -92,6 +93,10 @@ impl Default for Config {
 impl Config {
     fn set(&mut self, key: &str, value: &str) -> Result<(), ArgError> {
         let flag = format!("--{key}");
+        // The table is the list of settings: nothing it does not name is accepted.
+        if !settings::SETTINGS.iter().any(|s| s.key == key) || key == "config" {
+            return Err(ArgError::Unknown(flag));
+        }
         let ms = |v: &str| args::count(&flag, v).map(Duration::from_millis);
         match key {
             "socket" => self.socket = PathBuf::from(value),
@@ -179,6 +184,10 @@ fn parse(raw: Vec<String>) -> Result<Config, String> {
 }
 
 pub fn main(raw: Vec<String>) -> ExitCode {
+    if raw.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", settings::help());
+        return ExitCode::SUCCESS;
+    }
     let config = match parse(raw) {
         Ok(c) => c,
         Err(e) => {

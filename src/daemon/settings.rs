@@ -1,0 +1,107 @@
+//! Every setting of `taskcell serve`, defined once: its flag (and config-file key, the same name without the
+//! dashes), the kind of value it takes, its default as a user reads it, and its help text.
+//!
+//! `Config::set` applies a value by key, `taskcell serve --help` prints this table, and a test checks that
+//! docs/api.md's table of settings lists every one with the same default, so that the three cannot drift.
+
+/// One setting.
+pub struct Setting {
+    /// The flag without its dashes; also the config file's key.
+    pub key: &'static str,
+    /// What the value is, as `--help` shows it.
+    pub value: &'static str,
+    /// The default, as a user reads it.
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+const fn s(key: &'static str, value: &'static str, default: &'static str, help: &'static str) -> Setting {
+    Setting { key, value, default, help }
+}
+
+/// In the order `--help` and docs/api.md list them.
+pub const SETTINGS: &[Setting] = &[
+    s("config", "FILE", "none", "a JSON object of these settings (keys without the dashes); flags given on the command line win"),
+    s("socket", "PATH", "/run/taskcell/taskcell.sock", "the API's Unix socket (mode 0660)"),
+    s("state-dir", "DIR", "/var/lib/taskcell", "deployed tasks and their code caches"),
+    s("rootfs", "DIR", "the rootfs make built", "the sandboxes' read-only root (Node and its libraries)"),
+    s("pool-size", "N", "2 x cores, 2 to 16", "pre-warmed sandboxes kept waiting for new tenants"),
+    s("max-sandboxes", "N", "half the RAM at a quarter of --memory each, 8 to 1024", "sandboxes alive at once (pool + tenants); a new tenant beyond it replaces the least recently used idle one"),
+    s("spawners", "N", "cores, 1 to 4", "threads making sandboxes"),
+    s("queue-timeout-ms", "MS", "10000", "how long a request waits for a sandbox before 503 overloaded"),
+    s("idle-timeout-ms", "MS", "300000", "a tenant's sandbox idle this long is recycled"),
+    s("max-age-ms", "MS", "3600000", "a tenant's sandbox this old is recycled when idle"),
+    s("max-requests", "N", "100000", "a tenant's sandbox that served this many requests is recycled"),
+    s("timeout-ms", "MS", "5000", "an invocation's time limit; past it the sandbox is killed (504)"),
+    s("memory", "BYTES", "128M", "a sandbox's memory (cgroup; V8's old space is half of it)"),
+    s("pids", "N", "64", "a sandbox's processes and threads"),
+    s("cpus", "N", "1.0", "a sandbox's CPU quota, in CPUs"),
+    s("tmp-size", "BYTES", "16M", "a sandbox's /tmp (tmpfs)"),
+    s("reserved-cpus", "N", "a quarter of the CPUs, at least 1 (0 with one CPU)", "CPUs kept from booting and busy sandboxes, for the event loop and tenants that are not busy"),
+    s("max-body", "BYTES", "1M", "a request body's limit (413 past it)"),
+    s("code-cache-bytes", "BYTES", "64M", "memory for the V8 code caches of deployed tasks (0: none); one tenant gets at most a quarter"),
+    s("max-connections", "N", "1024", "client connections at once; past it a new one gets 503 overloaded and is closed"),
+    s("max-log-subscribers", "N", "64", "/v1/logs streams at once; past it 503 overloaded"),
+    s("drain-timeout-ms", "MS", "10000", "on SIGTERM, how long in-flight invocations may finish"),
+];
+
+/// `taskcell serve --help`.
+pub fn help() -> String {
+    let mut out = String::from("usage: taskcell serve [FLAGS]\n\nThe daemon, in the foreground, logging to stderr. Every flag is also a key of --config FILE.\n\n");
+    let width = SETTINGS.iter().map(|s| s.key.len() + s.value.len() + 4).max().unwrap_or(0);
+    for s in SETTINGS {
+        let flag = format!("--{} {}", s.key, s.value);
+        out.push_str(&format!("  {flag:<width$} {} (default: {})\n", s.help, s.default));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::Config;
+
+    /// A value of the right kind for each setting, to prove `Config::set` knows every key.
+    fn example(value: &str) -> &'static str {
+        match value {
+            "BYTES" => "64M",
+            "MS" | "N" => "3",
+            "PATH" | "DIR" => "/tmp/x",
+            other => panic!("no example for {other}"),
+        }
+    }
+
+    #[test]
+    fn config_accepts_every_setting_and_nothing_else() {
+        for s in SETTINGS.iter().filter(|s| s.key != "config") {
+            let mut c = Config::default();
+            c.set(s.key, example(s.value)).unwrap_or_else(|e| panic!("--{}: {e}", s.key));
+        }
+        assert!(Config::default().set("no-such-flag", "1").is_err());
+        let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "a key is listed twice");
+    }
+
+    #[test]
+    fn docs_list_every_setting_with_its_default() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("docs/api.md");
+        for s in SETTINGS {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with('|') && l.contains(&format!("`--{}`", s.key)))
+                .unwrap_or_else(|| panic!("docs/api.md has no row for --{}", s.key));
+            assert!(row.contains(s.default), "docs/api.md's row for --{} does not give the default {:?}: {row}", s.key, s.default);
+        }
+    }
+
+    #[test]
+    fn help_lists_every_setting() {
+        let text = help();
+        for s in SETTINGS {
+            assert!(text.contains(&format!("--{} ", s.key)), "--help misses --{}", s.key);
+        }
+    }
+}
