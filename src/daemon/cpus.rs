@@ -100,16 +100,25 @@ mod tests {
 
     #[test]
     fn cpu_time_of_a_spinning_process_grows() {
-        let mut t = CpuTime::open(std::process::id() as i32).expect("our own /proc/self/stat");
+        // A process of its own: this one's CPU time also counts the other tests' threads.
+        let mut child = std::process::Command::new("/bin/sh").args(["-c", "while :; do :; done"]).spawn().expect("sh");
+        let pid = child.id() as i32;
+        let mut t = CpuTime::open(pid).expect("the child's /proc/PID/stat");
+        let mut used = Duration::ZERO;
         let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(200) {
-            x = x.wrapping_add(std::hint::black_box(1));
+        while used < Duration::from_millis(100) && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+            used += t.used();
         }
-        std::hint::black_box(x);
-        let used = t.used();
-        assert!(used >= Duration::from_millis(100), "200 ms of spinning read as {used:?}");
-        assert!(t.used() < Duration::from_millis(50), "nothing more since");
+        // SAFETY: kill with a signal number on a child we started and have not reaped.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = t.used();
+        let after_stop = t.used();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(used >= Duration::from_millis(100), "a spinning process read as {used:?}");
+        assert!(after_stop < Duration::from_millis(20), "a stopped process used {after_stop:?}");
     }
 
     #[test]

@@ -242,7 +242,7 @@ fn serve(config: Config) -> Result<(), String> {
     let jailer = Arc::new(jailer);
     let listener = bind_socket(&config.socket)?;
     let poll = mio::Poll::new().map_err(|e| format!("epoll: {e}"))?;
-    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).map_err(|e| format!("waker: {e}"))?);
+    let waker = Arc::new(mio::Waker::new(poll.registry(), server::WAKER_TOKEN).map_err(|e| format!("waker: {e}"))?);
     // V8's old space well below the cgroup limit, so that most overruns end as a clean heap failure.
     let heap_mib = (config.memory >> 20) / 2;
     let node = spawner::NodeCommand {

@@ -1,0 +1,152 @@
+//! One handler per endpoint, acting on the typed requests that `daemon::api` parses (every refusal that the
+//! request alone decides was made there). Health, metrics and the log fan-out live here too.
+
+use super::*;
+
+pub(super) fn task_json(info: &TaskInfo) -> serde_json::Value {
+    serde_json::json!({"task": info.task, "sha256": info.sha256, "size": info.size, "updated": info.updated})
+}
+
+impl Server {
+    pub(super) fn handle(&mut self, key: Key, req: Request) {
+        let request_id = req.request_id.clone().unwrap_or_else(|| self.new_request_id());
+        let keep = req.keep_alive;
+        let request = match api::parse(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.refused_run {
+                    self.metrics.invocation("bad_request");
+                }
+                return self.respond(key, &request_id, keep, e.response());
+            }
+        };
+        match request {
+            ApiRequest::Health => {
+                let body = self.health_json();
+                self.respond(key, &request_id, keep, Response::json(200, body));
+            }
+            ApiRequest::Metrics => {
+                let text = self.metrics.render(&self.gauges());
+                let mut r = Response::json(200, text);
+                r.content_type = crate::daemon::metrics::CONTENT_TYPE;
+                self.respond(key, &request_id, keep, r);
+            }
+            ApiRequest::Logs { tenant } => self.subscribe(key, &request_id, tenant),
+            ApiRequest::RunAdhoc { tenant, source, data } => {
+                let job = Job::Run { task: None, key: format!("adhoc:{}", store::sha256_hex(&source)), source, data };
+                self.invoke(key, request_id, keep, tenant, job, Instant::now());
+            }
+            ApiRequest::ListTasks { tenant } => {
+                let response = match self.store.list(&tenant) {
+                    Ok(list) => {
+                        let tasks: Vec<serde_json::Value> = list.iter().map(task_json).collect();
+                        Response::json(200, serde_json::json!({ "tasks": tasks }).to_string())
+                    }
+                    Err(e) => Response::error(500, "internal", &format!("listing tasks: {}", crate::jail::error_chain(&e)), None),
+                };
+                self.respond(key, &request_id, keep, response);
+            }
+            ApiRequest::GetTask { tenant, task } => {
+                let response = match self.store.get(&tenant, &task) {
+                    Ok(Some((info, source))) => Response { status: 200, content_type: "application/javascript", headers: vec![("ETag", format!("\"{}\"", info.sha256))], body: source },
+                    Ok(None) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
+                    Err(e) => Response::error(500, "internal", &crate::jail::error_chain(&e), None),
+                };
+                self.respond(key, &request_id, keep, response);
+            }
+            // The syntax check runs in the tenant's sandbox; storing happens when it answers `Compiled`.
+            ApiRequest::PutTask { tenant, task, source } => self.invoke(key, request_id, keep, tenant, Job::Compile { task, source }, Instant::now()),
+            ApiRequest::DeleteTask { tenant, task } => self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task }),
+            ApiRequest::RunTask { tenant, task, data } => self.run_task(key, request_id, keep, tenant, task, data),
+        }
+    }
+
+    pub(super) fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, data: Bytes) {
+        match self.store.get(&tenant, &task) {
+            Ok(Some((info, source))) => {
+                let job = Job::Run { key: format!("task:{task}:{}", info.sha256), task: Some(task), source, data };
+                self.invoke(key, request_id, keep, tenant, job, Instant::now());
+            }
+            Ok(None) => {
+                self.metrics.invocation("not_found");
+                self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None))
+            }
+            Err(e) => self.respond(key, &request_id, keep, Response::error(500, "internal", &crate::jail::error_chain(&e), None)),
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, key: Key, request_id: &str, tenant: Option<String>) {
+        if self.subscribers.len() >= self.config.max_log_subscribers {
+            let msg = format!("too many log subscribers (the limit is {}); retry later", self.config.max_log_subscribers);
+            let r = Response::error(503, "overloaded", &msg, None).header("Retry-After", "1");
+            return self.respond(key, request_id, true, r);
+        }
+        self.metrics.http_request(200);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        http::stream_head(&mut conn.output, request_id);
+        conn.state = ConnState::Streaming { tenant, dropped: 0 };
+        conn.input.clear();
+        self.subscribers.insert(key);
+        self.flush(key);
+    }
+
+    pub(super) fn publish(&mut self, tenant: &str, task: Option<&str>, request_id: Option<&str>, level: &str, message: &str) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let line = logs::event_line(tenant, task, request_id, level, message);
+        let subs: Vec<Key> = self.subscribers.iter().copied().collect();
+        for key in subs {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let ConnState::Streaming { tenant: filter, dropped } = &mut conn.state else { continue };
+            if filter.as_deref().is_some_and(|f| f != tenant) {
+                continue;
+            }
+            if conn.output.len() > SUBSCRIBER_BACKLOG {
+                *dropped += 1;
+                self.log_dropped += 1;
+                continue;
+            }
+            if *dropped > 0 {
+                http::chunk(&mut conn.output, &logs::dropped_line(*dropped));
+                *dropped = 0;
+            }
+            http::chunk(&mut conn.output, &line);
+            self.flush(key);
+        }
+    }
+
+    pub(super) fn health_json(&self) -> String {
+        let idle = self.pool.len();
+        serde_json::json!({
+            "status": if self.draining.is_some() { "draining" } else { "ok" },
+            "pool": { "size": self.config.pool_size, "idle": idle, "starting": self.starting },
+            "sandboxes": { "tenants": self.tenants.len(), "total": self.sbs.len() },
+            "invocations_in_flight": self.invocations.len(),
+            "queued": self.pending.len(),
+            "connections": self.conns.len(),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "last_spawn_error": self.last_spawn_error,
+            "code_caches": {
+                "bytes": self.code_caches.bytes(),
+                "limit": self.config.code_cache_bytes,
+                "tenant_limit": self.code_caches.tenant_limit(),
+                "largest_tenant_bytes": self.code_caches.largest_tenant_bytes(),
+            },
+            "cpus": self.cpus.map(|c| serde_json::json!({"all": c.all.list(), "reserved": c.reserved.list(), "batch": c.batch.list()})),
+        })
+        .to_string()
+    }
+
+    pub(super) fn gauges(&self) -> Gauges {
+        Gauges {
+            pool_target: self.config.pool_size as u64,
+            pool_idle: self.pool.len() as u64,
+            tenant_sandboxes: self.tenants.len() as u64,
+            connections_open: self.conns.len() as u64,
+            log_subscribers: self.subscribers.len() as u64,
+            log_events_dropped: self.log_dropped,
+        }
+    }
+}
+

@@ -1,0 +1,404 @@
+//! Sandboxes' lives: the pre-warmed pool and its refill, assignment to a tenant, the queue of requests
+//! waiting for a sandbox, eviction at the cap, recycling of spent sandboxes, and what a sandbox's death
+//! means for the invocations it held.
+
+use super::*;
+
+/// Output kept from a sandbox's stdout and stderr, to tell a V8 heap failure from other deaths.
+pub(super) const OUTPUT_TAIL: usize = 8 << 10;
+
+/// A sandbox that has compiled this many distinct sources is recycled when next idle.
+pub(super) const MAX_COMPILED: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KillReason {
+    Timeout,
+    Protocol,
+    Idle,
+    MaxAge,
+    MaxRequests,
+    Evicted,
+    Shutdown,
+}
+
+impl KillReason {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Timeout => "timeout",
+            KillReason::Protocol => "protocol_error",
+            KillReason::Idle => "idle",
+            KillReason::MaxAge => "max_age",
+            KillReason::MaxRequests => "max_requests",
+            KillReason::Evicted => "evicted",
+            KillReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub(super) struct Sb {
+    pub(super) sandbox: Option<jailer::Sandbox>,
+    pub(super) socket: UnixStream,
+    pub(super) output: OwnedFd,
+    pub(super) output_tail: Vec<u8>,
+    pub(super) decoder: Decoder,
+    pub(super) outbox: Vec<u8>,
+    pub(super) tenant: Option<String>,
+    pub(super) in_flight: HashSet<u32>,
+    pub(super) compiled: HashSet<String>,
+    pub(super) created: Instant,
+    pub(super) last_used: Instant,
+    pub(super) served: u64,
+    pub(super) killed: Option<KillReason>,
+    /// Confined to the batch CPUs: booting in the pool, or a tenant's sandbox that is busy (see `cpus`).
+    pub(super) on_batch: bool,
+    /// Its processes when it became ready (see `Spawned::processes`).
+    pub(super) boot_processes: Vec<i32>,
+    /// Its Node's CPU time, sampled every housekeeping tick to find work left running in the background.
+    pub(super) cpu_time: Option<CpuTime>,
+    /// Since when the decoder has held part of a frame (see `PARTIAL_FRAME_TIMEOUT`).
+    pub(super) partial_since: Option<Instant>,
+}
+
+pub(super) fn drain_output(s: &mut Sb) {
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        // SAFETY: a non-blocking read into a local buffer from a pipe we own.
+        let n = unsafe { libc::read(s.output.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        s.output_tail.extend_from_slice(&buf[..n as usize]);
+        if s.output_tail.len() > OUTPUT_TAIL {
+            let cut = s.output_tail.len() - OUTPUT_TAIL;
+            s.output_tail.drain(..cut);
+        }
+    }
+}
+
+pub(super) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSYS => "SIGSYS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTRAP => "SIGTRAP",
+        _ => "signal",
+    }
+}
+
+impl Server {
+    pub(super) fn refill_pool(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        if let Some((until, _)) = self.spawn_backoff {
+            if Instant::now() < until {
+                return;
+            }
+        }
+        let waiting = self.waiting_tenants();
+        let demand = self.config.pool_size + waiting;
+        let mut evictions = waiting;
+        while self.pool.len() + self.starting < demand && self.starting < self.config.max_starting {
+            if self.live_sandboxes() + self.starting >= self.config.max_sandboxes {
+                // At the cap, a tenant that is waiting may take the place of the least recently used idle
+                // tenant's sandbox; the pool alone never evicts anyone.
+                if evictions == 0 || !self.evict_idle() {
+                    break;
+                }
+                evictions -= 1;
+            }
+            self.starting += 1;
+            self.spawner.request();
+        }
+    }
+
+    /// Sandboxes not yet killed (the killed ones are gone as soon as the kernel has reaped them).
+    pub(super) fn live_sandboxes(&self) -> usize {
+        self.sbs.iter().filter(|(_, s)| s.killed.is_none()).count()
+    }
+
+    /// Kill the least recently used tenant sandbox with nothing in flight; false if there is none.
+    pub(super) fn evict_idle(&mut self) -> bool {
+        let victim = self
+            .sbs
+            .iter()
+            .filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty())
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, _)| k);
+        match victim {
+            Some(k) => {
+                self.kill_sandbox(k, KillReason::Evicted);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn waiting_tenants(&self) -> usize {
+        let mut seen: Vec<&str> = Vec::new();
+        for p in &self.pending {
+            if !seen.contains(&p.tenant.as_str()) && !self.tenants.contains_key(&p.tenant) {
+                seen.push(&p.tenant);
+            }
+        }
+        seen.len()
+    }
+
+    pub(super) fn collect_spawned(&mut self) {
+        while let Ok(outcome) = self.spawner.results.try_recv() {
+            self.starting = self.starting.saturating_sub(1);
+            match outcome {
+                Ok(spawned) => {
+                    self.spawn_backoff = None;
+                    self.last_spawn_error = None;
+                    self.metrics.sandbox_created();
+                    if let Some(sb) = self.adopt(spawned) {
+                        self.pool.push_back(sb);
+                        self.serve_pending();
+                    }
+                }
+                Err(message) => {
+                    eprintln!("taskcell: could not make a sandbox: {message}");
+                    let pause = self.spawn_backoff.map_or(Duration::from_millis(250), |(_, p)| (p * 2).min(Duration::from_secs(10)));
+                    self.spawn_backoff = Some((Instant::now() + pause, pause));
+                    self.last_spawn_error = Some(message.clone());
+                    // Requests queued for a sandbox will not get one from this attempt: answer them now
+                    // rather than at their deadline, unless another start is still under way.
+                    if self.starting == 0 && self.pool.is_empty() {
+                        let pending: Vec<Pending> = self.pending.drain(..).collect();
+                        for p in pending {
+                            if let Some(&sb) = self.tenants.get(&p.tenant) {
+                                self.dispatch(sb, p.conn, p.keep_alive, p.request_id, p.tenant, p.job, false, p.started);
+                                continue;
+                            }
+                            self.metrics.invocation("overloaded");
+                            let msg = format!("no sandbox could be made: {message}");
+                            let r = Response::error(503, "overloaded", &msg, None).header("Retry-After", "1");
+                            self.respond(p.conn, &p.request_id, p.keep_alive, r);
+                        }
+                    }
+                }
+            }
+        }
+        self.refill_pool();
+    }
+
+    pub(super) fn adopt(&mut self, spawned: Spawned) -> Option<Key> {
+        let Spawned { sandbox, socket, output, processes } = spawned;
+        // SAFETY: setting O_NONBLOCK on a pipe descriptor we own.
+        unsafe { libc::fcntl(output.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let sb = Sb {
+            socket: UnixStream::from_std(socket),
+            output,
+            output_tail: Vec::new(),
+            decoder: Decoder::new(),
+            outbox: Vec::new(),
+            tenant: None,
+            in_flight: HashSet::new(),
+            compiled: HashSet::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            served: 0,
+            killed: None,
+            on_batch: self.cpus.is_some(),
+            // The command is the init's child: the second process of the tree (when there are CPU classes).
+            cpu_time: if self.cpus.is_some() { processes.get(1).and_then(|&pid| CpuTime::open(pid)) } else { None },
+            boot_processes: processes,
+            partial_since: None,
+            sandbox: Some(sandbox),
+        };
+        let key = self.sbs.insert(sb);
+        let registry = self.poll.registry();
+        let s = self.sbs.get_mut(key).expect("just inserted");
+        let pidfd = s.sandbox.as_ref().expect("set").pidfd().as_raw_fd();
+        let ok = registry.register(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), Interest::READABLE | Interest::WRITABLE).is_ok()
+            && registry.register(&mut SourceFd(&pidfd), Source::Sandbox(key, SandboxFd::Pid).token(), Interest::READABLE).is_ok()
+            && registry.register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE).is_ok();
+        if !ok {
+            eprintln!("taskcell: could not register a sandbox with the event loop");
+            self.remove_sandbox(key);
+            return None;
+        }
+        Some(key)
+    }
+
+    /// Give sandboxes (from the pool) to the tenants whose requests are queued, oldest first.
+    pub(super) fn serve_pending(&mut self) {
+        let mut waiting = std::mem::take(&mut self.pending);
+        while let Some(p) = waiting.pop_front() {
+            let sb = match self.tenants.get(&p.tenant).copied() {
+                Some(sb) => Some((sb, false)),
+                None => self.take_from_pool().map(|sb| {
+                    self.metrics.cold_start(ColdStart::OnDemand);
+                    self.assign(sb, &p.tenant);
+                    (sb, true)
+                }),
+            };
+            match sb {
+                Some((sb, cold)) => self.dispatch(sb, p.conn, p.keep_alive, p.request_id, p.tenant, p.job, cold, p.started),
+                None => self.pending.push_back(p),
+            }
+        }
+    }
+
+    pub(super) fn take_from_pool(&mut self) -> Option<Key> {
+        while let Some(sb) = self.pool.pop_front() {
+            if self.sbs.get(sb).is_some_and(|s| s.killed.is_none()) {
+                self.refill_pool();
+                return Some(sb);
+            }
+        }
+        None
+    }
+
+    pub(super) fn assign(&mut self, sb: Key, tenant: &str) {
+        let recently_busy = self.recently_busy(tenant);
+        if let Some(s) = self.sbs.get_mut(sb) {
+            // A tenant busy a moment ago gets its new sandbox on the batch CPUs, at the boot weight it has;
+            // any other, the tenant weight and (if it booted there) every CPU.
+            if !(s.on_batch && recently_busy) {
+                if let Some(Err(e)) = s.sandbox.as_ref().map(|sandbox| sandbox.set_cpu_weight(TENANT_CPU_WEIGHT)) {
+                    eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
+                }
+                if let (Some(cpus), true) = (&self.cpus, s.on_batch) {
+                    // Idle in the pool, it has the processes and threads it had when ready: one pass over
+                    // those, not a walk of its tree (~0.2 ms here).
+                    for &pid in &s.boot_processes {
+                        jailer::sched::set_process_affinity(pid, &cpus.all);
+                    }
+                    s.on_batch = false;
+                }
+            }
+            s.tenant = Some(tenant.to_string());
+            s.created = Instant::now();
+            s.last_used = Instant::now();
+        }
+        self.tenants.insert(tenant.to_string(), sb);
+    }
+
+    pub(super) fn kill_sandbox(&mut self, key: Key, reason: KillReason) {
+        let Some(s) = self.sbs.get_mut(key) else { return };
+        if s.killed.is_none() {
+            s.killed = Some(reason);
+        }
+        if let Some(sandbox) = &s.sandbox {
+            sandbox.kill();
+        }
+        // From now on the tenant's next request gets a fresh sandbox.
+        if let Some(t) = s.tenant.clone() {
+            if self.tenants.get(&t) == Some(&key) {
+                self.tenants.remove(&t);
+            }
+        }
+        self.pool.retain(|k| *k != key);
+    }
+
+    pub(super) fn on_sandbox_exit(&mut self, key: Key) {
+        let Some(s) = self.sbs.get_mut(key) else { return };
+        let Some(sandbox) = s.sandbox.as_mut() else { return };
+        let exit = match sandbox.try_wait(false) {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("taskcell: waiting for a sandbox: {e}");
+                return;
+            }
+        };
+        drain_output(s);
+        let tail = String::from_utf8_lossy(&s.output_tail).into_owned();
+        let heap = tail.contains("JavaScript heap out of memory") || tail.contains("Reached heap limit");
+        let memory = exit.oom_killed || heap;
+        let reason = if memory {
+            "memory_limit"
+        } else if let Some(r) = s.killed {
+            r.as_str()
+        } else if exit.seccomp_killed() {
+            "seccomp"
+        } else {
+            "crashed"
+        };
+        self.metrics.sandbox_killed(reason);
+        if memory && self.cpus.is_some() {
+            if let Some(t) = &s.tenant {
+                self.busy_tenants.insert(t.clone(), Instant::now());
+            }
+        }
+        let killed = s.killed;
+        let in_flight: Vec<u32> = s.in_flight.iter().copied().collect();
+        let (status, kind, message) = if memory {
+            let limit = self.config.memory;
+            (507, "memory_limit", format!("the sandbox hit its memory limit of {limit} bytes{}", if heap { " (V8 heap exhausted)" } else { " (killed by the cgroup OOM killer)" }))
+        } else if killed == Some(KillReason::Protocol) {
+            (502, "sandbox_crashed", "the sandbox broke the frame protocol (something in it wrote to the runtime's socket what the runtime never sends); it was killed".to_string())
+        } else if killed == Some(KillReason::Timeout) {
+            (502, "sandbox_crashed", "the sandbox was killed because another invocation in it ran past its time limit".to_string())
+        } else if exit.seccomp_killed() {
+            let culprit = s.sandbox.as_ref().and_then(|sb| sb.seccomp_culprit()).map_or("a system call".to_string(), |c| format!("the system call {c}"));
+            (502, "sandbox_crashed", format!("the sandbox was killed by seccomp (SIGSYS): the task made {culprit}, which the sandbox's policy forbids"))
+        } else {
+            let how = match exit.status {
+                jailer::pid::Status::Exited(c) => format!("exited with status {c}"),
+                jailer::pid::Status::Signaled(sig) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+            };
+            (502, "sandbox_crashed", format!("the sandbox {how} during the invocation"))
+        };
+        for id in in_flight {
+            self.complete(id, Err((status, kind, message.clone())));
+        }
+        if !tail.trim().is_empty() && killed.is_none() {
+            eprintln!("taskcell: sandbox output before it died: {}", tail.trim().chars().rev().take(500).collect::<String>().chars().rev().collect::<String>());
+        }
+        self.remove_sandbox(key);
+        self.refill_pool();
+    }
+
+    pub(super) fn remove_sandbox(&mut self, key: Key) {
+        let Some(mut s) = self.sbs.remove(key) else { return };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut s.socket);
+        let _ = registry.deregister(&mut SourceFd(&s.output.as_raw_fd()));
+        if let Some(sandbox) = s.sandbox.take() {
+            let _ = registry.deregister(&mut SourceFd(&sandbox.pidfd().as_raw_fd()));
+            // Removing the cgroup may wait for the kernel: the reaper thread does it.
+            let _ = self.reaper.send(sandbox);
+        }
+        if let Some(t) = &s.tenant {
+            if self.tenants.get(t) == Some(&key) {
+                self.tenants.remove(t);
+            }
+        }
+        self.pool.retain(|k| *k != key);
+    }
+
+    pub(super) fn recycle_if_spent(&mut self, key: Key) {
+        let Some(s) = self.sbs.get(key) else { return };
+        // Every distinct piece of code stays compiled in the sandbox for its life: bound that too.
+        let spent = s.served >= self.config.max_requests || s.compiled.len() > MAX_COMPILED;
+        if s.in_flight.is_empty() && s.killed.is_none() && spent {
+            self.kill_sandbox(key, KillReason::MaxRequests);
+        }
+    }
+
+    pub(super) fn spent_sandboxes(&self, now: Instant) -> Vec<(Key, KillReason)> {
+        let mut out = Vec::new();
+        for (key, s) in self.sbs.iter() {
+            if s.tenant.is_none() || s.killed.is_some() || !s.in_flight.is_empty() {
+                continue;
+            }
+            if now.duration_since(s.last_used) >= self.config.idle_timeout {
+                out.push((key, KillReason::Idle));
+            } else if now.duration_since(s.created) >= self.config.max_age {
+                out.push((key, KillReason::MaxAge));
+            } else if s.served >= self.config.max_requests {
+                out.push((key, KillReason::MaxRequests));
+            }
+        }
+        out
+    }
+}
+

@@ -1,0 +1,131 @@
+//! The helper threads: the store thread (deploys written and fsynced, deletes, code caches read from disk)
+//! and the reaper thread (dead sandboxes' cgroups removed), and the messages to and from them.
+
+use super::*;
+
+/// Work for the store thread, and its answers.
+pub(super) enum StoreJob {
+    /// `cache`: the V8 code cache the syntax check made (empty if none).
+    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, cache: Bytes },
+    Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
+    /// Read a task's code cache from disk (a version the loop does not hold in memory).
+    LoadCache { tenant: String, task: String, sha: String, key: String },
+}
+
+pub(super) struct StoreDone {
+    /// The answer to a client's request, if the job was one.
+    pub(super) reply: Option<(Key, bool, String, Response)>,
+    pub(super) code_cache: CodeCacheUpdate,
+}
+
+/// What a finished store job changes in the loop's code caches.
+pub(super) enum CodeCacheUpdate {
+    None,
+    /// A task stored: its code cache, for the key its Runs will carry.
+    Set { tenant: String, task: String, key: String, cache: Bytes },
+    /// A task deleted (or stored without a cache): none any more.
+    Forget { tenant: String, task: String },
+}
+
+pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>, Receiver<StoreDone>) {
+    let (jobs_tx, jobs) = mpsc::channel::<StoreJob>();
+    let (done_tx, done) = mpsc::channel::<StoreDone>();
+    std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            for job in jobs {
+                let done = match job {
+                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, cache } => {
+                        let (response, code_cache) = match store.put(&tenant, &task, &source) {
+                            Ok((info, created)) => {
+                                let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
+                                let response = Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256));
+                                let key = format!("task:{task}:{}", info.sha256);
+                                // Kept on disk too, so that a restart does not forget it (best effort).
+                                if cache.is_empty() {
+                                    store.forget_code_cache(&tenant, &task);
+                                } else if let Err(e) = store.put_code_cache(&tenant, &task, &info.sha256, &cache) {
+                                    eprintln!("taskcell: {}", crate::jail::error_chain(&e));
+                                }
+                                (response, CodeCacheUpdate::Set { tenant, task, key, cache })
+                            }
+                            Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None), CodeCacheUpdate::None),
+                        };
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache }
+                    }
+                    StoreJob::Delete { conn, keep_alive, request_id, tenant, task } => {
+                        let response = match store.delete(&tenant, &task) {
+                            Ok(true) => Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Bytes::new() },
+                            Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
+                            Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::jail::error_chain(&e)), None),
+                        };
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::Forget { tenant, task } }
+                    }
+                    StoreJob::LoadCache { tenant, task, sha, key } => {
+                        let cache = store.code_cache(&tenant, &task, &sha).unwrap_or_default();
+                        StoreDone { reply: None, code_cache: CodeCacheUpdate::Set { tenant, task, key, cache } }
+                    }
+                };
+                if done_tx.send(done).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        })
+        .expect("spawning the store thread");
+    (jobs_tx, done)
+}
+
+pub(super) fn start_reaper_thread(batch: Option<jailer::sched::CpuSet>) -> (Sender<jailer::Sandbox>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<jailer::Sandbox>();
+    let thread = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            // Removing cgroups is kernel work that waits and holds locks: batch work, off the reserved CPUs.
+            if let Some(batch) = &batch {
+                let _ = jailer::sched::set_affinity(0, batch);
+            }
+            for sandbox in rx {
+                if let Err(e) = sandbox.destroy() {
+                    eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+                }
+            }
+        })
+        .expect("spawning the reaper thread");
+    (tx, thread)
+}
+
+impl Server {
+    pub(super) fn send_store_job(&mut self, job: StoreJob) {
+        if self.store_jobs.send(job).is_ok() {
+            self.store_pending += 1;
+        }
+    }
+
+    pub(super) fn collect_store_results(&mut self) {
+        while let Ok(done) = self.store_done.try_recv() {
+            self.store_pending = self.store_pending.saturating_sub(1);
+            match done.code_cache {
+                CodeCacheUpdate::None => {}
+                CodeCacheUpdate::Set { tenant, task, key, cache } => {
+                    let waiting = self.cache_waits.remove(&(tenant.clone(), task.clone())).unwrap_or_default();
+                    self.code_caches.set(tenant.clone(), task, key, cache);
+                    for w in waiting {
+                        // Its sandbox may have died meanwhile: then it is a new invocation for the tenant.
+                        let alive = self.sbs.get(w.sb).is_some_and(|s| s.killed.is_none()) && self.tenants.get(&tenant) == Some(&w.sb);
+                        if alive {
+                            self.dispatch(w.sb, w.conn, w.keep_alive, w.request_id, tenant.clone(), w.job, w.cold, w.started);
+                        } else {
+                            self.invoke(w.conn, w.request_id, w.keep_alive, tenant.clone(), w.job, w.started);
+                        }
+                    }
+                }
+                CodeCacheUpdate::Forget { tenant, task } => self.code_caches.forget(&tenant, &task),
+            }
+            if let Some((conn, keep_alive, request_id, response)) = done.reply {
+                self.respond(conn, &request_id, keep_alive, response);
+            }
+        }
+    }
+}
+
