@@ -1,9 +1,11 @@
 //! taskcell: run untrusted tenant Node.js functions in pre-warmed Linux sandboxes.
 //!
 //! `taskcell serve` is the daemon (see `daemon`); `taskcell jail` runs one command in a one-off sandbox with
-//! exactly the isolation tenants get (see `jail`).
+//! exactly the isolation tenants get (see `jail`); `deploy`, `call`, `tasks`, `rm`, `logs` and `health` are the
+//! command line for people, talking to a running daemon over its socket (see `cli`).
 
 mod args;
+mod cli;
 mod daemon;
 mod jail;
 mod signals;
@@ -20,16 +22,17 @@ fn main() -> ExitCode {
     match argv.next().as_deref() {
         Some("jail") => jail::main(argv.collect()),
         Some("serve") => daemon::main(argv.collect()),
+        Some(cmd) if cli::is_command(cmd) => cli::main(cmd, argv.collect()),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("{USAGE}");
+            println!("{USAGE}\n\n{}", cli::usage());
             ExitCode::SUCCESS
         }
         Some(other) => {
-            eprintln!("taskcell: unknown command {other:?}\n{USAGE}");
+            eprintln!("taskcell: unknown command {other:?}\n{USAGE}\n\n{}", cli::usage());
             ExitCode::from(2)
         }
         None => {
-            eprintln!("{USAGE}");
+            eprintln!("{USAGE}\n\n{}", cli::usage());
             ExitCode::from(2)
         }
     }
