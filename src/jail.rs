@@ -130,14 +130,4 @@ fn read_signal(fd: &OwnedFd) -> i32 {
     }
 }
 
-/// An error and its sources on one line: "cgroup: writing \"5\" to /x: Permission denied".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use runtime::error_chain;

@@ -1,14 +1,14 @@
 //! taskcell: run untrusted tenant Node.js functions in pre-warmed Linux sandboxes.
 //!
-//! `taskcell serve` is the daemon (see `daemon`); `taskcell jail` runs one command in a one-off sandbox with
+//! `taskcell serve` is the daemon (the `runtime` library's `daemon`); `taskcell jail` runs one command in a one-off sandbox with
 //! exactly the isolation tenants get (see `jail`); `deploy`, `call`, `tasks`, `rm`, `logs` and `health` are the
 //! command line for people, talking to a running daemon over its socket (see `cli`).
 
-mod args;
 mod cli;
-mod daemon;
 mod jail;
-mod signals;
+
+// The daemon and what it shares with the other commands live in the runtime library.
+use runtime::{args, daemon, signals};
 
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
-//! The daemon's HTTP front on arbitrary bytes, through the real code: `src/daemon/http.rs` (parser and
-//! response writer), `src/daemon/api.rs` (a request into a typed request or an API error, exactly what
-//! `Server::handle` calls first), `src/daemon/routes.rs` (route table) and `valid_name` from
-//! `src/daemon/store.rs`, all compiled here with `#[path]`, nothing copied.
+//! The daemon's HTTP front on arbitrary bytes, through the real code of the `runtime` library:
+//! `daemon::http` (parser and response writer), `daemon::api` (a request into a typed request or an API
+//! error, exactly what `Server::handle` calls first), `daemon::routes` (route table) and
+//! `daemon::store::valid_name`. Nothing is copied.
 //!
 //! The input is one connection's byte stream. It is driven as `Server::read_conn` and `Server::handle`
 //! drive it: parse a request from the front of the buffer, drop the bytes it used, route its path,
@@ -29,18 +29,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../src/daemon/api.rs"]
-mod api;
-#[allow(dead_code)]
-#[path = "../../src/daemon/http.rs"]
-mod http;
-#[allow(dead_code)]
-#[path = "../../src/daemon/routes.rs"]
-mod routes;
-#[allow(dead_code)]
-#[path = "../../src/daemon/store.rs"]
-mod store;
+use runtime::daemon::{api, http, routes, store};
 
 use api::ApiRequest;
 use http::{HttpError, Limits, Parsed, Request, Response};

@@ -1,16 +1,23 @@
-//! The frame protocol between the taskcell daemon and the Node runtime inside each sandbox
-//! (docs/protocol.md): typed frames, an encoder and an incremental decoder that is safe to point at a
-//! hostile sandbox. The other implementation of the protocol is `js/bootstrap.js`, shipped here as
-//! [`BOOTSTRAP_JS`]. This crate does no I/O and knows nothing of sandboxes or HTTP.
+//! The taskcell runtime: the daemon (`taskcell serve`) and the sandbox runtime it drives.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`protocol`] | the frame protocol between the daemon and the Node runtime in each sandbox (docs/protocol.md): typed frames, an encoder, an incremental decoder safe to point at a hostile sandbox; re-exported at the crate root |
+//! | [`BOOTSTRAP_JS`] | the other implementation of the protocol, `js/bootstrap.js`, which runs in every sandbox |
+//! | [`daemon`] | `taskcell serve`: configuration, the event loop (`daemon::server`), the HTTP front (`daemon::http`, `daemon::api`, `daemon::routes`), the task store, the sandbox spawners |
+//! | [`args`], [`signals`] | command-line values and signals as descriptors, shared with the binary's other commands |
+//!
+//! Sandboxes themselves are the `jailer` crate's: this crate asks it for them and knows how to talk to what
+//! runs inside; the jailer knows nothing of HTTP, tenants or pools. The `taskcell` binary is a thin `main`
+//! over this crate (and its client commands).
 
-mod decode;
-mod encode;
-mod frame;
+pub mod args;
+pub mod daemon;
+pub mod protocol;
+pub mod signals;
 
-pub use decode::{DecodeError, Decoder};
-pub use encode::{encode, encode_to_vec, EncodeError};
-pub use frame::{
-    CompileMeta, ErrorKind, Frame, FrameType, LogLevel, RunMeta, HEADER_LEN, MAX_FRAME,
+pub use protocol::{
+    encode, encode_to_vec, CompileMeta, DecodeError, Decoder, EncodeError, ErrorKind, Frame, FrameType, LogLevel, RunMeta, HEADER_LEN, MAX_FRAME,
 };
 
 /// The runtime's JavaScript, to be installed in the rootfs as `/taskcell/bootstrap.js`.
@@ -22,3 +29,15 @@ pub const BOOTSTRAP_PATH: &str = "/taskcell/bootstrap.js";
 /// Largest result the runtime sends, in bytes of JSON text (the API's default result limit). Larger
 /// results become a `task_error` inside the sandbox.
 pub const RESULT_LIMIT: usize = 1024 * 1024;
+
+/// An error and its sources on one line: "cgroup: writing \"5\" to /x: Permission denied".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jailer::{Jailer, SandboxSpec, Stdio};
-use runtime::{Decoder, Frame};
+use crate::{Decoder, Frame};
 
 /// A sandbox whose runtime has sent `Ready`.
 pub struct Spawned {
@@ -115,7 +115,7 @@ fn spawn_loop(
 
 fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let (out_r, out_w) = jailer::spawn::pipe().map_err(|e| crate::jail::error_chain(&e))?;
+    let (out_r, out_w) = jailer::spawn::pipe().map_err(|e| crate::error_chain(&e))?;
     let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let out_w2 = out_w.try_clone().map_err(|e| format!("dup: {e}"))?;
     let spec = SandboxSpec {
@@ -125,7 +125,7 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
         socket: Some(OwnedFd::from(theirs)),
         limits: None,
     };
-    let mut sandbox = jailer.make(spec).map_err(|e| crate::jail::error_chain(&e))?;
+    let mut sandbox = jailer.make(spec).map_err(|e| crate::error_chain(&e))?;
     match await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout) {
         Ok(()) => {
             let processes = jailer::sched::tree_processes(sandbox.pid);

@@ -3,18 +3,18 @@
 //! Startup (config, state directory, stale socket and cgroups, jailer, threads) lives here; the event loop
 //! lives in `server`. See docs/api.md for the API decisions the spec leaves open.
 
-mod api;
+pub mod api;
 mod code_cache;
 mod cpus;
-mod http;
+pub mod http;
 mod logs;
 mod metrics;
-mod routes;
+pub mod routes;
 mod server;
 mod settings;
 mod slab;
 mod spawner;
-mod store;
+pub mod store;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -222,7 +222,7 @@ fn serve(config: Config) -> Result<(), String> {
     let signals = crate::signals::block(&[libc::SIGINT, libc::SIGTERM]).map_err(|e| format!("signalfd: {e}"))?;
     // One daemon per state directory: a second one would sweep the first's temporary files mid-deploy.
     let _state_lock = lock_state_dir(&config.state_dir)?;
-    let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::jail::error_chain(&e))?);
+    let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::error_chain(&e))?);
     let mut jconfig = JailerConfig::default();
     if let Some(r) = &config.rootfs {
         jconfig.rootfs = r.clone();
@@ -234,7 +234,7 @@ fn serve(config: Config) -> Result<(), String> {
     // Sandboxes boot at a low CPU weight, so that refilling the pool yields to tenants' invocations; a
     // sandbox gets the normal weight when it is given to a tenant.
     jconfig.limits.cpu_weight = Some(server::BOOT_CPU_WEIGHT);
-    let jailer = Jailer::new(jconfig).map_err(|e| format!("cannot make sandboxes: {}", crate::jail::error_chain(&e)))?;
+    let jailer = Jailer::new(jconfig).map_err(|e| format!("cannot make sandboxes: {}", crate::error_chain(&e)))?;
     let swept = jailer.sweep_stale_cgroups();
     if swept > 0 {
         eprintln!("taskcell: removed {swept} stale cgroup group(s) left by an earlier run");
@@ -249,7 +249,7 @@ fn serve(config: Config) -> Result<(), String> {
         argv: vec![
             "/usr/bin/node".into(),
             format!("--max-old-space-size={}", heap_mib.max(16)),
-            runtime::BOOTSTRAP_PATH.into(),
+            crate::BOOTSTRAP_PATH.into(),
         ],
         ready_timeout: Duration::from_secs(20),
     };

@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
-use crate::frame::{
+use super::frame::{
     ErrorMetaOut, Frame, FrameType, LogMeta, ReadyMetaOut, RunMetaOut, LEN_FIELD, MAX_FRAME,
 };
-use crate::HEADER_LEN;
+use super::frame::HEADER_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {

@@ -6,11 +6,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::de::{DeserializeOwned, IgnoredAny};
 
-use crate::frame::{
+use super::frame::{
     CompileMeta, ErrorMetaIn, Frame, FrameType, LogMeta, NoMeta, ReadyMetaIn, RunMeta, RunMetaIn,
     LEN_FIELD, MAX_FRAME, MIN_LEN,
 };
-use crate::HEADER_LEN;
+use super::frame::HEADER_LEN;
 
 /// Why a byte stream is not a valid frame stream. After any of these the stream cannot be resynchronised:
 /// drop the peer (for a sandbox: kill it).

@@ -129,12 +129,12 @@ impl Server {
                 (Frame::Run { id, meta, source, cache, data }, task, None, Some(key))
             }
             Job::Compile { task, source } => {
-                let meta = runtime::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled() };
+                let meta = crate::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled() };
                 (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source), None)
             }
         };
         let Some(s) = self.sbs.get_mut(sb) else { return };
-        if runtime::encode(&frame, &mut s.outbox).is_err() {
+        if crate::encode(&frame, &mut s.outbox).is_err() {
             let r = Response::error(500, "internal", "could not encode the invocation", None);
             return self.respond(conn, &request_id, keep_alive, r);
         }

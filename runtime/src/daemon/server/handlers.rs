@@ -42,7 +42,7 @@ impl Server {
                         let tasks: Vec<serde_json::Value> = list.iter().map(task_json).collect();
                         Response::json(200, serde_json::json!({ "tasks": tasks }).to_string())
                     }
-                    Err(e) => Response::error(500, "internal", &format!("listing tasks: {}", crate::jail::error_chain(&e)), None),
+                    Err(e) => Response::error(500, "internal", &format!("listing tasks: {}", crate::error_chain(&e)), None),
                 };
                 self.respond(key, &request_id, keep, response);
             }
@@ -50,7 +50,7 @@ impl Server {
                 let response = match self.store.get(&tenant, &task) {
                     Ok(Some((info, source))) => Response { status: 200, content_type: "application/javascript", headers: vec![("ETag", format!("\"{}\"", info.sha256))], body: source },
                     Ok(None) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
-                    Err(e) => Response::error(500, "internal", &crate::jail::error_chain(&e), None),
+                    Err(e) => Response::error(500, "internal", &crate::error_chain(&e), None),
                 };
                 self.respond(key, &request_id, keep, response);
             }
@@ -71,7 +71,7 @@ impl Server {
                 self.metrics.invocation("not_found");
                 self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None))
             }
-            Err(e) => self.respond(key, &request_id, keep, Response::error(500, "internal", &crate::jail::error_chain(&e), None)),
+            Err(e) => self.respond(key, &request_id, keep, Response::error(500, "internal", &crate::error_chain(&e), None)),
         }
     }
 

@@ -191,7 +191,7 @@ mod tests {
     /// the same code the fuzz target drives: the framing parser, then this module, until the input is used up.
     #[test]
     fn fuzz_regressions_parse_without_panicking() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/http_front");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/http_front");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("fuzz/regressions/http_front") {
             let data = std::fs::read(entry.unwrap().path()).unwrap();

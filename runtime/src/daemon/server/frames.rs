@@ -128,8 +128,8 @@ impl Server {
         let expects = |s: &Server, id: u32| s.invocations.get(&id).filter(|i| i.sb == key).map(|i| i.compile.is_some());
         match frame {
             Frame::Result { id, json } if expects(self, id) == Some(false) => {
-                if json.len() > runtime::RESULT_LIMIT {
-                    let msg = format!("the result is {} bytes, over the limit of {} bytes", json.len(), runtime::RESULT_LIMIT);
+                if json.len() > crate::RESULT_LIMIT {
+                    let msg = format!("the result is {} bytes, over the limit of {} bytes", json.len(), crate::RESULT_LIMIT);
                     self.complete(id, Err((500, "task_error", msg)));
                 } else {
                     self.complete(id, Ok(json));
@@ -149,7 +149,7 @@ impl Server {
                 self.complete(id, Ok(cache))
             }
             Frame::Error { id, kind, message } if expects(self, id).is_some() => {
-                if kind == runtime::ErrorKind::CompileError {
+                if kind == crate::ErrorKind::CompileError {
                     // The sandbox did not keep code that failed to compile: send it again next time.
                     let code_key = self.invocations.get(&id).and_then(|i| i.key.clone());
                     if let (Some(s), Some(k)) = (self.sbs.get_mut(key), code_key) {
@@ -157,7 +157,7 @@ impl Server {
                     }
                 }
                 let message: String = message.chars().take(16 << 10).collect();
-                self.complete(id, Err((if kind == runtime::ErrorKind::CompileError { 400 } else { 500 }, kind.as_str(), message)));
+                self.complete(id, Err((if kind == crate::ErrorKind::CompileError { 400 } else { 500 }, kind.as_str(), message)));
             }
             Frame::Log { id, level, message } => {
                 let text = log_text(&message);

@@ -1,6 +1,6 @@
 //! Per-invocation log capture (capped) and the log event format streamed to `/v1/logs` subscribers.
 
-use runtime::LogLevel;
+use crate::LogLevel;
 
 /// The most log bytes kept for one invocation's response.
 pub const INVOCATION_LOG_CAP: usize = 64 << 10;

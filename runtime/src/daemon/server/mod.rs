@@ -51,7 +51,7 @@ use bytes::Bytes;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Waker};
-use runtime::{Decoder, Frame, RunMeta};
+use crate::{Decoder, Frame, RunMeta};
 
 use crate::daemon::code_cache::{self, CodeCaches, Lookup};
 use crate::daemon::cpus::{self, CpuClasses, CpuTime};
@@ -374,7 +374,7 @@ impl Server {
                 if let Some(sandbox) = s.sandbox.take() {
                     // Kill, reap and remove the cgroup, here and now: nothing may outlive the daemon.
                     if let Err(e) = sandbox.destroy() {
-                        eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+                        eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::error_chain(&e));
                     }
                 }
             }
@@ -382,7 +382,7 @@ impl Server {
         // Sandboxes still booting on the spawner threads: wait for them and destroy them too.
         for spawned in self.spawner.stop() {
             if let Err(e) = spawned.sandbox.destroy() {
-                eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+                eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::error_chain(&e));
             }
         }
         // Let the reaper finish what it was given: closing its channel ends its loop.

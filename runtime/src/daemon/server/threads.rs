@@ -45,11 +45,11 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                                 if cache.is_empty() {
                                     store.forget_code_cache(&tenant, &task);
                                 } else if let Err(e) = store.put_code_cache(&tenant, &task, &info.sha256, &cache) {
-                                    eprintln!("taskcell: {}", crate::jail::error_chain(&e));
+                                    eprintln!("taskcell: {}", crate::error_chain(&e));
                                 }
                                 (response, CodeCacheUpdate::Set { tenant, task, key, cache })
                             }
-                            Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::jail::error_chain(&e)), None), CodeCacheUpdate::None),
+                            Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::error_chain(&e)), None), CodeCacheUpdate::None),
                         };
                         StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache }
                     }
@@ -57,7 +57,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                         let response = match store.delete(&tenant, &task) {
                             Ok(true) => Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Bytes::new() },
                             Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
-                            Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::jail::error_chain(&e)), None),
+                            Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::error_chain(&e)), None),
                         };
                         StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::Forget { tenant, task } }
                     }
@@ -87,7 +87,7 @@ pub(super) fn start_reaper_thread(batch: Option<jailer::sched::CpuSet>) -> (Send
             }
             for sandbox in rx {
                 if let Err(e) = sandbox.destroy() {
-                    eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::jail::error_chain(&e));
+                    eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::error_chain(&e));
                 }
             }
         })

@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn docs_list_every_setting_with_its_default() {
-        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).expect("docs/api.md");
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md")).expect("docs/api.md");
         for s in SETTINGS {
             let row = docs
                 .lines()

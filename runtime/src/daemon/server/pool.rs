@@ -263,7 +263,7 @@ impl Server {
             // any other, the tenant weight and (if it booted there) every CPU.
             if !(s.on_batch && recently_busy) {
                 if let Some(Err(e)) = s.sandbox.as_ref().map(|sandbox| sandbox.set_cpu_weight(TENANT_CPU_WEIGHT)) {
-                    eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::jail::error_chain(&e));
+                    eprintln!("taskcell: raising a sandbox's CPU weight: {}", crate::error_chain(&e));
                 }
                 if let (Some(cpus), true) = (&self.cpus, s.on_batch) {
                     // Idle in the pool, it has the processes and threads it had when ready: one pass over
