@@ -1,9 +1,10 @@
 /*
  * taskcell-init: PID 1 of every sandbox.
  *
- * The jailer's child forks the command and then, as PID 1, execs this program (from a sealed memfd, see
- * jailer/src/pid.rs), so that the process that lives as long as the sandbox holds nothing of the daemon's
- * memory: not a copy-on-write image of other tenants' requests, results or sources, only this file.
+ * The jailer's child forks the command and then, as PID 1, execs this program (from a sealed memfd made in
+ * jailer/src/pid.rs; the exec is in jailer/src/child/pid.rs), so that the process that lives as long as the
+ * sandbox holds nothing of the daemon's memory: not a copy-on-write image of other tenants' requests, results
+ * or sources, only this file.
  *
  *   taskcell-init COMMAND_PID REPORT_FD
  *

@@ -55,7 +55,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Layout {
     /// Our own cgroup directory in each of the memory, pids and cpu hierarchies.
     V1 { memory: PathBuf, pids: PathBuf, cpu: PathBuf },
@@ -286,8 +286,8 @@ fn kill_members(dir: &Path, v2: bool) {
     }
     if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
         for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: kill takes integers; the pid was read from the cgroup this process made for a sandbox.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The pid was read from the cgroup this process made for a sandbox.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -312,6 +312,13 @@ fn process_is_taskcell(pid: u32) -> bool {
 fn detect() -> Result<Layout, CgroupError> {
     let mounts = read(Path::new("/proc/self/mounts"))?;
     let own = read(Path::new("/proc/self/cgroup"))?;
+    layout_of(&mounts, &own, |mount| fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default())
+}
+
+/// The layout from the text of /proc/self/mounts and /proc/self/cgroup; `controllers` reads the
+/// `cgroup.controllers` of a cgroup2 mount (empty when unreadable). Pure, for tests: v1 when memory, pids and
+/// cpu each have a v1 hierarchy we are in, else v2 when its root offers all three.
+fn layout_of(mounts: &str, own: &str, controllers: impl Fn(&Path) -> String) -> Result<Layout, CgroupError> {
     let mut v1: [Option<PathBuf>; 3] = [None, None, None];
     let mut v2_mount = None;
     for line in mounts.lines() {
@@ -325,7 +332,7 @@ fn detect() -> Result<Layout, CgroupError> {
         } else if fstype == "cgroup" {
             for (i, ctrl) in ["memory", "pids", "cpu"].iter().enumerate() {
                 if options.split(',').any(|o| o == *ctrl) {
-                    let path = own_path(&own, |controllers| controllers.split(',').any(|c| c == *ctrl));
+                    let path = own_path(own, |controllers| controllers.split(',').any(|c| c == *ctrl));
                     if let Some(path) = path {
                         v1[i] = Some(PathBuf::from(mount_point).join(path.trim_start_matches('/')));
                     }
@@ -337,10 +344,10 @@ fn detect() -> Result<Layout, CgroupError> {
         return Ok(Layout::V1 { memory, pids, cpu });
     }
     if let Some(mount) = v2_mount {
-        let available = fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+        let available = controllers(&mount);
         let has = |c: &str| available.split_whitespace().any(|a| a == c);
         if has("memory") && has("pids") && has("cpu") {
-            let path = own_path(&own, |controllers| controllers.is_empty()).unwrap_or_default();
+            let path = own_path(own, |controllers| controllers.is_empty()).unwrap_or_default();
             let mut dir = mount.join(path.trim_start_matches('/'));
             if dir.file_name().map(|n| n == SUPERVISOR).unwrap_or(false) {
                 dir.pop();
@@ -416,4 +423,5 @@ mod tests {
         assert_eq!(own_path(own, |c| c.split(',').any(|x| x == "cpu")).as_deref(), Some("/c"));
         assert_eq!(own_path(own, |c| c.is_empty()).as_deref(), Some("/u"));
     }
+
 }

@@ -1,8 +1,8 @@
 //! The mount namespace and the new root.
 //!
-//! Parent side: [`MountPlan::new`] prepares every path, flag and option string before the fork. Child side:
-//! [`MountPlan::build_root`] assembles the new root on a tmpfs and [`pivot`] moves into it and detaches the
-//! host's tree. Nothing here allocates in the child.
+//! Parent side (this file): [`MountPlan::new`] prepares every path, flag and option string before the fork.
+//! Child side (`child/mount.rs`): the plan is carried out in order, assembling the new root on a tmpfs, then
+//! `pivot_root` moves into it and detaches the host's tree; nothing there allocates.
 //!
 //! The new root holds: the rootfs's top-level directories bound read-only (nosuid, nodev; their submounts too),
 //! its symlinks, `/proc`
@@ -75,7 +75,8 @@ impl MountStep {
     }
 }
 
-enum Op {
+/// One step of building the root, for the child to carry out ([`crate::child`]).
+pub(crate) enum Op {
     /// mkdir (mode 0755), ignoring EEXIST.
     Mkdir(CString),
     /// An empty file as a mount point.
@@ -84,15 +85,6 @@ enum Op {
     Mount { source: CString, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
     /// mount_setattr(AT_RECURSIVE): these attributes set on the mount at `target` and on every mount below it.
     SetAttrTree { target: CString, set: u64 },
-}
-
-/// The kernel's `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -106,8 +98,8 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 /// named by path, not by descriptors opened before the fork: those would refer to mounts of the host's
 /// namespace, which the kernel refuses to bind from inside a new one.
 pub struct MountPlan {
-    new_root: CString,
-    steps: Vec<(MountStep, Op)>,
+    pub(crate) new_root: CString,
+    pub(crate) steps: Vec<(MountStep, Op)>,
 }
 
 pub struct BindRo {
@@ -200,72 +192,6 @@ impl MountPlan {
         }));
         Ok(MountPlan { new_root: cpath(&root)?, steps })
     }
-
-    /// Child side: carry out the plan, in order.
-    pub fn build_root(&self) -> Result<(), (MountStep, i32)> {
-        for (step, op) in &self.steps {
-            run(op).map_err(|e| (*step, e))?;
-        }
-        Ok(())
-    }
-
-    /// Child side: make the new root `/` and detach the host's tree from this namespace.
-    pub fn pivot(&self) -> Result<(), (MountStep, i32)> {
-        let fail = |e| (MountStep::Pivot, e);
-        // SAFETY: new_root is a NUL-terminated path prepared before the fork.
-        crate::pid::check(unsafe { libc::chdir(self.new_root.as_ptr()) }).map_err(fail)?;
-        // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then detaches it,
-        // without needing a directory for it in the (read-only) new root.
-        let dot = c".".as_ptr();
-        // SAFETY: both arguments are static NUL-terminated strings.
-        crate::pid::check(unsafe { libc::syscall(libc::SYS_pivot_root, dot, dot) as libc::c_int }).map_err(fail)?;
-        // SAFETY: as above.
-        crate::pid::check(unsafe { libc::umount2(dot, libc::MNT_DETACH) }).map_err(fail)?;
-        // SAFETY: a static NUL-terminated string.
-        crate::pid::check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(fail)
-    }
-}
-
-fn run(op: &Op) -> Result<(), i32> {
-    // SAFETY: every pointer below is to a NUL-terminated CString owned by the plan, which outlives the call;
-    // null pointers are passed only where the syscall documents them as optional.
-    unsafe {
-        match op {
-            Op::Mkdir(path) => {
-                if libc::mkdir(path.as_ptr(), 0o755) < 0 && crate::pid::errno() != libc::EEXIST {
-                    return Err(crate::pid::errno());
-                }
-                Ok(())
-            }
-            Op::Touch(path) => {
-                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o444);
-                if fd < 0 {
-                    return Err(crate::pid::errno());
-                }
-                libc::close(fd);
-                Ok(())
-            }
-            Op::Symlink { target, link } => crate::pid::check(libc::symlink(target.as_ptr(), link.as_ptr())),
-            Op::Mount { source, target, fstype, flags, data } => crate::pid::check(libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
-                *flags,
-                data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
-            )),
-            Op::SetAttrTree { target, set } => {
-                let attr = MountAttr { attr_set: *set, attr_clr: 0, propagation: 0, userns_fd: 0 };
-                crate::pid::check(libc::syscall(
-                    libc::SYS_mount_setattr,
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    libc::AT_RECURSIVE,
-                    &attr as *const MountAttr,
-                    std::mem::size_of::<MountAttr>(),
-                ) as libc::c_int)
-            }
-        }
-    }
 }
 
 fn bind(source: CString, target: CString, extra: libc::c_ulong) -> Op {
@@ -287,3 +213,4 @@ fn c(s: &str) -> Result<CString, MountError> {
 fn cpath(p: &Path) -> Result<CString, MountError> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| MountError::Nul(p.to_path_buf()))
 }
+

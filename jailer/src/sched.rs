@@ -8,91 +8,68 @@
 //! busy loop. With short slices for sandboxes and for the daemon's loop, a busy sandbox yields the CPU within
 //! a fraction of a millisecond to whatever wakes up. Older kernels ignore the field: the call still succeeds.
 
+use nix::sched::{sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
+
 /// The slice taskcell gives its sandboxes and its event loop: the kernel's minimum (0.1 ms).
 pub const SHORT_SLICE_NS: u64 = 100_000;
 
-/// The kernel's `struct sched_attr` (SCHED_ATTR_SIZE_VER1).
+/// The kernel's `struct sched_attr` (SCHED_ATTR_SIZE_VER1). nix has no sched_getattr/sched_setattr.
 #[repr(C)]
 #[derive(Default)]
-struct SchedAttr {
-    size: u32,
-    policy: u32,
-    flags: u64,
-    nice: i32,
-    priority: u32,
-    runtime: u64,
-    deadline: u64,
-    period: u64,
-    util_min: u32,
-    util_max: u32,
+pub(crate) struct SchedAttr {
+    pub(crate) size: u32,
+    pub(crate) policy: u32,
+    pub(crate) flags: u64,
+    pub(crate) nice: i32,
+    pub(crate) priority: u32,
+    pub(crate) runtime: u64,
+    pub(crate) deadline: u64,
+    pub(crate) period: u64,
+    pub(crate) util_min: u32,
+    pub(crate) util_max: u32,
 }
 
 /// Give the calling thread (and whatever it forks or execs from now on) a time slice of `slice_ns`, keeping
-/// its policy and nice value. Async-signal-safe: raw syscalls on a local struct, usable in a cloned child.
+/// its policy and nice value. Async-signal-safe (raw syscalls on a local struct): the sandbox's child sets
+/// its slice with the same code between clone and execve (`child/sched.rs`).
 pub fn set_slice(slice_ns: u64) -> Result<(), i32> {
-    let mut attr = SchedAttr { size: std::mem::size_of::<SchedAttr>() as u32, ..SchedAttr::default() };
-    // SAFETY: sched_getattr fills at most `size` bytes of the local struct, for the calling thread (pid 0).
-    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, attr.size, 0) };
-    if rc < 0 {
-        return Err(crate::pid::errno());
-    }
-    if attr.policy != libc::SCHED_OTHER as u32 && attr.policy != libc::SCHED_BATCH as u32 {
-        return Ok(()); // real-time or idle policies have no slice to shorten
-    }
-    attr.size = std::mem::size_of::<SchedAttr>() as u32;
-    attr.flags = 0;
-    attr.runtime = slice_ns;
-    // SAFETY: sched_setattr reads the local struct, for the calling thread; flags 0.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if rc < 0 {
-        return Err(crate::pid::errno());
-    }
-    Ok(())
+    crate::child::sched::set_slice(slice_ns)
 }
 
 /// The calling thread's time slice in nanoseconds, as the kernel reports it (0 before Linux 6.12).
 pub fn slice() -> Result<u64, i32> {
     let mut attr = SchedAttr { size: std::mem::size_of::<SchedAttr>() as u32, ..SchedAttr::default() };
-    // SAFETY: as in set_slice.
+    // SAFETY: sched_getattr fills at most `size` bytes of the local struct, for the calling thread (pid 0).
     let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, attr.size, 0) };
     if rc < 0 {
-        return Err(crate::pid::errno());
+        return Err(nix::errno::Errno::last_raw());
     }
     Ok(attr.runtime)
 }
 
 /// A set of CPUs, as `sched_setaffinity` takes it.
 #[derive(Clone, Copy)]
-pub struct CpuSet(libc::cpu_set_t);
+pub struct CpuSet(nix::sched::CpuSet);
 
 impl CpuSet {
     /// The CPUs the calling thread may run on (the host's, or what systemd's `CPUAffinity=` or a cpuset left).
     pub fn of_current_thread() -> std::io::Result<CpuSet> {
-        // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills at most its size.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above, for the calling thread (pid 0).
-        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(CpuSet(set))
+        Ok(CpuSet(sched_getaffinity(Pid::from_raw(0))?))
     }
 
     pub fn from_cpus(cpus: &[usize]) -> CpuSet {
-        // SAFETY: an all-zero cpu_set_t is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let mut set = nix::sched::CpuSet::new();
         for &cpu in cpus {
-            if cpu < libc::CPU_SETSIZE as usize {
-                // SAFETY: the index is within the set's size.
-                unsafe { libc::CPU_SET(cpu, &mut set) };
-            }
+            // A CPU beyond the set's size (CPU_SETSIZE) is left out, as before.
+            let _ = set.set(cpu);
         }
         CpuSet(set)
     }
 
     /// The CPUs in the set, in ascending order.
     pub fn cpus(&self) -> Vec<usize> {
-        // SAFETY: every index is within the set's size.
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &self.0) }).collect()
+        (0..nix::sched::CpuSet::count()).filter(|&c| self.0.is_set(c).unwrap_or(false)).collect()
     }
 
     /// The set in the kernel's list format ("0-3,6"), as in /proc/PID/status's Cpus_allowed_list.
@@ -120,11 +97,7 @@ impl std::fmt::Debug for CpuSet {
 
 /// Let thread `tid` (0: the calling thread) run only on `set`.
 pub fn set_affinity(tid: i32, set: &CpuSet) -> Result<(), i32> {
-    // SAFETY: sched_setaffinity reads the set, of its own size.
-    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set.0) } != 0 {
-        return Err(crate::pid::errno());
-    }
-    Ok(())
+    sched_setaffinity(Pid::from_raw(tid), &set.0).map_err(|e| e as i32)
 }
 
 /// The processes of the tree under `pid` (it first), through /proc/PID/task/TID/children.

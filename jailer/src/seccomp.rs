@@ -1,8 +1,8 @@
 //! Seccomp: the syscall filters every sandbox runs under, and the names of syscalls for reporting.
 //!
 //! The filters come from `policies/sandbox.json`, compiled to BPF by `build.rs` (see it for the checks
-//! made at build time); this module only hands them to the kernel, in the child, as the last step
-//! before `execve`. Three filters are stacked and the kernel applies the strictest answer of all:
+//! made at build time); the child hands them to the kernel (`child/seccomp.rs`) as the last step
+//! before `execve`, and this module keeps them and the names of syscalls for reporting. Three filters are stacked and the kernel applies the strictest answer of all:
 //! - `refuse`: EPERM for mount, namespaces, ptrace, bpf, keyrings, modules, clock setting, memfd,
 //!   `clone` with namespace flags, and for the arguments Node never passes: socket families other than
 //!   unix/inet/inet6/route netlink and inet protocols other than TCP/UDP, `TCP_ULP`, ioctl requests and
@@ -40,40 +40,6 @@ include!(concat!(env!("OUT_DIR"), "/seccomp_policy.rs"));
 /// The compiled filters in install order.
 pub fn programs() -> &'static [Program] {
     &PROGRAMS
-}
-
-/// Child side, between fork and exec: installs every program with
-/// `seccomp(SECCOMP_SET_MODE_FILTER, 0, &sock_fprog)`, in order.
-///
-/// Only raw syscalls, no allocation, no locks. Requires `no_new_privs` already set (otherwise the
-/// kernel refuses with EACCES, as it would to anyone without CAP_SYS_ADMIN). Returns `Err(errno)` on
-/// failure; the filters installed before the failure stay in place, so the caller must not exec.
-/// Once it returns `Ok`, the process may make only the syscalls of the `allow` filter: `execve`,
-/// `write` and `exit_group` among them, enough to exec or to report a failure and exit.
-pub fn install_all() -> Result<(), i32> {
-    for program in programs() {
-        let fprog = libc::sock_fprog {
-            // seccompiler rejects programs of BPF_MAXINSNS (4096) instructions or more: no truncation.
-            len: program.filter.len() as libc::c_ushort,
-            filter: program.filter.as_ptr().cast_mut(),
-        };
-        // SAFETY: `fprog` points at a static array of `len` instructions; the kernel copies the
-        // program during the call and never writes through the pointer.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0 as libc::c_uint,
-                &fprog as *const libc::sock_fprog,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL));
-        }
-    }
-    Ok(())
 }
 
 /// The name of syscall `nr` on this architecture, e.g. to report which call a SIGSYS kill was for
@@ -126,6 +92,7 @@ mod tests {
     //! Children use raw syscalls only and leave with `_exit`, since the test harness is threaded.
 
     use super::*;
+    use crate::child::seccomp::install_all;
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 

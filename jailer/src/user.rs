@@ -3,9 +3,9 @@
 //! Each sandbox has a user namespace of its own in which it is uid and gid 1000, mapped to one unprivileged host
 //! uid and gid of its own: `uid_base + the host pid of the sandbox's first process`. Host pids are unique among
 //! live processes, so two live sandboxes (of this daemon or of any other taskcell on the host) never share a
-//! host uid, and no shared allocator is needed. Parent side: drop the supervisor's supplementary groups, deny
-//! setgroups, then write the maps. Child side: take on the mapped ids, and cap what the namespace may count
-//! against the host's root.
+//! host uid, and no shared allocator is needed. Parent side (this file): drop the supervisor's supplementary
+//! groups, deny setgroups, write the maps, and prepare the namespace's limits. Child side (`child/user.rs`):
+//! take on the mapped ids, and write those limits, capping what the namespace may count against the host's root.
 //!
 //! The sandbox's user namespace is created by root, so what the kernel counts per user in it (inotify
 //! instances and watches, fanotify groups and marks, namespaces; and, through rlimits set in `spawn`, queued
@@ -53,7 +53,7 @@ pub const NAMESPACE_LIMITS: [(&str, u32); 12] = [
 
 /// [`NAMESPACE_LIMITS`] as the paths and values the child writes, prepared before the fork.
 pub struct NamespaceLimits {
-    files: Vec<(CString, CString)>,
+    pub(crate) files: Vec<(CString, CString)>,
 }
 
 impl NamespaceLimits {
@@ -66,31 +66,6 @@ impl NamespaceLimits {
             })
             .collect();
         NamespaceLimits { files }
-    }
-
-    /// Child side, after the last namespace of the sandbox is made (the cgroup namespace) and before the
-    /// capabilities are dropped: write each limit. Only system calls.
-    pub fn apply(&self) -> Result<(), i32> {
-        for (path, value) in &self.files {
-            // SAFETY: opens a NUL-terminated path prepared before the fork.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-            if fd < 0 {
-                if crate::pid::errno() == libc::ENOENT {
-                    continue;
-                }
-                return Err(crate::pid::errno());
-            }
-            let bytes = value.as_bytes();
-            // SAFETY: writes the value's bytes, owned by the plan, to the descriptor just opened.
-            let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-            let err = crate::pid::errno();
-            // SAFETY: closes the descriptor opened above, which nothing else uses.
-            unsafe { libc::close(fd) };
-            if n != bytes.len() as isize {
-                return Err(if n < 0 { err } else { libc::EIO });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -106,18 +81,15 @@ impl Default for NamespaceLimits {
 /// gid map is written), so it is done here, for the whole process: glibc's setgroups changes the credentials of
 /// every thread. The supervisor, root, keeps its own access through its capabilities.
 pub fn drop_supplementary_groups() -> Result<(), UserError> {
-    // SAFETY: setgroups with a zero count reads no memory.
-    if unsafe { libc::setgroups(0, std::ptr::null()) } < 0 {
-        return Err(UserError::DropGroups { source: std::io::Error::last_os_error() });
-    }
+    nix::unistd::setgroups(&[]).map_err(|e| UserError::DropGroups { source: e.into() })?;
     check_no_groups()
 }
 
 /// Parent side, before each clone: the calling thread, whose credentials the child copies, has no
 /// supplementary group, whatever part of the process may have changed since [`drop_supplementary_groups`].
 pub fn check_no_groups() -> Result<(), UserError> {
-    // SAFETY: getgroups with a zero size only returns the count and writes nothing.
-    let count = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    // A failure to tell counts as -1, as getgroups(2) itself would return.
+    let count = nix::unistd::getgroups().map_or(-1, |groups| groups.len() as i32);
     if count != 0 {
         return Err(UserError::GroupsLeft { count });
     }
@@ -138,19 +110,4 @@ pub fn write_maps(pid: i32, host: u32) -> Result<(), UserError> {
         std::fs::write(&path, text).map_err(|source| UserError::WriteMap { path, source })?;
     }
     Ok(())
-}
-
-/// Child side: become INSIDE_ID. The first process of a user namespace keeps its capabilities across this
-/// change (the namespace's root uid is unmapped, so the kernel's "root lost" rule does not apply), which the
-/// mount steps that follow need; they are dropped explicitly later.
-///
-/// Raw system calls, not the libc functions: glibc's setresuid/setresgid broadcast the change to every thread
-/// it knows of, and in a child forked from a threaded process those threads do not exist, so the wrapper
-/// would wait for them forever.
-pub fn become_sandbox_user() -> Result<(), i32> {
-    let id = INSIDE_ID as libc::c_long;
-    // SAFETY: the raw setresgid syscall takes integers only and affects only this (single-threaded) process.
-    crate::pid::check(unsafe { libc::syscall(libc::SYS_setresgid, id, id, id) } as libc::c_int)?;
-    // SAFETY: as above.
-    crate::pid::check(unsafe { libc::syscall(libc::SYS_setresuid, id, id, id) } as libc::c_int)
 }

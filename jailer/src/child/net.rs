@@ -1,15 +1,15 @@
-//! The network namespace.
-//!
-//! The sandbox gets a network namespace of its own (created by the `clone` in [`crate::spawn`]) holding only the
-//! loopback device. Child side: bring `lo` up, so that tenant code can run an HTTP server and client on
-//! 127.0.0.1 and ::1; there is no other device and no route out.
+//! Child side of the network namespace (created by the `clone` in [`super::clone_child`]), which holds only
+//! the loopback device: bring `lo` up, so that tenant code can run an HTTP server and client on 127.0.0.1
+//! and ::1; there is no other device and no route out. The parent has no part in it.
 
-/// Child side: set IFF_UP on `lo` with the SIOCSIFFLAGS ioctl (netlink would need a parser for nothing more).
-pub fn loopback_up() -> Result<(), i32> {
+use super::errno;
+
+/// Set IFF_UP on `lo` with the SIOCSIFFLAGS ioctl (netlink would need a parser for nothing more).
+pub(super) fn loopback_up() -> Result<(), i32> {
     // SAFETY: a plain socket call; the descriptor is closed below on every path.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(crate::pid::errno());
+        return Err(errno());
     }
     // SAFETY: `req` is a zeroed ifreq with a NUL-terminated name of 2 bytes; the ioctls read and write only it.
     let rc = unsafe {
@@ -23,7 +23,7 @@ pub fn loopback_up() -> Result<(), i32> {
         }
         rc
     };
-    let err = crate::pid::errno();
+    let err = errno();
     // SAFETY: `fd` is the socket opened above and owned here.
     unsafe { libc::close(fd) };
     if rc < 0 {
