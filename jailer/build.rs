@@ -2,28 +2,26 @@
 //! time and writes it to `$OUT_DIR/seccomp_policy.rs`, which `src/seccomp.rs` includes: static
 //! `libc::sock_filter` arrays in install order, plus syscall number/name tables for reporting.
 //!
-//! Besides compiling, it checks what seccompiler cannot: every rule carries a comment, the filter
-//! names are exactly the ones installed, and every syscall that `refuse` or `enosys` answers with
-//! an errno is also listed in `allow` (otherwise the allow filter's kill would win over the errno).
-//! One policy serves x86_64 and aarch64: a rule naming a syscall that exists only on the other
-//! architecture (`open`, `stat`, `fork`... on aarch64) is dropped; a name unknown everywhere is an
-//! error.
+//! Besides compiling, it checks what seccompiler cannot (`policy_check.rs`, which the crate's tests
+//! include too): no duplicate key, every rule carries a comment, the filter names are exactly the ones
+//! installed, and every syscall that `refuse` or `enosys` answers with an errno is also listed in
+//! `allow` (otherwise the allow filter's kill would win over the errno). One policy serves x86_64 and
+//! aarch64: a rule naming a syscall that exists only on the other architecture (`open`, `stat`,
+//! `fork`... on aarch64) is dropped; a name unknown everywhere is an error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use seccompiler::{sock_filter, BpfMap, TargetArch};
+use serde_json::Value;
+
+#[path = "policy_check.rs"]
+mod policy_check;
+
+use policy_check::{rules_of, syscall_of, ALLOW_FILTER, INSTALL_ORDER};
 
 const POLICY: &str = "../policies/sandbox.json";
-
-/// Filters in the order they are installed. `allow` goes last because it does not allow
-/// seccomp(2) itself: once it is in place, the only syscall left to the jailer is execve.
-/// Order changes nothing else: the kernel runs every stacked filter and the strictest action wins.
-const INSTALL_ORDER: [&str; 3] = ["refuse", "enosys", "allow"];
-
-/// The filter whose listed syscalls are the sandbox's whole syscall surface.
-const ALLOW_FILTER: &str = "allow";
 
 const SUPPORTED_ARCHES: [(&str, TargetArch); 2] = [
     ("x86_64", TargetArch::x86_64),
@@ -33,6 +31,7 @@ const SUPPORTED_ARCHES: [(&str, TargetArch); 2] = [
 fn main() {
     println!("cargo:rerun-if-changed={POLICY}");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=policy_check.rs");
     if let Err(message) = run() {
         eprintln!("error: {POLICY}: {message}");
         std::process::exit(1);
@@ -79,18 +78,23 @@ fn run() -> Result<(), String> {
         })?;
 
     let text = std::fs::read_to_string(POLICY).map_err(|e| format!("cannot read: {e}"))?;
-    let mut policy = Parser::new(&text).document()?;
-    let names = policy_syscalls(&policy)?;
+    let mut policy = policy_check::parse(&text)?;
+    let names = policy_check::policy_syscalls(&policy)?;
     // seccompiler's own checks on the policy as written, so that its errors point at the file's
     // lines: x86_64's table holds every name of the supported arches.
     seccompiler::compile_from_json(text.as_bytes(), TargetArch::x86_64)
         .map_err(|e| e.to_string())?;
     let table = SyscallTable::probe(arch, names)?;
-    let dropped = drop_foreign_syscalls(&mut policy, &table, arch)?;
-    check_policy(&policy)?;
+    let elsewhere = |name: &str| {
+        SUPPORTED_ARCHES
+            .iter()
+            .filter(|(_, other)| *other != arch)
+            .any(|(_, other)| probe_number(name, *other).ok().flatten().is_some())
+    };
+    let dropped = policy_check::drop_foreign_syscalls(&mut policy, |name| table.number(name).is_some(), elsewhere)?;
+    policy_check::check_policy(&policy)?;
 
-    let mut json = String::new();
-    write_json(&policy, &mut json);
+    let json = serde_json::to_string(&policy).map_err(|e| e.to_string())?;
     let programs: BpfMap =
         seccompiler::compile_from_json(json.as_bytes(), arch).map_err(|e| e.to_string())?;
 
@@ -99,113 +103,9 @@ fn run() -> Result<(), String> {
     write_if_changed(&out.join("seccomp_policy.rs"), &source)
 }
 
-/// The `filter` array of each named filter of the policy.
-fn rules_of<'a>(policy: &'a Json, filter: &str) -> Result<&'a [Json], String> {
-    match policy.get(filter).and_then(|f| f.get("filter")) {
-        Some(Json::Arr(rules)) => Ok(rules),
-        _ => Err(format!("filter \"{filter}\" has no \"filter\" array")),
-    }
-}
-
-fn syscall_of(rule: &Json) -> Result<&str, String> {
-    match rule.get("syscall") {
-        Some(Json::Str(name)) => Ok(name),
-        _ => Err("a rule has no \"syscall\" string".to_string()),
-    }
-}
-
-/// Checks the top-level shape and returns every syscall name the policy mentions.
-fn policy_syscalls(policy: &Json) -> Result<BTreeSet<String>, String> {
-    let Json::Obj(filters) = policy else {
-        return Err("the top level must be an object of named filters".to_string());
-    };
-    for (name, _) in filters {
-        if !INSTALL_ORDER.contains(&name.as_str()) {
-            return Err(format!(
-                "unknown filter \"{name}\": the jailer installs exactly {INSTALL_ORDER:?} (see jailer/build.rs)"
-            ));
-        }
-    }
-    let mut names = BTreeSet::new();
-    for filter in INSTALL_ORDER {
-        if policy.get(filter).is_none() {
-            return Err(format!("filter \"{filter}\" is missing"));
-        }
-        for rule in rules_of(policy, filter)? {
-            let syscall = syscall_of(rule)?;
-            match rule.get("comment") {
-                Some(Json::Str(c)) if !c.trim().is_empty() => {}
-                _ => {
-                    return Err(format!(
-                        "rule for {syscall} in \"{filter}\" has no comment saying why"
-                    ))
-                }
-            }
-            names.insert(syscall.to_string());
-        }
-    }
-    Ok(names)
-}
-
-/// Removes the rules naming syscalls that exist on another supported arch but not on `arch`, and
-/// returns their names. A name no supported arch knows is a typo: an error.
-fn drop_foreign_syscalls(
-    policy: &mut Json,
-    table: &SyscallTable,
-    arch: TargetArch,
-) -> Result<BTreeSet<String>, String> {
-    let mut dropped = BTreeSet::new();
-    for filter in INSTALL_ORDER {
-        let Some(Json::Arr(rules)) = policy.get_mut(filter).and_then(|f| f.get_mut("filter"))
-        else {
-            unreachable!("checked by policy_syscalls");
-        };
-        let mut kept = Vec::with_capacity(rules.len());
-        for rule in rules.drain(..) {
-            let name = syscall_of(&rule)?.to_string();
-            if table.number(&name).is_some() {
-                kept.push(rule);
-                continue;
-            }
-            let elsewhere = SUPPORTED_ARCHES
-                .iter()
-                .filter(|(_, other)| *other != arch)
-                .any(|(_, other)| probe_number(&name, *other).ok().flatten().is_some());
-            if !elsewhere {
-                return Err(format!(
-                    "\"{name}\" in filter \"{filter}\" is not a syscall on any supported arch"
-                ));
-            }
-            dropped.insert(name);
-        }
-        *rules = kept;
-    }
-    Ok(dropped)
-}
-
-/// A syscall answered with an errno by `refuse` or `enosys` must also be listed in `allow`:
-/// the kernel applies the strictest action of all filters, and kill beats errno.
-fn check_policy(policy: &Json) -> Result<(), String> {
-    let allowed = rules_of(policy, ALLOW_FILTER)?
-        .iter()
-        .map(syscall_of)
-        .collect::<Result<BTreeSet<_>, _>>()?;
-    for filter in INSTALL_ORDER.iter().filter(|f| **f != ALLOW_FILTER) {
-        for rule in rules_of(policy, filter)? {
-            let name = syscall_of(rule)?;
-            if !allowed.contains(name) {
-                return Err(format!(
-                    "{name} is answered by filter \"{filter}\" but not listed in \"{ALLOW_FILTER}\": the kill would win"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn generate(
     arch_name: &str,
-    policy: &Json,
+    policy: &Value,
     programs: &BpfMap,
     table: &SyscallTable,
     dropped: &BTreeSet<String>,
@@ -329,11 +229,10 @@ impl SyscallTable {
 /// The number of syscall `name` on `arch`, or None if seccompiler does not know it there.
 fn probe_number(name: &str, arch: TargetArch) -> Result<Option<u32>, String> {
     const MARK: u32 = SECCOMP_RET_ERRNO | 4095;
-    let mut quoted = String::new();
-    write_json_string(name, &mut quoted);
-    let json = format!(
-        r#"{{"probe":{{"mismatch_action":"allow","match_action":{{"errno":4095}},"filter":[{{"syscall":{quoted}}}]}}}}"#
-    );
+    let json = serde_json::json!({
+        "probe": { "mismatch_action": "allow", "match_action": { "errno": 4095 }, "filter": [{ "syscall": name }] }
+    })
+    .to_string();
     let Ok(map) = seccompiler::compile_from_json(json.as_bytes(), arch) else {
         return Ok(None);
     };
@@ -396,311 +295,6 @@ fn run_bpf(program: &[sock_filter], arch: u32, nr: u32) -> Result<u32, String> {
         }
     }
     Err("BPF program fell off its end".to_string())
-}
-
-/// A JSON value. Objects keep their key order so that the policy is compiled as written.
-/// (serde_json is not a build-dependency of this crate; this small reader is all the build needs.)
-enum Json {
-    Null,
-    Bool(bool),
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
-        match self {
-            Json::Obj(members) => members.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-}
-
-fn write_json(value: &Json, out: &mut String) {
-    match value {
-        Json::Null => out.push_str("null"),
-        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Num(n) => out.push_str(n),
-        Json::Str(s) => write_json_string(s, out),
-        Json::Arr(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json(item, out);
-            }
-            out.push(']');
-        }
-        Json::Obj(members) => {
-            out.push('{');
-            for (i, (key, item)) in members.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_json_string(key, out);
-                out.push(':');
-                write_json(item, out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn write_json_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Reads one JSON document (RFC 8259), rejecting duplicate keys; errors carry line and column.
-struct Parser<'a> {
-    text: &'a str,
-    pos: usize,
-}
-
-impl<'a> Parser<'a> {
-    fn new(text: &'a str) -> Self {
-        Parser { text, pos: 0 }
-    }
-
-    fn document(&mut self) -> Result<Json, String> {
-        let value = self.value()?;
-        self.skip_ws();
-        if self.pos != self.text.len() {
-            return Err(self.error("trailing characters after the JSON document"));
-        }
-        Ok(value)
-    }
-
-    fn error(&self, what: &str) -> String {
-        let before = &self.text[..self.pos];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!("invalid JSON at line {line}, column {column}: {what}")
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.text.as_bytes().get(self.pos).copied()
-    }
-
-    fn skip_ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        self.skip_ws();
-        if self.peek() == Some(byte) {
-            self.pos += 1;
-            Ok(())
-        } else {
-            Err(self.error(&format!("expected '{}'", byte as char)))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.skip_ws();
-        match self.peek() {
-            Some(b'{') => self.object(),
-            Some(b'[') => self.array(),
-            Some(b'"') => self.string().map(Json::Str),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(_) => Err(self.error("expected a value")),
-            None => Err(self.error("unexpected end of input")),
-        }
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.text[self.pos..].starts_with(word) {
-            self.pos += word.len();
-            Ok(value)
-        } else {
-            Err(self.error("expected a value"))
-        }
-    }
-
-    fn object(&mut self) -> Result<Json, String> {
-        self.pos += 1;
-        let mut members: Vec<(String, Json)> = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(Json::Obj(members));
-        }
-        loop {
-            self.skip_ws();
-            if self.peek() != Some(b'"') {
-                return Err(self.error("expected a string key"));
-            }
-            let key_pos = self.pos;
-            let key = self.string()?;
-            if members.iter().any(|(k, _)| *k == key) {
-                self.pos = key_pos;
-                return Err(self.error(&format!("duplicate key \"{key}\"")));
-            }
-            self.expect(b':')?;
-            let value = self.value()?;
-            members.push((key, value));
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(Json::Obj(members));
-                }
-                _ => return Err(self.error("expected ',' or '}'")),
-            }
-        }
-    }
-
-    fn array(&mut self) -> Result<Json, String> {
-        self.pos += 1;
-        let mut items = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-            return Ok(Json::Arr(items));
-        }
-        loop {
-            items.push(self.value()?);
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(Json::Arr(items));
-                }
-                _ => return Err(self.error("expected ',' or ']'")),
-            }
-        }
-    }
-
-    fn number(&mut self) -> Result<Json, String> {
-        let start = self.pos;
-        if self.peek() == Some(b'-') {
-            self.pos += 1;
-        }
-        let digits = |p: &mut Self| {
-            let from = p.pos;
-            while matches!(p.peek(), Some(b'0'..=b'9')) {
-                p.pos += 1;
-            }
-            p.pos > from
-        };
-        if !digits(self) {
-            return Err(self.error("expected digits"));
-        }
-        if self.peek() == Some(b'.') {
-            self.pos += 1;
-            if !digits(self) {
-                return Err(self.error("expected digits after '.'"));
-            }
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.pos += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.pos += 1;
-            }
-            if !digits(self) {
-                return Err(self.error("expected exponent digits"));
-            }
-        }
-        Ok(Json::Num(self.text[start..self.pos].to_string()))
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.pos += 1;
-        let mut out = String::new();
-        loop {
-            let rest = &self.text[self.pos..];
-            let Some(c) = rest.chars().next() else {
-                return Err(self.error("unterminated string"));
-            };
-            match c {
-                '"' => {
-                    self.pos += 1;
-                    return Ok(out);
-                }
-                '\\' => {
-                    self.pos += 1;
-                    let escape = self
-                        .peek()
-                        .ok_or_else(|| self.error("unterminated string"))?;
-                    self.pos += 1;
-                    match escape {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => out.push(self.unicode_escape()?),
-                        _ => return Err(self.error("invalid escape")),
-                    }
-                }
-                c if u32::from(c) < 0x20 => return Err(self.error("control character in string")),
-                c => {
-                    out.push(c);
-                    self.pos += c.len_utf8();
-                }
-            }
-        }
-    }
-
-    /// The code point after `\u`, joining a UTF-16 surrogate pair.
-    fn unicode_escape(&mut self) -> Result<char, String> {
-        let high = self.hex4()?;
-        let code = if (0xD800..0xDC00).contains(&high) {
-            if !self.text[self.pos..].starts_with("\\u") {
-                return Err(self.error("unpaired surrogate"));
-            }
-            self.pos += 2;
-            let low = self.hex4()?;
-            if !(0xDC00..0xE000).contains(&low) {
-                return Err(self.error("unpaired surrogate"));
-            }
-            0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)
-        } else {
-            high
-        };
-        char::from_u32(code).ok_or_else(|| self.error("invalid \\u escape"))
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .text
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.error("short \\u escape"))?;
-        let value =
-            u32::from_str_radix(digits, 16).map_err(|_| self.error("invalid \\u escape"))?;
-        self.pos += 4;
-        Ok(value)
-    }
 }
 
 /// Every syscall name in seccompiler 0.5's tables (its x86_64 table, a superset of aarch64's),

@@ -28,6 +28,10 @@ pub mod seccomp;
 pub mod spawn;
 pub mod user;
 
+#[cfg(test)]
+#[path = "../policy_check.rs"]
+mod policy_check;
+
 pub use cgroup::{CgroupError, Limits};
 pub use sandbox::{Exit, Sandbox};
 pub use spawn::{JailError, Jailer, JailerConfig, SandboxSpec, Stdio};
