@@ -424,4 +424,71 @@ mod tests {
         assert_eq!(own_path(own, |c| c.is_empty()).as_deref(), Some("/u"));
     }
 
+    const HYBRID_MOUNTS: &str = "\
+sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0
+tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,nosuid,nodev,noexec,relatime,xattr,name=systemd 0 0
+cgroup /sys/fs/cgroup/cpuset cgroup rw,nosuid,nodev,noexec,relatime,cpuset 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,nosuid,nodev,noexec,relatime,pids 0 0
+cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0
+";
+    const HYBRID_OWN: &str = "12:pids:/user.slice/u\n11:cpuset:/\n4:memory:/user.slice/m\n3:cpu,cpuacct:/user.slice/c\n1:name=systemd:/user.slice/s\n0::/user.slice/v2\n";
+    const V2_MOUNTS: &str = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0\n";
+    const ALL: &str = "cpuset cpu io memory hugetlb pids rdma misc\n";
+
+    fn layout(mounts: &str, own: &str, controllers: &str) -> Result<Layout, CgroupError> {
+        layout_of(mounts, own, |mount| {
+            assert!(mount.is_absolute(), "asks a mount point: {mount:?}");
+            controllers.to_string()
+        })
+    }
+
+    #[test]
+    fn a_hybrid_host_uses_its_v1_hierarchies() {
+        let got = layout(HYBRID_MOUNTS, HYBRID_OWN, ALL).expect("v1");
+        assert_eq!(got, Layout::V1 {
+            memory: "/sys/fs/cgroup/memory/user.slice/m".into(),
+            pids: "/sys/fs/cgroup/pids/user.slice/u".into(),
+            // cpu,cpuacct holds cpu; cpuset is another controller.
+            cpu: "/sys/fs/cgroup/cpu,cpuacct/user.slice/c".into(),
+        });
+    }
+
+    #[test]
+    fn a_pure_v2_host_uses_the_unified_tree() {
+        let own = "0::/system.slice/taskcell.service\n";
+        assert_eq!(layout(V2_MOUNTS, own, ALL).expect("v2"), Layout::V2 { own: "/sys/fs/cgroup/system.slice/taskcell.service".into() });
+        // After the jailer moved itself into its supervisor leaf, OWN is still the service's group.
+        let moved = "0::/system.slice/taskcell.service/taskcell-supervisor\n";
+        assert_eq!(layout(V2_MOUNTS, moved, ALL).expect("v2"), Layout::V2 { own: "/sys/fs/cgroup/system.slice/taskcell.service".into() });
+        assert_eq!(layout(V2_MOUNTS, "0::/\n", ALL).expect("root"), Layout::V2 { own: "/sys/fs/cgroup".into() });
+    }
+
+    #[test]
+    fn v2_without_a_needed_controller_is_refused_saying_what_it_offers() {
+        let err = layout(V2_MOUNTS, "0::/a\n", "cpuset io memory\n").expect_err("no pids, no cpu");
+        let text = err.to_string();
+        assert!(text.contains("cgroup2 at /sys/fs/cgroup offers only [cpuset io memory]"), "{text}");
+        // An unreadable cgroup.controllers reads as empty.
+        assert!(matches!(layout(V2_MOUNTS, "0::/a\n", ""), Err(CgroupError::NoHierarchy(_))));
+    }
+
+    #[test]
+    fn partial_v1_falls_back_to_v2_and_odd_inputs_do_not_panic() {
+        // memory and pids in v1 but cpu only in v2: the unified tree, where all three are.
+        let no_cpu: String = HYBRID_MOUNTS.lines().filter(|l| !l.contains("cpuacct")).map(|l| format!("{l}\n")).collect();
+        let got = layout(&no_cpu, HYBRID_OWN, ALL).expect("v2");
+        assert_eq!(got, Layout::V2 { own: "/sys/fs/cgroup/unified/user.slice/v2".into() });
+        // A v1 hierarchy we have no line for in /proc/self/cgroup does not count.
+        let own_without_pids: String = HYBRID_OWN.lines().filter(|l| !l.contains("pids")).map(|l| format!("{l}\n")).collect();
+        assert!(matches!(layout(&no_cpu, &own_without_pids, ""), Err(CgroupError::NoHierarchy(_))));
+        for (mounts, own) in [("", ""), ("\n\n", "garbage"), ("cgroup /x", "4:memory"), ("a b c\n", "::\n")] {
+            let err = layout(mounts, own, ALL).expect_err("no hierarchy");
+            assert!(err.to_string().contains("no cgroup mounts"), "{mounts:?}: {err}");
+        }
+        // No v2 line for us: the mount's root.
+        assert_eq!(layout(V2_MOUNTS, "4:memory:/m\n", ALL).expect("v2"), Layout::V2 { own: "/sys/fs/cgroup".into() });
+    }
 }

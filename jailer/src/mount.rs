@@ -214,3 +214,125 @@ fn cpath(p: &Path) -> Result<CString, MountError> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| MountError::Nul(p.to_path_buf()))
 }
 
+#[cfg(test)]
+mod tests {
+    //! The plan is pure data: these read what [`MountPlan::new`] prepares, without mounting anything. Bind
+    //! sources are paths that exist on any host (this crate's directory, `/dev/null`).
+
+    use super::*;
+
+    fn s(c: &CString) -> &str {
+        c.to_str().expect("UTF-8")
+    }
+
+    /// One line per step: its kind and what it names, flags in hex.
+    fn describe(plan: &MountPlan) -> Vec<(MountStep, String)> {
+        let opt = |o: &Option<CString>| o.as_ref().map_or("-".to_string(), |c| s(c).to_string());
+        plan.steps
+            .iter()
+            .map(|(step, op)| {
+                let text = match op {
+                    Op::Mkdir(p) => format!("mkdir {}", s(p)),
+                    Op::Touch(p) => format!("touch {}", s(p)),
+                    Op::Symlink { target, link } => format!("symlink {} -> {}", s(link), s(target)),
+                    Op::Mount { source, target, fstype, flags, data } => {
+                        format!("mount {} {} {} {flags:#x} {}", s(source), s(target), opt(fstype), opt(data))
+                    }
+                    Op::SetAttrTree { target, set } => format!("setattr {} {set:#x}", s(target)),
+                };
+                (*step, text)
+            })
+            .collect()
+    }
+
+    fn entries() -> Vec<Entry> {
+        vec![Entry::Dir("etc".into()), Entry::Symlink { name: "lib".into(), target: "usr/lib".into() }, Entry::Dir("usr".into())]
+    }
+
+    const READ_ONLY: u64 = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+
+    #[test]
+    fn the_root_is_built_in_order_on_a_tmpfs_over_the_rootfs_tmp() {
+        let plan = MountPlan::new(Path::new("/r"), &entries(), 4096, &[]).expect("plan");
+        assert_eq!(s(&plan.new_root), "/r/tmp");
+        let steps = describe(&plan);
+        let bind_rec = libc::MS_BIND | libc::MS_REC;
+        let no_exec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let mut want: Vec<(MountStep, String)> = vec![
+            (MountStep::Private, format!("mount none / - {:#x} -", libc::MS_REC | libc::MS_PRIVATE)),
+            (MountStep::RootTmpfs, format!("mount tmpfs /r/tmp tmpfs {:#x} size=1m,nr_inodes=4096,mode=0755", libc::MS_NOSUID | libc::MS_NODEV)),
+            (MountStep::RootfsDir, "mkdir /r/tmp/etc".into()),
+            (MountStep::RootfsDir, format!("mount /r/etc /r/tmp/etc - {bind_rec:#x} -")),
+            (MountStep::RootfsDir, format!("setattr /r/tmp/etc {READ_ONLY:#x}")),
+            (MountStep::RootfsSymlink, "symlink /r/tmp/lib -> usr/lib".into()),
+            (MountStep::RootfsDir, "mkdir /r/tmp/usr".into()),
+            (MountStep::RootfsDir, format!("mount /r/usr /r/tmp/usr - {bind_rec:#x} -")),
+            (MountStep::RootfsDir, format!("setattr /r/tmp/usr {READ_ONLY:#x}")),
+            (MountStep::Proc, "mkdir /r/tmp/proc".into()),
+            (MountStep::Proc, format!("mount proc /r/tmp/proc proc {no_exec:#x} -")),
+            (MountStep::Tmp, "mkdir /r/tmp/tmp".into()),
+            (MountStep::Tmp, format!("mount tmpfs /r/tmp/tmp tmpfs {no_exec:#x} size=4096,nr_inodes=16384,mode=1777")),
+            (MountStep::Dev, "mkdir /r/tmp/dev".into()),
+        ];
+        for dev in DEVICES {
+            want.push((MountStep::Dev, format!("touch /r/tmp/dev/{dev}")));
+            want.push((MountStep::Dev, format!("mount /dev/{dev} /r/tmp/dev/{dev} - {:#x} -", libc::MS_BIND)));
+        }
+        for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+            want.push((MountStep::Dev, format!("symlink /r/tmp/dev/{name} -> {target}")));
+        }
+        let last = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        want.push((MountStep::RootReadOnly, format!("mount tmpfs /r/tmp - {last:#x} -")));
+        assert_eq!(steps, want);
+    }
+
+    #[test]
+    fn binds_come_after_dev_with_parents_first_and_read_only_to_the_bottom() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let binds = [
+            BindRo { host: dir.clone(), inside: "/opt/data/src".into() },
+            BindRo { host: "/dev/null".into(), inside: "/etc/blank".into() },
+        ];
+        let plan = MountPlan::new(Path::new("/r"), &entries(), 4096, &binds).expect("plan");
+        let steps = describe(&plan);
+        let binds: Vec<&str> = steps.iter().filter(|(m, _)| *m == MountStep::BindRo).map(|(_, t)| t.as_str()).collect();
+        let host = dir.display();
+        let bind_rec = libc::MS_BIND | libc::MS_REC;
+        assert_eq!(binds, [
+            "mkdir /r/tmp/opt".to_string(),
+            "mkdir /r/tmp/opt/data".into(),
+            "mkdir /r/tmp/opt/data/src".into(),
+            format!("mount {host} /r/tmp/opt/data/src - {bind_rec:#x} -"),
+            format!("setattr /r/tmp/opt/data/src {READ_ONLY:#x}"),
+            "mkdir /r/tmp/etc".into(),
+            "touch /r/tmp/etc/blank".into(),
+            format!("mount /dev/null /r/tmp/etc/blank - {bind_rec:#x} -"),
+            format!("setattr /r/tmp/etc/blank {READ_ONLY:#x}"),
+        ]);
+        // After /dev's links, before the root goes read-only.
+        let first_bind = steps.iter().position(|(m, _)| *m == MountStep::BindRo).expect("binds");
+        assert_eq!(steps[first_bind - 1], (MountStep::Dev, "symlink /r/tmp/dev/stderr -> /proc/self/fd/2".into()));
+        assert_eq!(steps.last().map(|(m, _)| *m), Some(MountStep::RootReadOnly));
+    }
+
+    #[test]
+    fn bad_binds_are_refused() {
+        let plan = |host: &str, inside: &str| {
+            MountPlan::new(Path::new("/r"), &[], 4096, &[BindRo { host: host.into(), inside: inside.into() }]).err()
+        };
+        for inside in ["relative/path", "/a/../b", "/", ""] {
+            assert!(matches!(plan("/dev/null", inside), Some(MountError::BadTarget(p)) if p == Path::new(inside)), "{inside}");
+        }
+        assert!(matches!(plan("/nonexistent/taskcell-test", "/x"), Some(MountError::Open { path, .. }) if path == Path::new("/nonexistent/taskcell-test")));
+        let nul = MountPlan::new(Path::new("/r"), &[Entry::Dir("e\0vil".into())], 4096, &[]).err();
+        assert!(matches!(nul, Some(MountError::Nul(_))), "{nul:?}");
+    }
+
+    #[test]
+    fn mount_steps_round_trip_through_their_codes() {
+        for (code, step) in MountStep::ALL.iter().enumerate() {
+            assert_eq!(MountStep::from_code(code as u32), Some(*step));
+        }
+        assert_eq!(MountStep::from_code(MountStep::ALL.len() as u32), None);
+    }
+}
