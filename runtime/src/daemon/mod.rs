@@ -6,6 +6,8 @@
 pub mod api;
 mod code_cache;
 mod cpus;
+// Egress (issue 13): the allow-list and address policy, pure and tested; not wired to sandboxes yet.
+pub mod egress_policy;
 pub mod http;
 mod logs;
 mod metrics;
