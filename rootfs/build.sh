@@ -192,8 +192,8 @@ group: files
 hosts: files
 EOF
 
-# Mount points the jailer fills.
-mkdir -p "$root/proc" "$root/dev" "$root/tmp"
+# Mount points the jailer fills (taskcell/modules: the operator's npm modules, `serve --modules DIR`).
+mkdir -p "$root/proc" "$root/dev" "$root/tmp" "$root/taskcell/modules"
 
 # Read-only for everyone: executables (node, the loader, libraries marked so) 0555, other files
 # 0444, directories 0555. Symlinks have no mode of their own.

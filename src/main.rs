@@ -2,10 +2,12 @@
 //!
 //! `taskcell serve` is the daemon (the `runtime` library's `daemon`); `taskcell jail` runs one command in a one-off sandbox with
 //! exactly the isolation tenants get (see `jail`); `deploy`, `call`, `tasks`, `rm`, `logs` and `health` are the
-//! command line for people, talking to a running daemon over its socket (see `cli`).
+//! command line for people, talking to a running daemon over its socket (see `cli`); `modules` installs the
+//! operator's npm modules that `serve --modules` hands to tenant code (see `modules`).
 
 mod cli;
 mod jail;
+mod modules;
 
 // The daemon and what it shares with the other commands live in the runtime library.
 use runtime::{args, daemon, signals};
@@ -15,13 +17,15 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   taskcell serve [--config FILE] [--socket PATH] [--state-dir DIR] [--pool-size N] [--rootfs DIR]
                  [--timeout-ms N] [--memory BYTES] [--pids N]
-  taskcell jail [--memory BYTES] [--pids N] [--bind-ro HOST:INSIDE]... [--rootfs DIR] -- CMD [ARGS...]";
+  taskcell jail [--memory BYTES] [--pids N] [--bind-ro HOST:INSIDE]... [--rootfs DIR] -- CMD [ARGS...]
+  taskcell modules add|list|remove --dir DIR [NAME@VERSION...]   (taskcell modules --help)";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
     match argv.next().as_deref() {
         Some("jail") => jail::main(argv.collect()),
         Some("serve") => daemon::main(argv.collect()),
+        Some("modules") => modules::main(argv.collect()),
         Some(cmd) if cli::is_command(cmd) => cli::main(cmd, argv.collect()),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}\n\n{}", cli::usage());

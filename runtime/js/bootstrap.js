@@ -246,7 +246,8 @@ function compileErrorMessage(err, filename) {
 
 // ---- compiling and running -----------------------------------------------------------------------
 
-const tenantRequire = createRequire('/taskcell/');
+// Tenant code's `require`: the operator's npm modules by name and version (modules.js), else Node's own.
+const tenantRequire = require('./modules.js').makeRequire(createRequire('/taskcell/'));
 const WRAPPER_PARAMS = ['exports', 'require', 'module', '__filename', '__dirname'];
 // Lets tenant code use import() like a CommonJS module would (Node >= 20.12).
 const importModuleDynamically = vm.constants && vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER;

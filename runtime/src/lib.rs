@@ -25,6 +25,8 @@ pub const BOOTSTRAP_JS: &str = include_str!("../js/bootstrap.js");
 
 /// Where the bootstrap lives inside the sandbox.
 pub const BOOTSTRAP_PATH: &str = "/taskcell/bootstrap.js";
+/// Where `serve --modules DIR` binds DIR in a sandbox; runtime/js/modules.js reads it from there.
+pub const MODULES_PATH: &str = "/taskcell/modules";
 
 /// Largest result the runtime sends, in bytes of JSON text (the API's default result limit). Larger
 /// results become a `task_error` inside the sandbox.

@@ -59,6 +59,8 @@ pub struct Config {
     pub max_connections: usize,
     /// `/v1/logs` subscribers at once; past it 503 `overloaded`.
     pub max_log_subscribers: usize,
+    /// The operator's npm modules (`taskcell modules add`), bound read-only into every sandbox.
+    pub modules: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             reserved_cpus: None,
             max_connections: 1024,
             max_log_subscribers: 64,
+            modules: None,
         }
     }
 }
@@ -128,6 +131,7 @@ impl Config {
             "reserved-cpus" => self.reserved_cpus = Some(args::count(&flag, value)? as usize),
             "max-connections" => self.max_connections = args::count(&flag, value)?.max(1) as usize,
             "max-log-subscribers" => self.max_log_subscribers = args::count(&flag, value)? as usize,
+            "modules" => self.modules = Some(PathBuf::from(value)),
             _ => return Err(ArgError::Unknown(flag)),
         }
         Ok(())
@@ -219,6 +223,11 @@ fn raise_nofile() {
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    // Before anything is made: a bad --modules stops the daemon here, with nothing created.
+    let modules = match &config.modules {
+        Some(dir) => Some(modules_dir(dir, config.rootfs.clone().unwrap_or_else(|| JailerConfig::default().rootfs).as_path())?),
+        None => None,
+    };
     raise_nofile();
     // Signals first, before any thread exists, so that every thread inherits the mask.
     let signals = crate::signals::block(&[libc::SIGINT, libc::SIGTERM]).map_err(|e| format!("signalfd: {e}"))?;
@@ -233,6 +242,9 @@ fn serve(config: Config) -> Result<(), String> {
     jconfig.limits.pids = config.pids;
     jconfig.limits.cpu_quota_us = Some((config.cpus * jconfig.limits.cpu_period_us as f64) as u64);
     jconfig.tmp_bytes = config.tmp_bytes;
+    if let Some(dir) = modules {
+        jconfig.binds_ro.push((dir, PathBuf::from(crate::MODULES_PATH)));
+    }
     // Sandboxes boot at a low CPU weight, so that refilling the pool yields to tenants' invocations; a
     // sandbox gets the normal weight when it is given to a tenant.
     jconfig.limits.cpu_weight = Some(server::BOOT_CPU_WEIGHT);
@@ -279,6 +291,20 @@ fn serve(config: Config) -> Result<(), String> {
     let _ = std::fs::remove_file(&socket_path);
     eprintln!("taskcell: stopped");
     result
+}
+
+/// The `--modules` directory as the jailer binds it: absolute, a directory, and a rootfs that has the mount point
+/// (one built before modules existed has none: the bind would fail in every sandbox, later and less clearly).
+fn modules_dir(dir: &std::path::Path, rootfs: &std::path::Path) -> Result<PathBuf, String> {
+    let real = std::fs::canonicalize(dir).map_err(|e| format!("--modules {}: {e}", dir.display()))?;
+    if !real.is_dir() {
+        return Err(format!("--modules {}: not a directory", dir.display()));
+    }
+    let mount_point = rootfs.join(crate::MODULES_PATH.trim_start_matches('/'));
+    if !mount_point.is_dir() {
+        return Err(format!("--modules: the rootfs {} has no {} (rebuild it: make rootfs)", rootfs.display(), crate::MODULES_PATH));
+    }
+    Ok(real)
 }
 
 /// An exclusive lock on `STATE/.lock`, held for the daemon's life (released by the kernel at any exit).

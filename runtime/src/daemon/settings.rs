@@ -42,6 +42,7 @@ pub const SETTINGS: &[Setting] = &[
     s("code-cache-bytes", "BYTES", "64M", "memory for the V8 code caches of deployed tasks (0: none); one tenant gets at most a quarter"),
     s("max-connections", "N", "1024", "client connections at once; past it a new one gets 503 overloaded and is closed"),
     s("max-log-subscribers", "N", "64", "/v1/logs streams at once; past it 503 overloaded"),
+    s("modules", "DIR", "none", "npm modules (made with taskcell modules add) that every sandbox sees read-only at /taskcell/modules"),
     s("drain-timeout-ms", "MS", "10000", "on SIGTERM, how long in-flight invocations may finish"),
 ];
 
