@@ -10,6 +10,7 @@ mod daemon;
 mod http;
 mod invoke;
 mod lanes;
+mod modules;
 mod pool;
 mod procs;
 mod report;
@@ -226,6 +227,12 @@ fn goals(r: &Report) -> Vec<String> {
             verdict(x, 1.5)
         ));
     }
+    if let Some(x) = ratio(r, modules::WARM_LODASH, modules::WARM_PLAIN, 0.5) {
+        g.push(format!("warm task requiring lodash p50 / plain named task p50 = {x:.2} (goal <= 1.1: {})", verdict(x, 1.1)));
+    }
+    if let Some(x) = ratio(r, modules::COLD_LODASH, modules::COLD_PLAIN, 0.5) {
+        g.push(format!("first call requiring lodash in a fresh sandbox p50 / plain task's p50 = {x:.2} (loading lodash, no goal)"));
+    }
     if let Some(x) = ratio(r, invoke::COLD_POOL, invoke::BARE_WARM, 0.99) {
         g.push(format!(
             "cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})",
@@ -324,10 +331,15 @@ fn main() {
         let t0 = Instant::now();
         let rows = match g {
             1 => sandbox::run(&ctx),
-            2 => invoke::warm(&ctx, &mut report.warnings),
+            2 => {
+                let mut rows = invoke::warm(&ctx, &mut report.warnings);
+                rows.extend(modules::warm(&ctx, &mut report.warnings));
+                rows
+            }
             3 => {
                 let mut rows = invoke::cold(&ctx, &mut report.warnings);
                 rows.extend(invoke::big_task(&ctx, &mut report.warnings));
+                rows.extend(modules::cold(&ctx, &mut report.warnings));
                 rows
             }
             4 => throughput::run(&ctx, &mut report.warnings),
