@@ -1,6 +1,10 @@
 //! Durable named tasks: the only module that reads or writes `<state-dir>/tasks/`.
 //!
-//! Layout: `<state-dir>/tasks/<tenant>/<task>.js`, directories 0700, files 0600. A `PUT` writes a temporary
+//! Layout: `<state-dir>/tasks/<tenant>/<task>.js`, directories 0700, files 0600. A task deployed with settings
+//! (`model`, `timeout_ms`) has them in `<task>.settings.<sha256 of its source>` (JSON) beside it, written and
+//! renamed into place before the source: the source's rename is the one step that switches a task to its new
+//! version, and a version's settings are found by its source's hash, so a crash leaves the old source with the
+//! old settings or the new with the new, never a mix. No settings file means the defaults. A `PUT` writes a temporary
 //! file in the tenant's directory (`.tmp-*`, a name that can never be a valid task name), fsyncs it, renames it
 //! over the target and fsyncs the directory, so once `put` returns the source survives a crash, and a reader
 //! only ever sees a complete file, old or new. `open` removes temporaries left by a crash.
@@ -26,6 +30,8 @@ const TMP_PREFIX: &str = ".tmp-";
 const EXTENSION: &str = ".js";
 /// A task's V8 code cache sits beside it: the source's SHA-256 in hex, a newline, the cache's bytes.
 const CODE_CACHE_EXTENSION: &str = ".js.v8cache";
+/// `<task>.settings.<sha256>`: never ends in `.js`, so never listed as a task.
+const SETTINGS_INFIX: &str = ".settings.";
 /// Total source bytes the cache may hold; beyond it the least recently used tasks are dropped.
 const CACHE_BYTES: usize = 32 << 20;
 
@@ -40,6 +46,28 @@ pub enum StoreError {
     },
     #[error("invalid {what} name {name:?}")]
     BadName { what: &'static str, name: String },
+    #[error("the settings file {path} is not valid")]
+    BadSettings {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A task's settings as deployed; `None` is the default (the `taskcell` model, the daemon's `--timeout-ms`),
+/// resolved where the defaults are known, so that a task deployed without them follows the operator's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl TaskSettings {
+    pub fn is_default(&self) -> bool {
+        self.model.is_none() && self.timeout_ms.is_none()
+    }
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -79,6 +107,7 @@ pub struct TaskInfo {
     pub size: u64,
     /// RFC 3339 UTC, whole seconds, from the file's mtime (so it survives a restart).
     pub updated: String,
+    pub settings: TaskSettings,
 }
 
 struct Entry {
@@ -170,12 +199,31 @@ impl Store {
         Ok(Store { root, cache: Mutex::new(cache), writer: Mutex::new(()), tmp_counter: AtomicU64::new(0) })
     }
 
+    /// Store a task with the default settings.
     pub fn put(&self, tenant: &str, task: &str, source: &[u8]) -> Result<(TaskInfo, bool), StoreError> {
+        self.put_with(tenant, task, source, &TaskSettings::default())
+    }
+
+    /// Store a task's source and settings; once this returns both survive a crash.
+    pub fn put_with(&self, tenant: &str, task: &str, source: &[u8], settings: &TaskSettings) -> Result<(TaskInfo, bool), StoreError> {
         check("tenant", tenant)?;
         check("task", task)?;
         let _writer = lock(&self.writer);
         let dir = self.tenant_dir(tenant)?;
         let target = dir.join(format!("{task}{EXTENSION}"));
+        let sha256 = sha256_hex(source);
+        let settings_name = format!("{task}{SETTINGS_INFIX}{sha256}");
+        if !settings.is_default() {
+            // Before the source: the new version's settings are in place when its source appears.
+            let text = serde_json::to_vec(settings).expect("settings serialise");
+            let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+            let path = dir.join(&settings_name);
+            if let Err(e) = write_synced(&tmp, &text).and_then(|_| fs::rename(&tmp, &path).map_err(io_err("renaming into place", &path))) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
 
@@ -201,10 +249,14 @@ impl Store {
         }
         let info = TaskInfo {
             task: task.to_owned(),
-            sha256: sha256_hex(source),
+            sha256,
             size: source.len() as u64,
             updated: rfc3339(mtime),
+            settings: settings.clone(),
         };
+        // Other versions' settings (and this version's, when it is now deployed with the defaults) go.
+        let keep = if settings.is_default() { None } else { Some(settings_name.as_str()) };
+        remove_settings(&dir, task, keep);
         let synced = sync_dir(&dir);
         // Whatever happened, the disk now holds the new source: the cache must not keep the old one.
         let mut cache = lock(&self.cache);
@@ -276,6 +328,7 @@ impl Store {
         let path = dir.join(format!("{task}{EXTENSION}"));
         let removed = fs::remove_file(&path);
         self.forget_code_cache(tenant, task);
+        remove_settings(&dir, task, None);
         {
             let mut cache = lock(&self.cache);
             cache.generation += 1;
@@ -372,6 +425,32 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     d.sync_all().map_err(io_err("fsync", dir))
 }
 
+/// Removes the task's settings files but `keep` (best effort: a file left is never read for another version).
+fn remove_settings(dir: &Path, task: &str, keep: Option<&str>) {
+    let prefix = format!("{task}{SETTINGS_INFIX}");
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(&prefix) && Some(name) != keep {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The settings of the task version whose source hashes to `sha256`: the defaults if it has no file.
+fn read_settings(dir: &Path, task: &str, sha256: &str) -> Result<TaskSettings, StoreError> {
+    let path = dir.join(format!("{task}{SETTINGS_INFIX}{sha256}"));
+    let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TaskSettings::default()),
+        Err(e) => return Err(io_err("opening", &path)(e)),
+    };
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(io_err("reading", &path))?;
+    serde_json::from_slice(&text).map_err(|source| StoreError::BadSettings { path, source })
+}
+
 fn read_task(path: &Path, task: &str) -> Result<Option<(TaskInfo, Bytes)>, StoreError> {
     // O_NOFOLLOW: only files this module wrote are served, never whatever a symlink points at.
     let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
@@ -382,12 +461,9 @@ fn read_task(path: &Path, task: &str) -> Result<Option<(TaskInfo, Bytes)>, Store
     let meta = file.metadata().map_err(io_err("stat", path))?;
     let mut source = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut source).map_err(io_err("reading", path))?;
-    let info = TaskInfo {
-        task: task.to_owned(),
-        sha256: sha256_hex(&source),
-        size: source.len() as u64,
-        updated: rfc3339(meta.mtime()),
-    };
+    let sha256 = sha256_hex(&source);
+    let settings = read_settings(path.parent().unwrap_or(Path::new(".")), task, &sha256)?;
+    let info = TaskInfo { task: task.to_owned(), sha256, size: source.len() as u64, updated: rfc3339(meta.mtime()), settings };
     Ok(Some((info, Bytes::from(source))))
 }
 
@@ -625,6 +701,33 @@ mod tests {
         assert_eq!(rfc3339(1_795_966_200), "2026-11-29T15:30:00Z");
         assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn settings_are_stored_with_their_version_and_reset_by_a_put_without_them() {
+        let dir = TempDir::new("settings");
+        let store = Store::open(&dir.0).unwrap();
+        let webtask = TaskSettings { model: Some("webtask".into()), timeout_ms: Some(20_000) };
+        store.put_with("acme", "hook", b"module.exports = (cb) => cb()", &webtask).unwrap();
+        assert_eq!(store.get("acme", "hook").unwrap().unwrap().0.settings, webtask);
+        // From disk too, after a restart, and in the listing.
+        let store = Store::open(&dir.0).unwrap();
+        assert_eq!(store.get("acme", "hook").unwrap().unwrap().0.settings, webtask);
+        assert_eq!(store.list("acme").unwrap()[0].settings, webtask);
+        // A new source with other settings replaces both; the old version's file goes.
+        let short = TaskSettings { model: None, timeout_ms: Some(5) };
+        store.put_with("acme", "hook", b"module.exports = () => 2", &short).unwrap();
+        assert_eq!(Store::open(&dir.0).unwrap().get("acme", "hook").unwrap().unwrap().0.settings, short);
+        // The same source without settings: the defaults, and no settings file left.
+        store.put("acme", "hook", b"module.exports = () => 2").unwrap();
+        assert!(Store::open(&dir.0).unwrap().get("acme", "hook").unwrap().unwrap().0.settings.is_default());
+        assert_eq!(files_in(&dir.0.join("tasks/acme")), ["hook.js"]);
+        // A settings file left by a crash before the source's rename belongs to a version never deployed.
+        fs::write(dir.0.join("tasks/acme").join(format!("hook.settings.{}", sha256_hex(b"other"))), br#"{"model":"openwhisk"}"#).unwrap();
+        assert!(Store::open(&dir.0).unwrap().get("acme", "hook").unwrap().unwrap().0.settings.is_default());
+        store.put_with("acme", "hook", b"x", &webtask).unwrap();
+        assert!(store.delete("acme", "hook").unwrap());
+        assert!(files_in(&dir.0.join("tasks/acme")).is_empty(), "delete takes the settings with the task");
     }
 
     #[test]
