@@ -33,6 +33,9 @@ pub struct Request {
     pub keep_alive: bool,
     /// The client's `X-Request-Id`, when it is a sane token.
     pub request_id: Option<String>,
+    /// Every header as sent (names as spelt, values lossily UTF-8), in order: the HTTP endpoint hands
+    /// them to the task.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Why a request could not be read. The connection is answered and then closed: after a framing error the
@@ -81,8 +84,10 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
     let mut keep_alive = version >= 1;
     let mut content_length: Option<usize> = None;
     let mut request_id = None;
+    let mut all = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = h.name;
+        all.push((name.to_string(), String::from_utf8_lossy(h.value).into_owned()));
         if name.eq_ignore_ascii_case("content-length") {
             // RFC 9110: 1*DIGIT. `usize::from_str` alone would also take `+5`, and `trim` Unicode spaces.
             let text = std::str::from_utf8(h.value).unwrap_or("").trim_matches([' ', '\t']);
@@ -130,6 +135,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
         body: Bytes::copy_from_slice(&buf[head_len..head_len + length]),
         keep_alive,
         request_id,
+        headers: all,
     };
     Ok(Parsed::Complete(request, head_len + length))
 }
@@ -139,7 +145,30 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
         204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        406 => "Not Acceptable",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        415 => "Unsupported Media Type",
+        418 => "I'm a teapot",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        501 => "Not Implemented",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -210,6 +239,29 @@ impl Response {
     }
 }
 
+/// Headers a task's response may not set: hop-by-hop ones (RFC 9110 7.6.1) and the framing and id headers the
+/// daemon writes itself.
+pub fn daemon_owned_header(name: &str) -> bool {
+    const OWNED: &[&str] = &["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "x-request-id"];
+    OWNED.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
+/// A response a task made on the HTTP endpoint: its status, its headers (names and values already checked by
+/// the frame decoder; hop-by-hop ones, Content-Length and X-Request-Id are dropped here) and its body, with
+/// the daemon's own Content-Length and X-Request-Id. 204 and 304 carry no body.
+pub fn write_task_response(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], body: &[u8], request_id: &str, keep_alive: bool) {
+    use std::io::Write;
+    let no_body = status == 204 || status == 304;
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\n", reason(status), if no_body { 0 } else { body.len() });
+    for (name, value) in headers.iter().filter(|(n, _)| !daemon_owned_header(n)) {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
+    if !no_body {
+        out.extend_from_slice(body);
+    }
+}
+
 /// The head of the chunked log stream.
 pub fn stream_head(out: &mut Vec<u8>, request_id: &str) {
     use std::io::Write;
@@ -276,6 +328,19 @@ mod tests {
         assert!(!r.keep_alive);
         let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
         assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn a_task_response_keeps_its_headers_but_the_daemon_owned_ones() {
+        let headers = [("Location", "/x"), ("Connection", "close"), ("content-length", "99"), ("Proxy-Authenticate", "x"), ("X-Request-Id", "mine"), ("Set-Cookie", "a=1")];
+        let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let mut out = Vec::new();
+        write_task_response(&mut out, 302, &headers, b"moved", "rid", true);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "HTTP/1.1 302 Found\r\nContent-Length: 5\r\nX-Request-Id: rid\r\nLocation: /x\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\r\nmoved");
+        let mut out = Vec::new();
+        write_task_response(&mut out, 204, &[], b"ignored", "rid", false);
+        assert!(String::from_utf8(out).unwrap().ends_with("Content-Length: 0\r\nX-Request-Id: rid\r\nConnection: close\r\n\r\n"));
     }
 
     #[test]

@@ -260,10 +260,15 @@ impl Server {
     }
 
     pub(super) fn respond(&mut self, key: Key, request_id: &str, keep_alive: bool, response: Response) {
-        self.metrics.http_request(response.status);
+        self.respond_with(key, response.status, keep_alive, |out, keep| response.write(out, request_id, keep));
+    }
+
+    /// Answer with a response that `write` puts into the connection's output (told whether to keep it alive).
+    pub(super) fn respond_with(&mut self, key: Key, status: u16, keep_alive: bool, write: impl FnOnce(&mut Vec<u8>, bool)) {
+        self.metrics.http_request(status);
         let Some(conn) = self.conns.get_mut(key) else { return };
         let keep = keep_alive && conn.keep_alive && self.draining.is_none();
-        response.write(&mut conn.output, request_id, keep);
+        write(&mut conn.output, keep);
         conn.state = if keep { ConnState::Idle } else { ConnState::Closing };
         conn.deadline = Instant::now() + if keep { IDLE_TIMEOUT } else { LINGER };
         self.flush(key);
