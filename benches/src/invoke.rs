@@ -17,6 +17,10 @@ use crate::{Ctx, TASK_JS};
 pub const BARE_WARM: &str = "bare node http server (no isolation)";
 pub const TC_WARM: &str = "taskcell warm, ad-hoc code";
 pub const TC_WARM_NAMED: &str = "taskcell warm, named task";
+pub const TC_WARM_WEBTASK: &str = "taskcell warm, webtask (ctx, cb) task";
+pub const TC_WARM_HTTP: &str = "taskcell warm, named task on the HTTP endpoint";
+/// The same task as `TASK_JS` written for the webtask model.
+const WEBTASK_JS: &str = "module.exports = function (ctx, cb) { cb(null, {ok: true, n: ctx.data.n}); };";
 pub const NODE_PER_REQ: &str = "node per request (CGI style)";
 pub const TC_WARM_REF: &str = "taskcell warm, same daemon (reference)";
 pub const COLD_POOL: &str = "taskcell cold: new tenant, pool hit";
@@ -119,6 +123,12 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         if put.status != 200 && put.status != 201 {
             return Err(format!("deploy: {}", put.describe()));
         }
+        let put = c
+            .request(&build("PUT", "/v1/tenants/bench-warm/tasks/wt?model=webtask", WEBTASK_JS.as_bytes()))
+            .map_err(|e| format!("deploy: {e}"))?;
+        if put.status != 200 && put.status != 201 {
+            return Err(format!("deploy of the webtask: {}", put.describe()));
+        }
         let c2 = Conn::open(&d.socket).map_err(|e| e.to_string())?;
         Ok((c, c2))
     };
@@ -130,6 +140,13 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         Err(e) => (Err(e.clone()), Err(e)),
     };
 
+    // The webtask model and the HTTP endpoint, each against the named task on /run (same daemon, same tenant).
+    let open = |d: &Result<Daemon, String>| -> Result<Conn, String> {
+        let d = d.as_ref().map_err(|e| e.clone())?;
+        c_named.as_ref().map_err(|e| e.clone())?;
+        Conn::open(&d.socket).map_err(|e| e.to_string())
+    };
+    let (mut c_wt, mut c_http) = (open(&daemon), open(&daemon));
     let mut lanes: Vec<Lane> = Vec::new();
     let mut i = 0u64;
     lanes.push(match bare_conn.as_mut() {
@@ -176,6 +193,46 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
             }),
         ),
     });
+    let odd_wt = Cell::new(0);
+    let mut w = 0u64;
+    let odd = &odd_wt;
+    lanes.push(match c_wt.as_mut() {
+        Err(e) => Lane::na(r(TC_WARM_WEBTASK).vs(TC_WARM_NAMED), e.clone()),
+        Ok(c) => Lane::new(
+            r(TC_WARM_WEBTASK).vs(TC_WARM_NAMED),
+            n_warm,
+            w_warm,
+            Box::new(move || {
+                w += 1;
+                let body = serde_json::to_vec(&json!({"n": w})).expect("static JSON");
+                let req = build("POST", "/v1/tenants/bench-warm/tasks/wt/run", &body);
+                timed_run(c, &req, w, Some(false), odd)
+            }),
+        ),
+    });
+    let mut h = 0u64;
+    lanes.push(match c_http.as_mut() {
+        Err(e) => Lane::na(r(TC_WARM_HTTP).vs(TC_WARM_NAMED), e.clone()),
+        Ok(c) => Lane::new(
+            r(TC_WARM_HTTP).vs(TC_WARM_NAMED),
+            n_warm,
+            w_warm,
+            Box::new(move || {
+                h += 1;
+                let body = serde_json::to_vec(&json!({"n": h})).expect("static JSON");
+                let req = build("POST", "/v1/tenants/bench-warm/tasks/echo/http", &body);
+                let t0 = Instant::now();
+                let resp = c.request(&req).map_err(|e| e.to_string())?;
+                let us = micros_since(t0);
+                // The result itself is the body here, not a run envelope.
+                let n = resp.json().and_then(|v| v.get("n").and_then(Value::as_u64));
+                if resp.status != 200 || n != Some(h) {
+                    return Err(format!("wrong answer: {}", resp.describe()));
+                }
+                Ok(us)
+            }),
+        ),
+    });
     // CGI style: a fresh node per request, the function evaluated, the data on argv, the result on stdout.
     let script = format!(
         "{TASK_JS}\n;process.stdout.write(JSON.stringify({{result: module.exports(JSON.parse(process.argv[1]))}}));"
@@ -206,6 +263,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     let mut rows = lanes::run(lanes);
     note_cold(&mut rows, TC_WARM, &odd_adhoc, "false");
     note_cold(&mut rows, TC_WARM_NAMED, &odd_named, "false");
+    note_cold(&mut rows, TC_WARM_WEBTASK, &odd_wt, "false");
     if let Ok(c) = &c_adhoc {
         if c.reconnects > 0 {
             warnings.push(format!(
@@ -214,7 +272,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
             ));
         }
     }
-    drop((c_adhoc, c_named, bare_conn));
+    drop((c_adhoc, c_named, c_wt, c_http, bare_conn));
     if let Ok(d) = daemon {
         d.stop(warnings);
     }

@@ -227,6 +227,11 @@ fn goals(r: &Report) -> Vec<String> {
             verdict(x, 1.5)
         ));
     }
+    for (row, what) in [(invoke::TC_WARM_WEBTASK, "webtask (ctx, cb)"), (invoke::TC_WARM_HTTP, "HTTP endpoint")] {
+        if let Some(x) = ratio(r, row, invoke::TC_WARM_NAMED, 0.5) {
+            g.push(format!("warm {what} p50 / named task on /run p50 = {x:.2} (goal <= 1.1: {})", verdict(x, 1.1)));
+        }
+    }
     if let Some(x) = ratio(r, modules::WARM_LODASH, modules::WARM_PLAIN, 0.5) {
         g.push(format!("warm task requiring lodash p50 / plain named task p50 = {x:.2} (goal <= 1.1: {})", verdict(x, 1.1)));
     }
