@@ -412,7 +412,9 @@ fn bad_names_are_refused_and_create_nothing() {
             ["state", "tasks", tenant, file] => {
                 assert!(valid(tenant), "unexpected {entry}");
                 // A task's source, or the V8 code cache its deploy made.
-                let task = file.strip_suffix(".js.v8cache").or_else(|| file.strip_suffix(".js")).unwrap_or_else(|| panic!("unexpected file {entry}"));
+                // Or its settings: `<task>.settings.<sha256>`.
+                let settings = file.split_once(".settings.").map(|(task, _)| task);
+                let task = file.strip_suffix(".js.v8cache").or_else(|| file.strip_suffix(".js")).or(settings).unwrap_or_else(|| panic!("unexpected file {entry}"));
                 assert!(valid(task), "unexpected file {entry}");
             }
             _ => panic!("unexpected entry in the daemon's directory: {entry}"),

@@ -237,15 +237,40 @@ fn tasks_lists_a_tenants_tasks() {
     let out = tc(d, &["tasks", &t]);
     out.ok();
     let lines: Vec<Vec<&str>> = out.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(lines[0], ["TASK", "SIZE", "SHA256", "UPDATED"], "{}", out.stdout);
+    assert_eq!(lines[0], ["TASK", "MODEL", "TIMEOUT", "SIZE", "SHA256", "UPDATED"], "{}", out.stdout);
     assert_eq!(lines.len(), 3, "{}", out.stdout);
     for (task, source) in [("alpha", "module.exports = () => 1;"), ("beta-2", GREET)] {
         let row = lines.iter().find(|l| l[0] == task).unwrap_or_else(|| panic!("no row for {task}: {}", out.stdout));
         let size = format!("{}", source.len());
-        assert_eq!(&row[1..3], [size.as_str(), "B"], "{}", out.stdout);
-        assert_eq!(row[3], format!("{}…", &sha256_hex(source.as_bytes())[..12]));
-        assert!(row[4].starts_with("20") && row[4].ends_with('Z'), "updated is the daemon's RFC 3339 time: {}", out.stdout);
+        assert_eq!(&row[1..4], ["taskcell", "5000", "ms"], "the defaults: {}", out.stdout);
+        assert_eq!(&row[4..6], [size.as_str(), "B"], "{}", out.stdout);
+        assert_eq!(row[6], format!("{}…", &sha256_hex(source.as_bytes())[..12]));
+        assert!(row[7].starts_with("20") && row[7].ends_with('Z'), "updated is the daemon's RFC 3339 time: {}", out.stdout);
     }
+}
+
+#[test]
+fn deploy_takes_a_model_and_a_time_limit_and_call_is_unchanged() {
+    need_root!("deploy_takes_a_model_and_a_time_limit_and_call_is_unchanged");
+    let d = shared();
+    let t = unique("model");
+    let dir = d.dir.join(format!("{t}-src"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hello.js");
+    std::fs::write(&file, "module.exports = function (ctx, cb) { cb(null, 'Hello, ' + ctx.data.name); };").unwrap();
+    let out = tc(d, &["deploy", "--model", "webtask", "--timeout-ms", "1500", &t, "hello", file.to_str().unwrap()]);
+    out.ok();
+    let out = tc(d, &["call", &t, "hello", r#"{"name": "Ada"}"#]);
+    out.ok();
+    assert!(out.stdout.contains("Hello, Ada"), "{}", out.stdout);
+    let out = tc(d, &["tasks", &t]);
+    out.ok();
+    let row: Vec<&str> = out.stdout.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..4], ["hello", "webtask", "1500", "ms"], "{}", out.stdout);
+    let out = tc(d, &["deploy", "--model", "nosuch", &t, "other", file.to_str().unwrap()]);
+    assert!(out.code != Some(0) && out.stderr.contains("unknown model"), "{}", out.stderr);
+    let out = tc(d, &["call", "--model", "webtask", &t, "hello"]);
+    assert!(out.code != Some(0), "--model is deploy's only: {}", out.stderr);
 }
 
 #[test]

@@ -190,7 +190,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `GET .../tasks`: task, size, sha256 (short), updated.
+/// `GET .../tasks`: task, model, time limit, size, sha256 (short), updated.
 pub fn tasks(tenant: &str, list: &Value) -> String {
     let tasks = list["tasks"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     if tasks.is_empty() {
@@ -201,13 +201,15 @@ pub fn tasks(tenant: &str, list: &Value) -> String {
         .map(|t| {
             vec![
                 t["task"].as_str().unwrap_or("?").to_string(),
+                t["model"].as_str().unwrap_or("taskcell").to_string(),
+                t["timeout_ms"].as_u64().map(|ms| format!("{ms} ms")).unwrap_or_else(|| "?".into()),
                 t["size"].as_u64().map(size).unwrap_or_else(|| "?".into()),
                 short_sha(t["sha256"].as_str().unwrap_or("?")),
                 t["updated"].as_str().unwrap_or("?").to_string(),
             ]
         })
         .collect();
-    table(&["TASK", "SIZE", "SHA256", "UPDATED"], &rows)
+    table(&["TASK", "MODEL", "TIMEOUT", "SIZE", "SHA256", "UPDATED"], &rows)
 }
 
 /// `GET /v1/health`: status, pool, tenant sandboxes, in flight, uptime (and why sandboxes cannot be made).
@@ -279,8 +281,8 @@ mod tests {
 
     #[test]
     fn tables_and_health() {
-        let list = json!({"tasks": [{"task": "greet", "size": 123, "sha256": "0123456789abcdef", "updated": "2026-01-01T00:00:00Z"}]});
-        assert_eq!(tasks("acme", &list), "TASK   SIZE   SHA256         UPDATED\ngreet  123 B  0123456789ab…  2026-01-01T00:00:00Z");
+        let list = json!({"tasks": [{"task": "greet", "model": "webtask", "timeout_ms": 5000, "size": 123, "sha256": "0123456789abcdef", "updated": "2026-01-01T00:00:00Z"}]});
+        assert_eq!(tasks("acme", &list), "TASK   MODEL    TIMEOUT  SIZE   SHA256         UPDATED\ngreet  webtask  5000 ms  123 B  0123456789ab…  2026-01-01T00:00:00Z");
         assert_eq!(tasks("acme", &json!({"tasks": []})), "no tasks deployed for acme");
         let h = json!({"status": "ok", "pool": {"size": 2, "idle": 1, "starting": 1}, "sandboxes": {"tenants": 3, "total": 4},
             "invocations_in_flight": 0, "queued": 0, "uptime_s": 12, "last_spawn_error": null});
