@@ -20,7 +20,7 @@ target/rootfs.stamp: rootfs/build.sh $(wildcard runtime/js/*.js) /usr/bin/node
 # The daemon in the foreground, with its socket and state under ./var/.
 run: all
 	mkdir -p var
-	$(BIN) serve --socket var/taskcell.sock --state-dir var/state
+	$(BIN) serve --socket var/taskcell.sock --state-dir var/state --secrets-key var/secrets.key $(if $(wildcard compilers),--compilers-dir compilers)
 
 # Needs root (namespaces, cgroups): .ci/run runs it as root.
 test: all
@@ -66,6 +66,12 @@ install:
 		sed -e 's|/usr/lib/taskcell/|$(LIBDIR)/|g' dist/config.json >$(DESTDIR)$(SYSCONFDIR)/taskcell/config.json && \
 		chmod 0644 $(DESTDIR)$(SYSCONFDIR)/taskcell/config.json && \
 		echo "installed $(DESTDIR)$(SYSCONFDIR)/taskcell/config.json"; \
+	fi
+	@# The key that seals tenants' secrets: made once, never replaced (a new key opens none of the old values).
+	@if [ ! -e $(DESTDIR)$(SYSCONFDIR)/taskcell/secrets.key ]; then \
+		install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/taskcell && \
+		(umask 077 && head -c 32 /dev/urandom >$(DESTDIR)$(SYSCONFDIR)/taskcell/secrets.key) && \
+		echo "made $(DESTDIR)$(SYSCONFDIR)/taskcell/secrets.key (keep it: it opens the tenants' secrets)"; \
 	fi
 	$(if $(SYSTEMD_RUNNING),systemctl daemon-reload)
 	@echo "installed; start it with: systemctl enable --now taskcell"

@@ -69,7 +69,8 @@ fn ctx_and_request_ids() {
     let env = r.json();
     let id = r.header("x-request-id").expect("X-Request-Id header").to_string();
     assert!(!id.is_empty());
-    assert_eq!(env["result"], json!({"tenant": t, "task": null, "requestId": id}));
+    // Version 1.1 adds the tenant's secrets (none here) to the taskcell model's ctx.
+    assert_eq!(env["result"], json!({"tenant": t, "task": null, "requestId": id, "secrets": {}}));
     assert_eq!(r.header("content-type"), Some("application/json"));
 
     // A client's own id is echoed, in the header and in ctx.
@@ -89,7 +90,7 @@ fn ctx_and_request_ids() {
     let r = d.run_task(&t, "whoami", b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.header("x-request-id").unwrap().to_string();
-    assert_eq!(r.json()["result"], json!({"tenant": t, "task": "whoami", "requestId": id}));
+    assert_eq!(r.json()["result"], json!({"tenant": t, "task": "whoami", "requestId": id, "secrets": {}}));
 }
 
 #[test]
@@ -405,7 +406,8 @@ fn bad_names_are_refused_and_create_nothing() {
     for entry in state_entries(d) {
         let parts: Vec<&str> = entry.split('/').collect();
         match parts.as_slice() {
-            ["s.sock"] | ["daemon.log"] | ["state"] | ["state", ".lock"] | ["state", "tasks"] => {}
+            // The harness keeps the secrets key beside the state directory, never in it.
+            ["s.sock"] | ["daemon.log"] | ["secrets.key"] | ["state"] | ["state", ".lock"] | ["state", "tasks"] => {}
             ["state", "tasks", tenant] => assert!(valid(tenant), "unexpected tenant directory {entry}"),
             // Another test sharing this daemon may be mid-deploy: its temporary file is the store's own.
             ["state", "tasks", tenant, file] if file.starts_with(".tmp-") => assert!(valid(tenant), "unexpected {entry}"),

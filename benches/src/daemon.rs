@@ -73,6 +73,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state)
+            .arg("--secrets-key")
+            .arg(ctx.tmp.join(format!("{name}.secrets.key")))
             .arg("--pool-size")
             .arg(pool_size.to_string());
         if let Some(r) = &ctx.rootfs {

@@ -11,16 +11,21 @@ const net = require('net');
 const vm = require('vm');
 const { createRequire } = require('module');
 const { AsyncLocalStorage } = require('async_hooks');
+const { Readable, Writable } = require('stream');
+const readFileSync = require('fs').readFileSync;
+const parseQuery = require('querystring').parse;
 
 const MAX_FRAME = 8 * 1024 * 1024 + 4 * 1024;
 const HEADER_LEN = 13;
 const RUN = 1;
 const COMPILE = 2;
+const SECRETS = 3;
 const READY = 16;
 const RESULT = 17;
 const ERROR = 18;
 const LOG = 19;
 const COMPILED = 20;
+const HTTP_RESPONSE = 21;
 // The largest code cache sent back (a frame holds 8 MiB): a larger one is left out, never an error.
 const MAX_CACHE = 4 * 1024 * 1024;
 
@@ -45,6 +50,9 @@ const wellFormed = typeof String.prototype.toWellFormed === 'function'
 const bytesSet = Function.prototype.call.bind(Uint8Array.prototype.set);
 const bytesSubarray = Function.prototype.call.bind(Uint8Array.prototype.subarray);
 const reflectApply = Reflect.apply;
+const objectFreeze = Object.freeze;
+const objectKeys = Object.keys;
+const isArray = Array.isArray;
 const captureStackTrace = Error.captureStackTrace;
 const promiseResolve = Promise.resolve.bind(Promise);
 const promiseThen = Function.prototype.call.bind(Promise.prototype.then);
@@ -60,6 +68,9 @@ const socketWrite = socket.write.bind(socket);
 // The invocation whose code is running: its id and its log budget. Logs and errors outside any
 // invocation are charged to `idle`, whose budget is renewed with each frame from the daemon.
 const als = new AsyncLocalStorage();
+// The tenant's secrets (a frozen object of strings), as the daemon's last Secrets frame gave them: read by
+// every model (ctx.secrets, params.__secrets, a compiler's ctx.secrets).
+let tenantSecrets = objectFreeze({});
 const idle = { id: 0, settled: true, logBytes: 0, logTruncated: false };
 
 // ---- writing frames ------------------------------------------------------------------------------
@@ -267,7 +278,8 @@ function rememberFailure(key, message) {
 
 function filenameFor(key, task) {
   if (typeof task === 'string' && task !== '') return `/tasks/${task}.js`;
-  const sha = key.startsWith('adhoc:') ? key.slice('adhoc:'.length) : key;
+  // adhoc:<sha256> or adhoc@<model>:<sha256>
+  const sha = key.slice(key.lastIndexOf(':') + 1);
   return `/adhoc/${sha.replace(/[^A-Za-z0-9_-]/g, '_')}.js`;
 }
 
@@ -281,6 +293,314 @@ function compileModule(source, filename, cache, produceCache) {
   if (cache !== null && cache.length > 0) options.cachedData = cache;
   if (produceCache) options.produceCachedData = true;
   return vm.compileFunction(source, WRAPPER_PARAMS, options);
+}
+
+// ---- programming models ----------------------------------------------------------------------------
+// A model turns a task's source into the function the runtime calls (docs/models.md). `taskcell`, `webtask`
+// and `openwhisk` are built in: each compiles the source as a CommonJS module and picks its function from
+// what the module exported or returned. Any other model is an operator's compiler, /compilers/NAME.js (bound
+// read-only by the daemon), a CommonJS module run here like tenant code: `function (source, helpers)`
+// returning the task's function `(data, ctx)`.
+
+const COMPILERS_DIR = '/compilers';
+const MODEL_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+// A top-level `function main` is a local of the module wrapper: this hands it out as the wrapper's value.
+const OPENWHISK_EPILOGUE = "\n;return typeof main === 'function' ? main : undefined;";
+
+function builtinModel(model) {
+  return model === 'taskcell' || model === 'webtask' || model === 'openwhisk';
+}
+
+// What the built-in model compiles: the source itself, plus the epilogue for openwhisk. Compile and Run
+// compile the same text, so that a code cache made by the one fits the other.
+function modelSource(model, text) {
+  return model === 'openwhisk' ? text + OPENWHISK_EPILOGUE : text;
+}
+
+function newModule(filename) {
+  return { exports: {}, id: filename, filename, loaded: false, children: [], paths: [], require: tenantRequire };
+}
+
+// Runs a compiled module body; returns what the body returned (a webtask's top-level `return function`).
+function runBody(fn, module) {
+  const dirname = module.filename.slice(0, module.filename.lastIndexOf('/'));
+  const returned = reflectApply(fn, module.exports, [module.exports, tenantRequire, module, module.filename, dirname]);
+  module.loaded = true;
+  return returned;
+}
+
+// The function a built-in model calls (or what stands in its place, when the source exports none).
+function pickHandler(model, module, returned) {
+  const exported = module.exports;
+  if (model === 'webtask') return typeof returned === 'function' ? returned : exported;
+  if (model === 'openwhisk') {
+    if (exported !== null && (typeof exported === 'object' || typeof exported === 'function') && typeof exported.main === 'function') {
+      return exported.main;
+    }
+    return typeof exported === 'function' ? exported : returned;
+  }
+  return exported;
+}
+
+function noHandler(model, handler) {
+  const what = handler === null ? 'null' : typeof handler;
+  if (model === 'webtask') return `the webtask gives no function (module.exports is ${what}): set module.exports to a function, or end with a top-level return function ...`;
+  if (model === 'openwhisk') return 'the action has no main: set exports.main, set module.exports to a function, or declare a top-level function main';
+  return `module.exports is not a function (it is ${what}); export a function (data, ctx)`;
+}
+
+// model -> its compiler's exported function, loaded once per sandbox.
+const compilers = new SafeMap();
+
+function loadCompiler(model) {
+  let compiler = mapGet(compilers, model);
+  if (compiler !== undefined) return compiler;
+  if (typeof model !== 'string' || !MODEL_NAME.test(model)) throw new Error(`unknown model ${String(model)}`);
+  const filename = `${COMPILERS_DIR}/${model}.js`;
+  let text;
+  try {
+    text = readFileSync(filename, 'utf8');
+  } catch (err) {
+    throw new Error(`the model ${model} has no compiler in this sandbox (${filename}: ${shortMessage(err)})`);
+  }
+  const module = newModule(filename);
+  runBody(compileModule(text, filename, null, false), module);
+  compiler = module.exports;
+  if (typeof compiler !== 'function') throw new TypeError(`${filename} does not export a function (source, helpers)`);
+  mapSet(compilers, model, compiler);
+  return compiler;
+}
+
+// Runs the model's compiler over a task's source: the task's function, or a throw.
+function compileWithCompiler(model, text, filename) {
+  const compiler = loadCompiler(model);
+  const helpers = {
+    // `code` as a CommonJS module with the tenant's require; its module.exports.
+    compile(code, name) {
+      const file = typeof name === 'string' && name !== '' ? name : filename;
+      const module = newModule(file);
+      runBody(compileModule(String(code), file, null, false), module);
+      return module.exports;
+    },
+  };
+  const fn = reflectApply(compiler, undefined, [text, helpers]);
+  if (typeof fn !== 'function') {
+    throw new TypeError(`the ${model} compiler returned ${fn === null ? 'null' : typeof fn}, not the task's function (data, ctx)`);
+  }
+  return fn;
+}
+
+// A compiler's failure as a compile_error message: a SyntaxError with its place, anything else as thrown.
+function compilerErrorMessage(model, err) {
+  try {
+    if (err instanceof SyntaxError && typeof err.stack === 'string') {
+      const first = err.stack.split('\n', 1)[0];
+      const at = first.lastIndexOf(':');
+      if (at > 0) return compileErrorMessage(err, first.slice(0, at));
+    }
+  } catch {
+    // A hostile error object: described below.
+  }
+  return limitMessage(`the ${model} compiler failed: ${describe(err)}`);
+}
+
+// ---- HTTP: the request a Run on the HTTP endpoint carries, Node-like req and res -----------------------
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const BAD_VALUE = /[\u0000-\u0008\u000a-\u001f\u007f]/;
+const MAX_RESPONSE_HEADERS = 100;
+const MAX_HEADER_VALUE = 8 * 1024;
+
+// http.headers ([[name, value]...]) as Node's req.headers: names lower-cased, repeats joined with ', '
+// (set-cookie kept as an array).
+function headersObject(pairs) {
+  const headers = {};
+  for (const [name, value] of pairs) {
+    const lower = String(name).toLowerCase();
+    const prev = headers[lower];
+    if (lower === 'set-cookie') headers[lower] = prev === undefined ? [value] : [...prev, value];
+    else headers[lower] = prev === undefined ? value : `${prev}, ${value}`;
+  }
+  return headers;
+}
+
+function queryOf(url) {
+  const at = url.indexOf('?');
+  return at < 0 ? {} : { ...parseQuery(url.slice(at + 1)) };
+}
+
+// The input of a task that does not take req/res: the body parsed as JSON when its Content-Type says so,
+// null when empty, else the body as a string. Throws a SyntaxError for a JSON body that does not parse.
+function httpInput(headers, body) {
+  if (body.length === 0) return null;
+  const type = typeof headers['content-type'] === 'string' ? headers['content-type'] : '';
+  const media = type.split(';', 1)[0].trim().toLowerCase();
+  const text = bufferToString(body, 'utf8');
+  return media === 'application/json' ? jsonParse(text) : text;
+}
+
+function badRequest(inv, message) {
+  if (settle(inv)) send(ERROR, inv.id, { kind: 'bad_request', message: limitMessage(message) }, null);
+}
+
+const kInv = Symbol('invocation');
+const kHeaders = Symbol('headers');
+const kChunks = Symbol('chunks');
+
+// Node's http.ServerResponse as far as tasks use it: statusCode, setHeader/getHeader/removeHeader,
+// writeHead, write and end (a Writable, so streams pipe into it). What is written is collected; `finish`
+// sends it as one HttpResponse frame.
+class TaskResponse extends Writable {
+  constructor(inv) {
+    super();
+    this.statusCode = 200;
+    this.statusMessage = '';
+    this.headersSent = false;
+    this.sendDate = false;
+    this[kInv] = inv;
+    this[kHeaders] = new SafeMap();
+    this[kChunks] = { list: [], size: 0 };
+    this.once('finish', () => finishResponse(this));
+  }
+
+  setHeader(name, value) {
+    if (this.headersSent) throw new Error('Cannot set headers after they are sent to the client');
+    if (typeof name !== 'string' || !TOKEN.test(name)) throw new TypeError(`Invalid header name: ${String(name)}`);
+    mapSet(this[kHeaders], name.toLowerCase(), [name, value]);
+    return this;
+  }
+
+  getHeader(name) {
+    const entry = mapGet(this[kHeaders], String(name).toLowerCase());
+    return entry === undefined ? undefined : entry[1];
+  }
+
+  getHeaders() {
+    const out = {};
+    for (const [lower, [, value]] of this[kHeaders]) out[lower] = value;
+    return out;
+  }
+
+  getHeaderNames() {
+    return [...this[kHeaders].keys()];
+  }
+
+  hasHeader(name) {
+    return this[kHeaders].has(String(name).toLowerCase());
+  }
+
+  removeHeader(name) {
+    if (this.headersSent) throw new Error('Cannot remove headers after they are sent to the client');
+    this[kHeaders].delete(String(name).toLowerCase());
+  }
+
+  writeHead(status, reason, headers) {
+    if (typeof reason !== 'string') {
+      headers = reason;
+      reason = undefined;
+    }
+    this.statusCode = status;
+    if (reason !== undefined) this.statusMessage = reason;
+    if (isArray(headers)) {
+      for (let i = 0; i + 1 < headers.length; i += 2) this.setHeader(headers[i], headers[i + 1]);
+    } else if (headers !== null && typeof headers === 'object') {
+      for (const name of objectKeys(headers)) this.setHeader(name, headers[name]);
+    }
+    this.headersSent = true;
+    return this;
+  }
+
+  _write(chunk, encoding, callback) {
+    this.headersSent = true;
+    const chunks = this[kChunks];
+    chunks.size += chunk.length;
+    // Past the limit nothing more is kept: the answer is a task_error anyway.
+    if (chunks.size <= RESULT_LIMIT) chunks.list[chunks.list.length] = chunk;
+    callback();
+  }
+}
+
+function finishResponse(res) {
+  const inv = res[kInv];
+  if (!settle(inv)) return;
+  const status = res.statusCode;
+  if (!Number.isInteger(status) || status < 200 || status > 599) {
+    return sendTaskError(inv, `res.statusCode ${String(status)} is not a final HTTP status (200 to 599)`);
+  }
+  const headers = [];
+  for (const [, [name, value]] of res[kHeaders]) {
+    if (HOP_BY_HOP.has(name.toLowerCase())) continue;
+    const values = isArray(value) ? value : [value];
+    for (const one of values) {
+      if (typeof one !== 'string' && typeof one !== 'number') {
+        return sendTaskError(inv, `the value of the response header ${name} is a ${typeof one}, not a string or a number`);
+      }
+      const text = wellFormed(String(one));
+      if (BAD_VALUE.test(text) || text.length > MAX_HEADER_VALUE) {
+        return sendTaskError(inv, `the value of the response header ${name} holds a control character (CR, LF, NUL...) or is over 8 KiB`);
+      }
+      headers[headers.length] = [name, text];
+    }
+  }
+  if (headers.length > MAX_RESPONSE_HEADERS) {
+    return sendTaskError(inv, `the response has ${headers.length} headers (at most ${MAX_RESPONSE_HEADERS})`);
+  }
+  const chunks = res[kChunks];
+  if (chunks.size > RESULT_LIMIT) {
+    return sendTaskError(inv, `response body too large (${chunks.size} bytes, limit ${RESULT_LIMIT})`);
+  }
+  send(HTTP_RESPONSE, inv.id, { status, headers }, bufferConcat(chunks.list, chunks.size));
+}
+
+// A webtask (ctx, req, res): req is a Readable of the body with method, url and headers.
+function serveHttp(inv, handler, ctx, http, headers, body) {
+  const req = new Readable({ read() {} });
+  req.method = http.method;
+  req.url = http.url;
+  req.headers = headers;
+  req.rawHeaders = http.headers.flat();
+  req.httpVersion = '1.1';
+  req.httpVersionMajor = 1;
+  req.httpVersionMinor = 1;
+  if (body.length > 0) req.push(body);
+  req.push(null);
+  const res = new TaskResponse(inv);
+  const onError = (err) => fail(inv, describe(err));
+  let returned;
+  try {
+    returned = reflectApply(handler, undefined, [ctx, req, res]);
+    // The answer is what goes through res; a rejection of an async handler fails the invocation.
+    if (typeof thenOf(returned) === 'function') promiseThen(promiseResolve(returned), undefined, onError);
+  } catch (err) {
+    onError(err);
+  }
+}
+
+// Calls `handler` with `args` (and a Node-style callback after them when `callbackStyle`): the first of
+// return, callback, resolve, reject or throw settles the invocation; the rest are ignored.
+function callTask(inv, handler, args, callbackStyle) {
+  const onValue = (value) => succeed(inv, value);
+  const onError = (err) => fail(inv, describe(err));
+  let returned;
+  try {
+    if (callbackStyle) {
+      args[args.length] = (err, value) => {
+        if (err !== null && err !== undefined) onError(err);
+        else onValue(value);
+      };
+      returned = reflectApply(handler, undefined, args);
+      // A callback-style task answers through the callback only. It may be an async function: its
+      // promise's rejection fails the invocation, but its fulfilment (usually undefined, before a timer
+      // calls back) is not the result.
+      if (typeof thenOf(returned) === 'function') promiseThen(promiseResolve(returned), undefined, onError);
+      return;
+    }
+    returned = reflectApply(handler, undefined, args);
+  } catch (err) {
+    return onError(err);
+  }
+  promiseThen(promiseResolve(returned), onValue, onError);
 }
 
 function settle(inv) {
@@ -345,6 +665,8 @@ function run(id, meta, body) {
 
 function invoke(inv, meta, source, cache, data) {
   const task = typeof meta.task === 'string' ? meta.task : null;
+  const model = typeof meta.model === 'string' ? meta.model : 'taskcell';
+  const http = meta.http !== null && typeof meta.http === 'object' ? meta.http : null;
   let entry = mapGet(compiled, meta.key);
   if (entry === undefined) {
     const failure = mapGet(failed, meta.key);
@@ -354,76 +676,110 @@ function invoke(inv, meta, source, cache, data) {
     }
     // A key the sandbox has not seen comes with its source; a sourceLen of 0 is then an empty module.
     const filename = filenameFor(meta.key, task);
-    let fn;
-    try {
-      fn = compileModule(bufferToString(source, 'utf8'), filename, cache, false);
-    } catch (err) {
-      const message = compileErrorMessage(err, filename);
-      rememberFailure(meta.key, message);
-      settle(inv);
-      return send(ERROR, inv.id, { kind: 'compile_error', message }, null);
+    const text = bufferToString(source, 'utf8');
+    let fn = null;
+    if (builtinModel(model)) {
+      try {
+        fn = compileModule(modelSource(model, text), filename, cache, false);
+      } catch (err) {
+        const message = compileErrorMessage(err, filename);
+        rememberFailure(meta.key, message);
+        settle(inv);
+        return send(ERROR, inv.id, { kind: 'compile_error', message }, null);
+      }
     }
-    entry = { fn, filename, dirname: filename.slice(0, filename.lastIndexOf('/')), module: null };
+    // An operator's compiler keeps the source text until it has turned it into a function.
+    entry = { fn, text: fn === null ? text : null, filename, model, module: null, returned: undefined, handler: null };
     mapSet(compiled, meta.key, entry);
   }
 
-  if (entry.module === null) {
-    const module = { exports: {}, id: entry.filename, filename: entry.filename, loaded: false,
-      children: [], paths: [], require: tenantRequire };
+  let handler = entry.handler;
+  if (entry.fn !== null) {
+    if (entry.module === null) {
+      const module = newModule(entry.filename);
+      try {
+        entry.returned = runBody(entry.fn, module);
+      } catch (err) {
+        return fail(inv, describe(err));
+      }
+      entry.module = module;
+    }
+    handler = pickHandler(entry.model, entry.module, entry.returned);
+    if (typeof handler !== 'function') return fail(inv, noHandler(entry.model, handler));
+  } else if (handler === null) {
+    // A compiler that throws fails this Run (a task_error) and runs again on the key's next Run.
     try {
-      reflectApply(entry.fn, module.exports,
-        [module.exports, tenantRequire, module, entry.filename, entry.dirname]);
+      handler = compileWithCompiler(entry.model, entry.text, entry.filename);
     } catch (err) {
-      return fail(inv, describe(err));
+      return fail(inv, `the ${entry.model} compiler failed: ${describe(err)}`);
     }
-    module.loaded = true;
-    entry.module = module;
+    entry.handler = handler;
+    entry.text = null;
   }
 
-  const handler = entry.module.exports;
-  if (typeof handler !== 'function') {
-    const what = handler === null ? 'null' : typeof handler;
-    return fail(inv, `module.exports is not a function (it is ${what}); export a function (data, ctx)`);
+  const headers = http === null ? {} : headersObject(http.headers);
+  const raw = entry.model === 'webtask' && handler.length >= 3;
+  if (raw && http === null) {
+    return badRequest(inv, 'this webtask is a function (ctx, req, res): it answers HTTP requests, so it runs on the HTTP endpoint (/v1/tenants/TENANT/tasks/TASK/http), not on /run');
   }
-
-  let input;
-  try {
-    input = data.length === 0 ? null : jsonParse(bufferToString(data, 'utf8'));
-  } catch (err) {
-    return fail(inv, `input data is not JSON: ${shortMessage(err)}`);
-  }
-  const ctx = { tenant: meta.tenant, task, requestId: meta.requestId };
-
-  // The first of return, callback, resolve, reject or throw settles the invocation; the rest are ignored.
-  const onValue = (value) => succeed(inv, value);
-  const onError = (err) => fail(inv, describe(err));
-  let returned;
-  try {
-    if (handler.length >= 3) {
-      const callback = (err, value) => {
-        if (err !== null && err !== undefined) onError(err);
-        else onValue(value);
-      };
-      returned = reflectApply(handler, undefined, [input, ctx, callback]);
-      // A callback-style task answers through the callback only. It may be an async function: its
-      // promise's rejection fails the invocation, but its fulfilment (usually undefined, before a timer
-      // calls back) is not the result.
-      if (typeof thenOf(returned) === 'function') promiseThen(promiseResolve(returned), undefined, onError);
-      return;
-    } else {
-      returned = reflectApply(handler, undefined, [input, ctx]);
+  let input = null;
+  if (http !== null && !raw) {
+    try {
+      input = httpInput(headers, data);
+    } catch (err) {
+      return badRequest(inv, `the request body is not JSON, though its Content-Type says application/json: ${shortMessage(err)}`);
     }
-  } catch (err) {
-    return onError(err);
+  } else if (http === null) {
+    try {
+      input = data.length === 0 ? null : jsonParse(bufferToString(data, 'utf8'));
+    } catch (err) {
+      return fail(inv, `input data is not JSON: ${shortMessage(err)}`);
+    }
   }
-  promiseThen(promiseResolve(returned), onValue, onError);
+
+  if (entry.model === 'webtask') {
+    const query = http === null ? {} : queryOf(http.url);
+    const isObject = input !== null && typeof input === 'object' && !isArray(input);
+    const ctx = {
+      data: isObject ? { ...query, ...input } : { ...query },
+      body: input,
+      query,
+      headers,
+      secrets: tenantSecrets,
+      meta: { tenant: meta.tenant, task, requestId: meta.requestId },
+    };
+    if (raw) return serveHttp(inv, handler, ctx, http, headers, data);
+    return callTask(inv, handler, handler.length <= 1 ? [] : [ctx], true);
+  }
+  if (entry.model === 'openwhisk') {
+    let params;
+    if (input === null) params = {};
+    else if (typeof input === 'object' && !isArray(input)) params = { ...input };
+    else if (http !== null && typeof input === 'string') params = { __ow_body: input };
+    else return badRequest(inv, `an openwhisk action takes a JSON object (or null) as its input, not ${isArray(input) ? 'an array' : `a ${typeof input}`}`);
+    if (http !== null) {
+      params.__ow_method = String(http.method).toLowerCase();
+      params.__ow_headers = headers;
+      params.__ow_path = http.url.split('?', 1)[0];
+      params.__ow_query = queryOf(http.url);
+    }
+    params.__secrets = tenantSecrets;
+    return callTask(inv, handler, [params], false);
+  }
+  const ctx = { tenant: meta.tenant, task, requestId: meta.requestId, secrets: tenantSecrets };
+  if (entry.model === 'taskcell') return callTask(inv, handler, [input, ctx], handler.length >= 3);
+  // An operator's compiler's function: (data, ctx), a value or a Promise.
+  if (http !== null) ctx.http = { method: http.method, url: http.url, headers, query: queryOf(http.url) };
+  return callTask(inv, handler, [input, ctx], false);
 }
 
 function compile(id, meta, body) {
   const filename = filenameFor('check', typeof meta.task === 'string' ? meta.task : null);
+  const model = typeof meta.model === 'string' ? meta.model : 'taskcell';
+  if (!builtinModel(model)) return compileWithModel(id, model, bufferToString(body, 'utf8'), filename);
   let fn;
   try {
-    fn = compileModule(bufferToString(body, 'utf8'), filename, null, meta.cache === true);
+    fn = compileModule(modelSource(model, bufferToString(body, 'utf8')), filename, null, meta.cache === true);
   } catch (err) {
     return send(ERROR, id, { kind: 'compile_error', message: compileErrorMessage(err, filename) }, null);
   }
@@ -431,6 +787,23 @@ function compile(id, meta, body) {
   let cache = meta.cache === true && fn.cachedDataProduced === true ? fn.cachedData : null;
   if (cache !== null && cache.length > MAX_CACHE) cache = null;
   send(COMPILED, id, null, cache);
+}
+
+// An operator's model checks a source by running its compiler over it (which may run the source's module
+// body, through helpers.compile): a throw is a compile_error, a compiler that never returns a timeout. What
+// it made is not kept, and no code cache is made (the compiler decides what is compiled).
+function compileWithModel(id, model, text, filename) {
+  const inv = { id, settled: false, logBytes: 0, logTruncated: false };
+  als.run(inv, () => {
+    try {
+      compileWithCompiler(model, text, filename);
+    } catch (err) {
+      settle(inv);
+      return send(ERROR, id, { kind: 'compile_error', message: compilerErrorMessage(model, err) }, null);
+    }
+    settle(inv);
+    send(COMPILED, id, null, null);
+  });
 }
 
 // ---- stray errors --------------------------------------------------------------------------------
@@ -491,7 +864,21 @@ function onFrame(frame) {
   idle.logTruncated = false;
   if (type === RUN) run(id, meta, body);
   else if (type === COMPILE) compile(id, meta, body);
+  else if (type === SECRETS) setSecrets(id, meta);
   else protocolError(`unexpected frame type ${type}`);
+}
+
+// A Secrets frame replaces the tenant's secrets for every invocation from the next one on.
+function setSecrets(id, meta) {
+  if (id !== 0) return protocolError(`Secrets frame with id ${id}`);
+  const given = meta.secrets;
+  if (given === null || typeof given !== 'object' || isArray(given)) return protocolError('Secrets meta without a secrets object');
+  const secrets = {};
+  for (const name of objectKeys(given)) {
+    if (typeof given[name] !== 'string') return protocolError(`secret ${name} is not a string`);
+    secrets[name] = given[name];
+  }
+  tenantSecrets = objectFreeze(secrets);
 }
 
 // Chunks are kept as they arrive and joined only once a whole frame is there, so a large frame

@@ -202,6 +202,7 @@ impl Runtime {
                 tenant: "acme".into(),
                 task: Some(task.into()),
                 cache,
+                ..Default::default()
             },
             source: Bytes::copy_from_slice(source.as_bytes()),
         });
@@ -243,6 +244,7 @@ fn run_frame(id: u32, key: &str, task: Option<&str>, source: &str, data: &str) -
             task: task.map(Into::into),
             request_id: format!("req-{id}"),
             key: key.into(),
+            ..Default::default()
         },
         source: Bytes::copy_from_slice(source.as_bytes()),
         cache: Bytes::new(),
@@ -267,7 +269,7 @@ fn runs_ad_hoc_code_and_passes_data_and_ctx() {
     );
     assert_eq!(
         answer.result(),
-        json!({"sum": 5, "ctx": {"tenant": "acme", "task": null, "requestId": "req-1"}})
+        json!({"sum": 5, "ctx": {"tenant": "acme", "task": null, "requestId": "req-1", "secrets": {}}})
     );
 
     // Empty data is null, and undefined becomes null.
@@ -296,7 +298,7 @@ fn runs_ad_hoc_code_and_passes_data_and_ctx() {
     );
     assert_eq!(
         rt.answer(5).result(),
-        json!({"tenant": "acme", "task": "hello", "requestId": "req-5"})
+        json!({"tenant": "acme", "task": "hello", "requestId": "req-5", "secrets": {}})
     );
     rt.send_run(
         6,

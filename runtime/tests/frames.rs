@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use runtime::{
     encode, encode_to_vec, CompileMeta, DecodeError, Decoder, EncodeError, ErrorKind, Frame,
-    FrameType, LogLevel, RunMeta, HEADER_LEN, MAX_FRAME,
+    FrameType, HttpRequestMeta, LogLevel, RunMeta, HEADER_LEN, MAX_FRAME,
 };
 
 fn samples() -> Vec<Frame> {
@@ -16,6 +16,7 @@ fn samples() -> Vec<Frame> {
                 task: Some("hello".into()),
                 request_id: "req-1".into(),
                 key: "task:hello:abc".into(),
+                ..Default::default()
             },
             source: Bytes::from_static(b"module.exports = (d) => d;"),
             cache: Bytes::from_static(b"\x00\x01 a V8 code cache \xff"),
@@ -28,6 +29,7 @@ fn samples() -> Vec<Frame> {
                 task: None,
                 request_id: "r \"quoted\" \u{1F600}".into(),
                 key: "adhoc:0123".into(),
+                ..Default::default()
             },
             source: Bytes::new(),
             cache: Bytes::new(),
@@ -39,6 +41,7 @@ fn samples() -> Vec<Frame> {
                 tenant: "acme".into(),
                 task: Some("t".into()),
                 cache: true,
+                ..Default::default()
             },
             source: Bytes::from_static(b"let x = ;"),
         },
@@ -48,8 +51,27 @@ fn samples() -> Vec<Frame> {
                 tenant: "acme".into(),
                 task: None,
                 cache: false,
+                model: Some("rule".into()),
             },
             source: Bytes::new(),
+        },
+        Frame::Run {
+            id: 12,
+            meta: RunMeta {
+                tenant: "acme".into(),
+                task: Some("hook".into()),
+                request_id: "req-12".into(),
+                key: "task:hook@webtask:abc".into(),
+                model: Some("webtask".into()),
+                http: Some(HttpRequestMeta {
+                    method: "POST".into(),
+                    url: "/a/b?x=1&y=%20".into(),
+                    headers: vec![("Content-Type".into(), "application/x-www-form-urlencoded".into()), ("X-Two".into(), "a\tb".into())],
+                }),
+            },
+            source: Bytes::new(),
+            cache: Bytes::new(),
+            data: Bytes::from_static(b"name=ann&x=\xff"),
         },
         Frame::Ready {
             pid: 4242,
@@ -100,6 +122,18 @@ fn samples() -> Vec<Frame> {
         },
         Frame::Compiled { id: 6, cache: Bytes::new() },
         Frame::Compiled { id: 6, cache: Bytes::from_static(b"\xc0\xde") },
+        Frame::Error {
+            id: 10,
+            kind: ErrorKind::BadRequest,
+            message: "this webtask answers HTTP requests".into(),
+        },
+        Frame::HttpResponse {
+            id: 11,
+            status: 302,
+            headers: vec![("Location".into(), "https://example.com/x?y=1".into()), ("Set-Cookie".into(), "a=1".into()), ("Set-Cookie".into(), "b=2".into())],
+            body: Bytes::new(),
+        },
+        Frame::HttpResponse { id: 11, status: 200, headers: Vec::new(), body: Bytes::from_static(b"<p>\xff binary is fine</p>") },
     ]
 }
 
@@ -176,6 +210,7 @@ fn layout_matches_the_protocol_document() {
             task: None,
             request_id: "r".into(),
             key: "adhoc:k".into(),
+            ..Default::default()
         },
         source: Bytes::from_static(b"SRC"),
         cache: Bytes::new(),
@@ -308,8 +343,8 @@ fn malformed_headers_are_refused_before_the_body_arrives() {
         decoder.next().unwrap_err()
     };
     assert!(matches!(
-        header_only(raw(3, 1, b"{}", b"xxxx")),
-        DecodeError::UnknownType { ty: 3 }
+        header_only(raw(4, 1, b"{}", b"xxxx")),
+        DecodeError::UnknownType { ty: 4 }
     ));
     assert!(matches!(
         header_only(raw(0, 1, b"{}", b"")),
@@ -514,7 +549,8 @@ fn frame_ids_and_types() {
         .filter(|t| t.sent_by_sandbox())
         .map(|t| t as u8)
         .collect();
-    assert_eq!(from_sandbox, [16, 17, 18, 19, 20]);
+    assert_eq!(from_sandbox, [16, 17, 18, 19, 20, 21]);
+    assert_eq!(ErrorKind::BadRequest.as_str(), "bad_request");
     assert_eq!(ErrorKind::CompileError.as_str(), "compile_error");
     assert_eq!(LogLevel::Debug.as_str(), "debug");
 }
@@ -531,4 +567,29 @@ fn the_bootstrap_uses_the_same_limits() {
         let name = FrameType::from_u8(ty).unwrap().name().to_uppercase();
         assert!(js.contains(&format!("const {name} = {ty};")), "{name}");
     }
+}
+
+/// An HttpResponse goes into the daemon's response head: a frame that could split it (CR/LF in a value, a
+/// name that is not a token, a status that is not a final one) is refused as the protocol error it is (only
+/// code that bypassed the bootstrap sends one).
+#[test]
+fn http_responses_that_could_split_a_head_are_refused() {
+    let refused = |meta: &str| decode_err(&raw(FrameType::HttpResponse as u8, 1, meta.as_bytes(), b""));
+    assert!(matches!(refused(r#"{"status":302,"headers":[["Location","/x\r\nSet-Cookie: a=1"]]}"#), DecodeError::BadHeaderValue { .. }));
+    assert!(matches!(refused(r#"{"status":200,"headers":[["X-A","\n"]]}"#), DecodeError::BadHeaderValue { .. }));
+    assert!(matches!(refused(r#"{"status":200,"headers":[["X-A","\u0000"]]}"#), DecodeError::BadHeaderValue { .. }));
+    assert!(matches!(refused(r#"{"status":200,"headers":[["Bad Name","v"]]}"#), DecodeError::BadHeaderName { .. }));
+    assert!(matches!(refused(r#"{"status":200,"headers":[["X-A:","v"]]}"#), DecodeError::BadHeaderName { .. }));
+    assert!(matches!(refused(r#"{"status":200,"headers":[["","v"]]}"#), DecodeError::BadHeaderName { .. }));
+    assert!(matches!(refused(r#"{"status":101}"#), DecodeError::BadStatus { status: 101 }));
+    assert!(matches!(refused(r#"{"status":600}"#), DecodeError::BadStatus { status: 600 }));
+    assert!(matches!(refused(r#"{"status":70000}"#), DecodeError::BadMeta { .. }));
+    assert!(matches!(refused(r#"{"headers":[]}"#), DecodeError::BadMeta { .. }));
+    assert!(matches!(refused(r#"{"status":200,"headers":[["a","b","c"]]}"#), DecodeError::BadMeta { .. }));
+    let many: Vec<String> = (0..101).map(|i| format!("[\"X-{i}\",\"v\"]")).collect();
+    assert!(matches!(refused(&format!("{{\"status\":200,\"headers\":[{}]}}", many.join(","))), DecodeError::TooManyHeaders { count: 101, .. }));
+    // Tabs, UTF-8 and obs-text-like characters in a value are fine; HttpResponse never has id 0.
+    let ok = decode_all(&raw(FrameType::HttpResponse as u8, 1, r#"{"status":200,"headers":[["X-A","a\tb \u00e9"]]}"#.as_bytes(), b"x")).unwrap();
+    assert_eq!(ok, vec![Frame::HttpResponse { id: 1, status: 200, headers: vec![("X-A".into(), "a\tb \u{e9}".into())], body: Bytes::from_static(b"x") }]);
+    assert!(matches!(decode_err(&raw(FrameType::HttpResponse as u8, 0, br#"{"status":200}"#, b"")), DecodeError::BadId { .. }));
 }

@@ -36,12 +36,27 @@ struct Command {
 }
 
 const COMMANDS: &[Command] = &[
-    Command { name: "deploy", args: "TENANT TASK FILE", min: 3, max: 3, about: "deploy a task's source (FILE - reads stdin)", run: deploy },
+    Command {
+        name: "deploy",
+        args: "[--model M] [--timeout-ms N] TENANT TASK FILE",
+        min: 3,
+        max: 3,
+        about: "deploy a task's source (FILE - reads stdin) with its model (default taskcell) and time limit",
+        run: deploy,
+    },
     Command { name: "call", args: "TENANT TASK [JSON|-]", min: 2, max: 3, about: "run a task with this input (none: null; -: stdin)", run: call },
     Command { name: "tasks", args: "TENANT", min: 1, max: 1, about: "list a tenant's tasks", run: tasks },
     Command { name: "rm", args: "TENANT TASK", min: 2, max: 2, about: "remove a task", run: rm },
     Command { name: "logs", args: "[TENANT]", min: 0, max: 1, about: "follow the log events of every tenant, or of one, until Ctrl-C", run: logs },
     Command { name: "health", args: "", min: 0, max: 0, about: "the daemon's state: pool, sandboxes, work in flight, uptime", run: health },
+    Command {
+        name: "secrets",
+        args: "set TENANT NAME [VALUE|-] | list TENANT | rm TENANT NAME",
+        min: 2,
+        max: 4,
+        about: "a tenant's secrets: set one (no VALUE or -: read from stdin, kept out of shell history), list their names, remove one",
+        run: secrets,
+    },
 ];
 
 const OPTIONS: &str = "    --socket PATH   the daemon's socket (default: $TASKCELL_SOCKET, else /run/taskcell/taskcell.sock)
@@ -95,14 +110,20 @@ struct Options {
     socket: PathBuf,
     json: bool,
     args: Vec<String>,
+    /// `deploy --model M --timeout-ms N`: the task's settings (the daemon checks them).
+    model: Option<String>,
+    timeout_ms: Option<String>,
 }
 
 fn parse(c: &Command, raw: Vec<String>) -> Result<Options, CliError> {
     let mut flags = Flags::new(raw);
     let (mut socket, mut json, mut args) = (None, false, Vec::new());
+    let (mut model, mut timeout_ms) = (None, None);
     while let Some((flag, inline)) = flags.next_flag() {
         match flag.as_str() {
             "--socket" => socket = Some(PathBuf::from(flags.value(&flag, inline)?)),
+            "--model" if c.name == "deploy" => model = Some(flags.value(&flag, inline)?),
+            "--timeout-ms" if c.name == "deploy" => timeout_ms = Some(flags.value(&flag, inline)?),
             "--json" if inline.is_none() => json = true,
             "-h" | "--help" => return Err(CliError::Help),
             // `-` (stdin) and JSON such as `-1` are arguments; only `--name` is a flag.
@@ -119,7 +140,7 @@ fn parse(c: &Command, raw: Vec<String>) -> Result<Options, CliError> {
     let socket = socket
         .or_else(|| std::env::var_os("TASKCELL_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    Ok(Options { socket, json, args })
+    Ok(Options { socket, json, args, model, timeout_ms })
 }
 
 pub fn main(name: &str, raw: Vec<String>) -> ExitCode {
@@ -171,7 +192,17 @@ fn report(c: &Command, e: CliError) -> ExitCode {
 fn deploy(o: &Options) -> Result<(), CliError> {
     let (tenant, task) = (segment("TENANT", &o.args[0])?, segment("TASK", &o.args[1])?);
     let source = read_input(&o.args[2])?;
-    let target = format!("/v1/tenants/{tenant}/tasks/{task}");
+    let mut target = format!("/v1/tenants/{tenant}/tasks/{task}");
+    let mut settings = Vec::new();
+    if let Some(model) = &o.model {
+        settings.push(format!("model={}", segment("--model", model)?));
+    }
+    if let Some(ms) = &o.timeout_ms {
+        settings.push(format!("timeout_ms={}", segment("--timeout-ms", ms)?));
+    }
+    if !settings.is_empty() {
+        target = format!("{target}?{}", settings.join("&"));
+    }
     let r = exchange(o, &Request { method: "PUT", target: &target, content_type: Some("application/javascript"), body: &source })?;
     if !o.json {
         let v = json_body(&r)?;
@@ -250,6 +281,58 @@ fn health(o: &Options) -> Result<(), CliError> {
         out(&render::health(&json_body(&r)?))?;
     }
     Ok(())
+}
+
+fn secrets(o: &Options) -> Result<(), CliError> {
+    let usage = || CliError::Usage("expects set TENANT NAME [VALUE|-], list TENANT or rm TENANT NAME".to_string());
+    let tenant = segment("TENANT", &o.args[1])?;
+    match (o.args[0].as_str(), o.args.len()) {
+        ("set", 3 | 4) => {
+            let name = segment("NAME", &o.args[2])?;
+            let mut value = match o.args.get(3).map(String::as_str) {
+                None | Some("-") => read_input("-")?,
+                Some(v) => v.as_bytes().to_vec(),
+            };
+            // `echo value | taskcell secrets set ...` ends in a newline that is not part of the value.
+            if o.args.get(3).is_none_or(|v| v == "-") && value.ends_with(b"\n") {
+                value.pop();
+                if value.ends_with(b"\r") {
+                    value.pop();
+                }
+            }
+            let target = format!("/v1/tenants/{tenant}/secrets/{name}");
+            let r = exchange(o, &Request { method: "PUT", target: &target, content_type: Some("text/plain; charset=utf-8"), body: &value })?;
+            if !o.json {
+                out(&format!("{} secret {name} of {tenant}", if r.status == 201 { "set" } else { "replaced" }))?;
+            }
+            Ok(())
+        }
+        ("list", 2) => {
+            let target = format!("/v1/tenants/{tenant}/secrets");
+            let r = exchange(o, &Request { method: "GET", target: &target, content_type: None, body: b"" })?;
+            if !o.json {
+                let v = json_body(&r)?;
+                let list = v["secrets"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    out(&format!("{tenant} has no secrets"))?;
+                }
+                for s in list {
+                    out(&format!("{:<40} {}", s["secret"].as_str().unwrap_or("?"), s["updated"].as_str().unwrap_or("")))?;
+                }
+            }
+            Ok(())
+        }
+        ("rm", 3) => {
+            let name = segment("NAME", &o.args[2])?;
+            let target = format!("/v1/tenants/{tenant}/secrets/{name}");
+            exchange(o, &Request { method: "DELETE", target: &target, content_type: None, body: b"" })?;
+            if !o.json {
+                out(&format!("removed secret {name} of {tenant}"))?;
+            }
+            Ok(())
+        }
+        _ => Err(usage()),
+    }
 }
 
 fn logs(o: &Options) -> Result<(), CliError> {

@@ -112,7 +112,9 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!("taskcell-it-{}-{n}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the test's temporary directory");
-        let mut all = vec!["--pool-size".to_string(), "2".to_string(), "--rootfs".to_string(), rootfs().display().to_string()];
+        // The secrets key in the test's own directory, never the host's /etc/taskcell.
+        let key = dir.join("secrets.key").display().to_string();
+        let mut all = vec!["--pool-size".to_string(), "2".to_string(), "--rootfs".to_string(), rootfs().display().to_string(), "--secrets-key".to_string(), key];
         all.extend(flags.iter().map(|s| s.to_string()));
         let d = Daemon {
             socket: dir.join("s.sock"),

@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use super::http::{Request, Response};
 use super::routes::{self, Endpoint};
-use super::store;
+use super::secrets;
+use super::store::{self, TaskSettings};
 
 /// A request the daemon understood.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,15 +19,23 @@ pub enum ApiRequest {
     Metrics,
     /// `GET /v1/logs[?tenant=T]`.
     Logs { tenant: Option<String> },
-    /// `POST /v1/tenants/T/run`: the source, and the input as JSON text (`null` when absent).
-    RunAdhoc { tenant: String, source: Bytes, data: Bytes },
+    /// `POST /v1/tenants/T/run`: the source, the input as JSON text (`null` when absent), and the run's
+    /// settings (checked against the operator's models and limits by the handler).
+    RunAdhoc { tenant: String, source: Bytes, data: Bytes, settings: TaskSettings },
     ListTasks { tenant: String },
     GetTask { tenant: String, task: String },
-    /// `PUT`: the source is UTF-8 (checked here); its syntax is checked in a sandbox.
-    PutTask { tenant: String, task: String, source: Bytes },
+    /// `PUT ...?model=M&timeout_ms=N`: the source is UTF-8 (checked here); its syntax is checked in a sandbox
+    /// by its model's compiler.
+    PutTask { tenant: String, task: String, source: Bytes, settings: TaskSettings },
     DeleteTask { tenant: String, task: String },
     /// `POST .../run`: the input as JSON text (`null` for an empty body).
     RunTask { tenant: String, task: String, data: Bytes },
+    /// `.../tasks/K/http[/REST]`: the request for the task, hop-by-hop headers dropped.
+    Http { tenant: String, task: String, http: crate::HttpRequestMeta, body: Bytes },
+    ListSecrets { tenant: String },
+    /// The value is UTF-8 of at most `secrets::MAX_VALUE` bytes (checked here).
+    PutSecret { tenant: String, name: String, value: String },
+    DeleteSecret { tenant: String, name: String },
 }
 
 /// Why a request was refused before anything was done for it.
@@ -83,15 +92,21 @@ pub fn parse(req: &Request) -> Result<ApiRequest, ApiError> {
             return Err(ApiError::bad_request(format!("invalid name {name:?}: names match ^[a-z0-9][a-z0-9_-]{{0,62}}$")));
         }
     }
+    if let Some(name) = route.secret {
+        if !secrets::valid_name(name) {
+            return Err(ApiError::bad_request(format!("invalid secret name {name:?}: names match ^[A-Za-z_][A-Za-z0-9_]{{0,63}}$")));
+        }
+    }
     let tenant = || route.tenant.expect("the route has a tenant").to_string();
+    let secret = || route.secret.expect("the route has a secret").to_string();
     let task = || route.task.expect("the route has a task").to_string();
     Ok(match (route.endpoint, method) {
         (Endpoint::Health, _) => ApiRequest::Health,
         (Endpoint::Metrics, _) => ApiRequest::Metrics,
         (Endpoint::Logs, _) => ApiRequest::Logs { tenant: logs_tenant(req.query.as_deref())? },
         (Endpoint::RunAdhoc, _) => {
-            let (source, data) = adhoc_body(&req.body).map_err(ApiError::refused_run)?;
-            ApiRequest::RunAdhoc { tenant: tenant(), source, data }
+            let (source, data, settings) = adhoc_body(&req.body).map_err(ApiError::refused_run)?;
+            ApiRequest::RunAdhoc { tenant: tenant(), source, data, settings }
         }
         (Endpoint::Tasks, _) => ApiRequest::ListTasks { tenant: tenant() },
         (Endpoint::Task, "GET") => ApiRequest::GetTask { tenant: tenant(), task: task() },
@@ -99,9 +114,13 @@ pub fn parse(req: &Request) -> Result<ApiRequest, ApiError> {
             if std::str::from_utf8(&req.body).is_err() {
                 return Err(ApiError::bad_request("the task source must be UTF-8"));
             }
-            ApiRequest::PutTask { tenant: tenant(), task: task(), source: req.body.clone() }
+            ApiRequest::PutTask { tenant: tenant(), task: task(), source: req.body.clone(), settings: task_settings(req.query.as_deref())? }
         }
         (Endpoint::Task, _) => ApiRequest::DeleteTask { tenant: tenant(), task: task() },
+        (Endpoint::Secrets, _) => ApiRequest::ListSecrets { tenant: tenant() },
+        (Endpoint::Secret, "PUT") => ApiRequest::PutSecret { tenant: tenant(), name: secret(), value: secret_value(&req.body)? },
+        (Endpoint::Secret, _) => ApiRequest::DeleteSecret { tenant: tenant(), name: secret() },
+        (Endpoint::Http, _) => ApiRequest::Http { tenant: tenant(), task: task(), http: http_request(req, route.rest), body: req.body.clone() },
         (Endpoint::RunTask, _) => ApiRequest::RunTask { tenant: tenant(), task: task(), data: task_input(&req.body).map_err(ApiError::refused_run)? },
     })
 }
@@ -119,19 +138,88 @@ fn logs_tenant(query: Option<&str>) -> Result<Option<String>, ApiError> {
     Ok(tenant)
 }
 
-/// `{"code": "...", "data": <any JSON>}`: the source and the input's JSON text.
-fn adhoc_body(body: &[u8]) -> Result<(Bytes, Bytes), ApiError> {
+/// `{"code": "...", "data": <any JSON>, "model": "...", "timeout_ms": N}`: the source, the input's JSON
+/// text and the run's settings.
+fn adhoc_body(body: &[u8]) -> Result<(Bytes, Bytes, TaskSettings), ApiError> {
     #[derive(serde::Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
         code: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow)]
         data: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
     }
     let parsed: Body = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let code = parsed.code.ok_or_else(|| ApiError::bad_request("the body needs a \"code\" field holding the task's source"))?;
     let data = parsed.data.map_or_else(|| Bytes::from_static(b"null"), |d| Bytes::copy_from_slice(d.get().as_bytes()));
-    Ok((Bytes::copy_from_slice(code.as_bytes()), data))
+    let settings = settings_of(parsed.model.as_deref(), parsed.timeout_ms)?;
+    Ok((Bytes::copy_from_slice(code.as_bytes()), data, settings))
+}
+
+/// `?model=M&timeout_ms=N` of a deploy (other parameters are ignored; names need no decoding).
+fn task_settings(query: Option<&str>) -> Result<TaskSettings, ApiError> {
+    let (mut model, mut timeout_ms) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "model" => model = Some(value),
+            "timeout_ms" => {
+                let n = value.parse::<u64>().ok().filter(|_| value.bytes().all(|b| b.is_ascii_digit()));
+                timeout_ms = Some(n.ok_or_else(|| ApiError::bad_request(format!("timeout_ms must be a whole number of milliseconds, not {value:?}")))?);
+            }
+            _ => {}
+        }
+    }
+    settings_of(model, timeout_ms)
+}
+
+/// Settings as far as the request alone decides: a model named as models are (`taskcell` is the default,
+/// kept as none), a timeout of at least 1 ms. Whether the model exists and the timeout is within the
+/// operator's limit is the handler's to check.
+fn settings_of(model: Option<&str>, timeout_ms: Option<u64>) -> Result<TaskSettings, ApiError> {
+    if let Some(m) = model.filter(|m| !store::valid_name(m)) {
+        return Err(ApiError::bad_request(format!("unknown model {m:?}: model names match ^[a-z0-9][a-z0-9_-]{{0,62}}$")));
+    }
+    if timeout_ms == Some(0) {
+        return Err(ApiError::bad_request("timeout_ms must be at least 1"));
+    }
+    Ok(TaskSettings { model: model.filter(|m| *m != "taskcell").map(str::to_owned), timeout_ms })
+}
+
+/// Hop-by-hop request headers (RFC 9110 7.6.1), never handed to a task, and any that `Connection` names.
+fn hop_by_hop(name: &str, connection: &[String]) -> bool {
+    const HOP: &[&str] = &["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+        || connection.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// The request as the task sees it: method, `/{rest}` with the query string, headers but the hop-by-hop ones.
+fn http_request(req: &Request, rest: &[&str]) -> crate::HttpRequestMeta {
+    let mut url = format!("/{}", rest.join("/"));
+    if let Some(q) = &req.query {
+        url.push('?');
+        url.push_str(q);
+    }
+    let connection: Vec<String> = req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_string()).collect::<Vec<_>>())
+        .collect();
+    let headers = req.headers.iter().filter(|(n, _)| !hop_by_hop(n, &connection)).cloned().collect();
+    crate::HttpRequestMeta { method: req.method.clone(), url, headers }
+}
+
+/// A secret's value: the body as it is, UTF-8, at most 4 KiB. The message never repeats it.
+fn secret_value(body: &Bytes) -> Result<String, ApiError> {
+    if body.len() > secrets::MAX_VALUE {
+        return Err(ApiError::bad_request(format!("a secret's value is at most {} bytes; this one is {}", secrets::MAX_VALUE, body.len())));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("a secret's value must be UTF-8"))
 }
 
 /// A task run's body: JSON, or empty for `null`.
@@ -164,10 +252,48 @@ mod tests {
         assert_eq!(api("GET /v1/health HTTP/1.1\r\n\r\n"), Ok(ApiRequest::Health));
         assert_eq!(api("GET /v1/logs?tenant=acme&x=1 HTTP/1.1\r\n\r\n"), Ok(ApiRequest::Logs { tenant: Some("acme".into()) }));
         let run = api("POST /v1/tenants/acme/run HTTP/1.1\r\nContent-Length: 34\r\n\r\n{\"code\":\"x\",\"data\":{\"a\":[1, 2]}}  ");
-        assert_eq!(run, Ok(ApiRequest::RunAdhoc { tenant: "acme".into(), source: Bytes::from_static(b"x"), data: Bytes::from_static(b"{\"a\":[1, 2]}") }));
+        let settings = TaskSettings::default();
+        assert_eq!(run, Ok(ApiRequest::RunAdhoc { tenant: "acme".into(), source: Bytes::from_static(b"x"), data: Bytes::from_static(b"{\"a\":[1, 2]}"), settings }));
         let task = api("POST /v1/tenants/acme/tasks/t/run HTTP/1.1\r\nContent-Length: 1\r\n\r\n ");
         assert_eq!(task, Ok(ApiRequest::RunTask { tenant: "acme".into(), task: "t".into(), data: Bytes::from_static(b"null") }));
         assert_eq!(api("DELETE /v1/tenants/acme/tasks/t HTTP/1.1\r\n\r\n"), Ok(ApiRequest::DeleteTask { tenant: "acme".into(), task: "t".into() }));
+    }
+
+    #[test]
+    fn settings_come_from_the_query_or_the_body() {
+        let put = api("PUT /v1/tenants/a/tasks/t?model=webtask&timeout_ms=20000&x=1 HTTP/1.1\r\nContent-Length: 1\r\n\r\nx");
+        let settings = TaskSettings { model: Some("webtask".into()), timeout_ms: Some(20_000) };
+        assert_eq!(put, Ok(ApiRequest::PutTask { tenant: "a".into(), task: "t".into(), source: Bytes::from_static(b"x"), settings }));
+        // taskcell is the default, kept as none: a later PUT without settings is the same task.
+        let put = api("PUT /v1/tenants/a/tasks/t?model=taskcell HTTP/1.1\r\nContent-Length: 1\r\n\r\nx");
+        assert!(matches!(put, Ok(ApiRequest::PutTask { settings, .. }) if settings.is_default()));
+        let body = r#"{"code":"x","model":"openwhisk","timeout_ms":7}"#;
+        let run = api(&format!("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        assert!(matches!(run, Ok(ApiRequest::RunAdhoc { settings, .. }) if settings == TaskSettings { model: Some("openwhisk".into()), timeout_ms: Some(7) }));
+        for bad in ["model=", "model=Web", "model=a%2fb", "timeout_ms=0", "timeout_ms=-1", "timeout_ms=1.5", "timeout_ms=+5", "timeout_ms=99999999999999999999"] {
+            let e = api(&format!("PUT /v1/tenants/a/tasks/t?{bad} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")).expect_err(bad);
+            assert_eq!((e.status, e.kind), (400, "bad_request"), "{bad}");
+        }
+        for bad in [r#"{"code":"x","timeout_ms":"5"}"#, r#"{"code":"x","model":3}"#, r#"{"code":"x","timeout_ms":0}"#] {
+            let e = api(&format!("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: {}\r\n\r\n{bad}", bad.len())).expect_err(bad);
+            assert_eq!((e.status, e.kind, e.refused_run), (400, "bad_request", true), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_http_endpoint_hands_over_the_request_but_hop_by_hop_headers() {
+        let raw = "POST /v1/tenants/a/tasks/t/http/hook/x?y=1&z=%20 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: p\r\nUpgrade: ws\r\nX-Keep: k\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi";
+        let Ok(ApiRequest::Http { tenant, task, http, body }) = api(raw) else { panic!("not an Http request") };
+        assert_eq!((tenant.as_str(), task.as_str(), &body[..]), ("a", "t", &b"hi"[..]));
+        assert_eq!((http.method.as_str(), http.url.as_str()), ("POST", "/hook/x?y=1&z=%20"));
+        let names: Vec<&str> = http.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Host", "X-Keep", "Content-Type", "Content-Length"]);
+        let Ok(ApiRequest::Http { http, .. }) = api("GET /v1/tenants/a/tasks/t/http HTTP/1.1\r\n\r\n") else { panic!() };
+        assert_eq!(http.url, "/");
+        let Ok(ApiRequest::Http { http, .. }) = api("DELETE /v1/tenants/a/tasks/t/http/?q HTTP/1.1\r\n\r\n") else { panic!() };
+        assert_eq!(http.url, "/?q");
+        assert_eq!(api("HEAD /v1/tenants/a/tasks/t/http HTTP/1.1\r\n\r\n").unwrap_err().status, 405);
+        assert_eq!(api("GET /v1/tenants/a/tasks/T/http HTTP/1.1\r\n\r\n").unwrap_err().status, 400);
     }
 
     #[test]

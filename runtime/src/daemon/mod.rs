@@ -12,6 +12,7 @@ pub mod http;
 mod logs;
 mod metrics;
 pub mod routes;
+mod secrets;
 mod server;
 mod settings;
 mod slab;
@@ -59,8 +60,16 @@ pub struct Config {
     pub max_connections: usize,
     /// `/v1/logs` subscribers at once; past it 503 `overloaded`.
     pub max_log_subscribers: usize,
+    /// The longest `timeout_ms` a task or an ad-hoc run may ask for.
+    pub max_timeout: Duration,
+    /// Operators' compilers (`NAME.js`), bound read-only into every sandbox at [`COMPILERS_INSIDE`].
+    pub compilers_dir: PathBuf,
+    /// The models of the compilers found in `compilers_dir` at start (not a setting: read by `serve`).
+    pub compilers: Vec<String>,
     /// The operator's npm modules (`taskcell modules add`), bound read-only into every sandbox.
     pub modules: Option<PathBuf>,
+    /// The key that seals tenants' secrets at rest (outside the state directory).
+    pub secrets_key: PathBuf,
 }
 
 impl Default for Config {
@@ -90,7 +99,11 @@ impl Default for Config {
             reserved_cpus: None,
             max_connections: 1024,
             max_log_subscribers: 64,
+            max_timeout: Duration::from_millis(30_000),
+            compilers_dir: PathBuf::from("/etc/taskcell/compilers"),
+            compilers: Vec::new(),
             modules: None,
+            secrets_key: PathBuf::from("/etc/taskcell/secrets.key"),
         }
     }
 }
@@ -109,6 +122,8 @@ impl Config {
             "pool-size" => self.pool_size = args::count(&flag, value)? as usize,
             "rootfs" => self.rootfs = Some(PathBuf::from(value)),
             "timeout-ms" => self.timeout = ms(value)?,
+            "max-timeout-ms" => self.max_timeout = ms(value)?,
+            "compilers-dir" => self.compilers_dir = PathBuf::from(value),
             "memory" => self.memory = args::bytes(&flag, value)?,
             "max-sandboxes" => {
                 self.max_sandboxes = args::count(&flag, value)?.max(1) as usize;
@@ -132,6 +147,7 @@ impl Config {
             "max-connections" => self.max_connections = args::count(&flag, value)?.max(1) as usize,
             "max-log-subscribers" => self.max_log_subscribers = args::count(&flag, value)? as usize,
             "modules" => self.modules = Some(PathBuf::from(value)),
+            "secrets-key" => self.secrets_key = PathBuf::from(value),
             _ => return Err(ArgError::Unknown(flag)),
         }
         Ok(())
@@ -152,6 +168,37 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Where the compilers directory appears inside a sandbox (runtime/js/bootstrap.js reads `NAME.js` there).
+pub const COMPILERS_INSIDE: &str = "/compilers";
+
+/// The built-in models; every other model is an operator's compiler.
+pub const BUILTIN_MODELS: &[&str] = &["taskcell", "webtask", "openwhisk"];
+
+/// The models the compilers in `dir` define: each `NAME.js` (a regular file, NAME a valid name, not a built-in
+/// model's), sorted. A directory that does not exist defines none.
+fn compiler_models(dir: &std::path::Path) -> Result<Vec<String>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading the compilers directory {}: {e}", dir.display())),
+    };
+    let mut models = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(model) = name.to_str().and_then(|n| n.strip_suffix(".js")) else { continue };
+        if !store::valid_name(model) || !entry.path().is_file() {
+            continue;
+        }
+        if BUILTIN_MODELS.contains(&model) {
+            eprintln!("taskcell: ignoring {}: {model} is a built-in model", entry.path().display());
+            continue;
+        }
+        models.push(model.to_string());
+    }
+    models.sort();
+    Ok(models)
 }
 
 /// Half the machine's memory, at a quarter of the memory limit a sandbox (an idle one costs about 13 MiB of
@@ -234,9 +281,27 @@ fn serve(config: Config) -> Result<(), String> {
     // One daemon per state directory: a second one would sweep the first's temporary files mid-deploy.
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::error_chain(&e))?);
+    // Tenants' secrets are opened into this process's memory: no core file of it, and no /proc/PID/mem
+    // for anyone but root.
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let key = secrets::Key::load_or_create(&config.secrets_key).map_err(|e| {
+        let why = crate::error_chain(&e);
+        eprintln!("taskcell: secrets are unavailable: {why}");
+        why
+    });
+    let secrets = secrets::Secrets::open(&config.state_dir, key);
     let mut jconfig = JailerConfig::default();
     if let Some(r) = &config.rootfs {
         jconfig.rootfs = r.clone();
+    }
+    // Operators' models, read once here: the event loop only ever looks the names up.
+    let mut config = config;
+    config.compilers = compiler_models(&config.compilers_dir)?;
+    if config.compilers_dir.is_dir() {
+        let dir = std::fs::canonicalize(&config.compilers_dir).map_err(|e| format!("{}: {e}", config.compilers_dir.display()))?;
+        jconfig.binds_ro.push((dir, PathBuf::from(COMPILERS_INSIDE)));
+        eprintln!("taskcell: models from {}: {}", config.compilers_dir.display(), if config.compilers.is_empty() { "none".to_string() } else { config.compilers.join(", ") });
     }
     jconfig.limits.memory = config.memory;
     jconfig.limits.pids = config.pids;
@@ -270,7 +335,7 @@ fn serve(config: Config) -> Result<(), String> {
     let cpus = cpus::CpuClasses::new(config.reserved_cpus);
     let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| c.batch));
     let socket_path = config.socket.clone();
-    let parts = server::Parts { poll, waker, listener, signals, spawner, store, cpus };
+    let parts = server::Parts { poll, waker, listener, signals, spawner, store, secrets, cpus };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
     eprintln!(
         "taskcell: serving on {} (pool {}, timeout {} ms, memory {} bytes, pids {}, {})",

@@ -33,6 +33,8 @@ pub const SETTINGS: &[Setting] = &[
     s("max-age-ms", "MS", "3600000", "a tenant's sandbox this old is recycled when idle"),
     s("max-requests", "N", "100000", "a tenant's sandbox that served this many requests is recycled"),
     s("timeout-ms", "MS", "5000", "an invocation's time limit; past it the sandbox is killed (504)"),
+    s("max-timeout-ms", "MS", "30000", "the longest time limit a task or run may ask for (timeout_ms); above it 400 bad_request"),
+    s("compilers-dir", "DIR", "/etc/taskcell/compilers", "operators' models: each NAME.js in it is the compiler of the model NAME, run inside the sandboxes (read at start)"),
     s("memory", "BYTES", "128M", "a sandbox's memory (cgroup; V8's old space is half of it)"),
     s("pids", "N", "64", "a sandbox's processes and threads"),
     s("cpus", "N", "1.0", "a sandbox's CPU quota, in CPUs"),
@@ -42,6 +44,7 @@ pub const SETTINGS: &[Setting] = &[
     s("code-cache-bytes", "BYTES", "64M", "memory for the V8 code caches of deployed tasks (0: none); one tenant gets at most a quarter"),
     s("max-connections", "N", "1024", "client connections at once; past it a new one gets 503 overloaded and is closed"),
     s("max-log-subscribers", "N", "64", "/v1/logs streams at once; past it 503 overloaded"),
+    s("secrets-key", "FILE", "/etc/taskcell/secrets.key", "the 32-byte key that seals tenants' secrets at rest; made (mode 0600) at first start if missing"),
     s("modules", "DIR", "none", "npm modules (made with taskcell modules add) that every sandbox sees read-only at /taskcell/modules"),
     s("drain-timeout-ms", "MS", "10000", "on SIGTERM, how long in-flight invocations may finish"),
 ];
@@ -67,7 +70,7 @@ mod tests {
         match value {
             "BYTES" => "64M",
             "MS" | "N" => "3",
-            "PATH" | "DIR" => "/tmp/x",
+            "PATH" | "DIR" | "FILE" => "/tmp/x",
             other => panic!("no example for {other}"),
         }
     }

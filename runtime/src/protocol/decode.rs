@@ -7,7 +7,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::frame::{
-    CompileMeta, ErrorMetaIn, Frame, FrameType, LogMeta, NoMeta, ReadyMetaIn, RunMeta, RunMetaIn,
+    valid_header_name, valid_header_value, CompileMeta, ErrorMetaIn, Frame, FrameType, HttpResponseMetaIn, LogMeta, NoMeta, ReadyMetaIn, RunMeta, RunMetaIn, SecretsMeta,
     LEN_FIELD, MAX_FRAME, MIN_LEN,
 };
 use super::frame::HEADER_LEN;
@@ -52,6 +52,14 @@ pub enum DecodeError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("an HttpResponse status of {status} (a final response is 200 to 599)")]
+    BadStatus { status: u16 },
+    #[error("an HttpResponse with {count} headers (at most {max})")]
+    TooManyHeaders { count: usize, max: usize },
+    #[error("an HttpResponse header name that is not a token: {name:?}")]
+    BadHeaderName { name: String },
+    #[error("an HttpResponse header {name} whose value holds a control character (CR, LF, NUL...) or is over 8 KiB")]
+    BadHeaderValue { name: String },
     #[error("the stream was already refused by an earlier error")]
     Desynchronised,
 }
@@ -170,6 +178,8 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
                 task: m.task,
                 request_id: m.request_id,
                 key: m.key,
+                model: m.model,
+                http: m.http,
             };
             Frame::Run {
                 id,
@@ -186,6 +196,11 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
                 meta,
                 source: body,
             }
+        }
+        FrameType::Secrets => {
+            let m: SecretsMeta = parse_meta(ty, meta)?;
+            empty_body(&body)?;
+            Frame::Secrets { secrets: m.secrets }
         }
         FrameType::Ready => {
             let m: ReadyMetaIn = parse_meta(ty, meta)?;
@@ -224,6 +239,25 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
         FrameType::Compiled => {
             let _: NoMeta = parse_meta(ty, meta)?;
             Frame::Compiled { id, cache: body }
+        }
+        FrameType::HttpResponse => {
+            let m: HttpResponseMetaIn = parse_meta(ty, meta)?;
+            // These go into the daemon's response head: nothing may split it, whatever the sandbox sent.
+            if !(200..=599).contains(&m.status) {
+                return Err(DecodeError::BadStatus { status: m.status });
+            }
+            if m.headers.len() > super::frame::MAX_RESPONSE_HEADERS {
+                return Err(DecodeError::TooManyHeaders { count: m.headers.len(), max: super::frame::MAX_RESPONSE_HEADERS });
+            }
+            for (name, value) in &m.headers {
+                if !valid_header_name(name) {
+                    return Err(DecodeError::BadHeaderName { name: name.chars().take(64).collect() });
+                }
+                if !valid_header_value(value) {
+                    return Err(DecodeError::BadHeaderValue { name: name.clone() });
+                }
+            }
+            Frame::HttpResponse { id, status: m.status, headers: m.headers, body }
         }
     })
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::frame::{
-    ErrorMetaOut, Frame, FrameType, LogMeta, ReadyMetaOut, RunMetaOut, LEN_FIELD, MAX_FRAME,
+    ErrorMetaOut, Frame, FrameType, HttpResponseMetaOut, LogMeta, ReadyMetaOut, RunMetaOut, SecretsMeta, LEN_FIELD, MAX_FRAME,
 };
 use super::frame::HEADER_LEN;
 
@@ -55,9 +55,12 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
                 key: &meta.key,
                 source_len: source.len(),
                 cache_len: cache.len(),
+                model: meta.model.as_deref().filter(|m| *m != "taskcell"),
+                http: meta.http.as_ref(),
             },
         )?,
         Frame::Compile { meta, .. } => write_meta(ty, out, meta)?,
+        Frame::Secrets { secrets } => write_meta(ty, out, &SecretsMeta { secrets: secrets.clone() })?,
         Frame::Ready { pid, node } => write_meta(ty, out, &ReadyMetaOut { pid: *pid, node })?,
         Frame::Error { kind, message, .. } => write_meta(
             ty,
@@ -68,6 +71,7 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
             },
         )?,
         Frame::Log { level, .. } => write_meta(ty, out, &LogMeta { level: *level })?,
+        Frame::HttpResponse { status, headers, .. } => write_meta(ty, out, &HttpResponseMetaOut { status: *status, headers })?,
         // meta_len 0 stands for `{}`.
         Frame::Result { .. } | Frame::Compiled { .. } => {}
     }
@@ -79,7 +83,8 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
         Frame::Result { json, .. } => [json, &[], &[]],
         Frame::Log { message, .. } => [message, &[], &[]],
         Frame::Compiled { cache, .. } => [cache, &[], &[]],
-        Frame::Ready { .. } | Frame::Error { .. } => [&[], &[], &[]],
+        Frame::HttpResponse { body, .. } => [body, &[], &[]],
+        Frame::Ready { .. } | Frame::Error { .. } | Frame::Secrets { .. } => [&[], &[], &[]],
     };
     let len = HEADER_LEN - LEN_FIELD + meta_len + body.iter().map(|b| b.len()).sum::<usize>();
     if len > MAX_FRAME {

@@ -23,11 +23,13 @@ pub(crate) const MIN_LEN: usize = HEADER_LEN - LEN_FIELD;
 pub enum FrameType {
     Run = 1,
     Compile = 2,
+    Secrets = 3,
     Ready = 16,
     Result = 17,
     Error = 18,
     Log = 19,
     Compiled = 20,
+    HttpResponse = 21,
 }
 
 impl FrameType {
@@ -36,11 +38,13 @@ impl FrameType {
         Some(match ty {
             1 => Self::Run,
             2 => Self::Compile,
+            3 => Self::Secrets,
             16 => Self::Ready,
             17 => Self::Result,
             18 => Self::Error,
             19 => Self::Log,
             20 => Self::Compiled,
+            21 => Self::HttpResponse,
             _ => return None,
         })
     }
@@ -50,25 +54,27 @@ impl FrameType {
         match self {
             Self::Run => "Run",
             Self::Compile => "Compile",
+            Self::Secrets => "Secrets",
             Self::Ready => "Ready",
             Self::Result => "Result",
             Self::Error => "Error",
             Self::Log => "Log",
             Self::Compiled => "Compiled",
+            Self::HttpResponse => "HttpResponse",
         }
     }
 
     /// Whether a sandbox may send this type. The decoder reads both directions; the daemon must treat a
     /// `Run` or `Compile` from a sandbox as the protocol error it is.
     pub fn sent_by_sandbox(self) -> bool {
-        !matches!(self, Self::Run | Self::Compile)
+        !matches!(self, Self::Run | Self::Compile | Self::Secrets)
     }
 
     /// Which ids a frame of this type may carry: Ready is never tied to an invocation, Log may or may
     /// not be, everything else answers or starts one and so needs a non-zero id.
     pub(crate) fn id_ok(self, id: u32) -> bool {
         match self {
-            Self::Ready => id == 0,
+            Self::Ready | Self::Secrets => id == 0,
             Self::Log => true,
             _ => id != 0,
         }
@@ -102,6 +108,9 @@ pub enum Frame {
         meta: CompileMeta,
         source: Bytes,
     },
+    /// The tenant's secrets from now on (always id 0): sent before the first invocation that should see a
+    /// changed set, not with every one.
+    Secrets { secrets: SecretValues },
     /// The runtime has loaded and waits for work (always id 0).
     Ready { pid: u32, node: String },
     /// An invocation's result. The decoder guarantees that `json` is UTF-8 JSON text.
@@ -122,6 +131,16 @@ pub enum Frame {
     /// The answer to a `Compile` whose source compiled; `cache` is the V8 code cache it was asked for (empty
     /// when not asked, or when V8 made none).
     Compiled { id: u32, cache: Bytes },
+    /// The answer of a Run that came with `meta.http` and was answered through Node-like `req`/`res` (a
+    /// `webtask (ctx, req, res)`): the HTTP response as the task made it. The decoder guarantees a status
+    /// of 200..=599 and header names and values that are safe to write into an HTTP/1.1 head
+    /// ([`valid_header_name`], [`valid_header_value`]); dropping hop-by-hop headers is the daemon's job.
+    HttpResponse {
+        id: u32,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
 }
 
 impl Frame {
@@ -129,45 +148,93 @@ impl Frame {
         match self {
             Self::Run { .. } => FrameType::Run,
             Self::Compile { .. } => FrameType::Compile,
+            Self::Secrets { .. } => FrameType::Secrets,
             Self::Ready { .. } => FrameType::Ready,
             Self::Result { .. } => FrameType::Result,
             Self::Error { .. } => FrameType::Error,
             Self::Log { .. } => FrameType::Log,
             Self::Compiled { .. } => FrameType::Compiled,
+            Self::HttpResponse { .. } => FrameType::HttpResponse,
         }
     }
 
     /// The invocation id the frame belongs to (0 for `Ready` and for logs outside any invocation).
     pub fn id(&self) -> u32 {
         match self {
-            Self::Ready { .. } => 0,
+            Self::Ready { .. } | Self::Secrets { .. } => 0,
             Self::Run { id, .. }
             | Self::Compile { id, .. }
             | Self::Result { id, .. }
             | Self::Error { id, .. }
             | Self::Log { id, .. }
-            | Self::Compiled { id, .. } => *id,
+            | Self::Compiled { id, .. }
+            | Self::HttpResponse { id, .. } => *id,
         }
     }
 }
 
+/// A tenant's secrets by name. Its `Debug` shows the names only: a value must never reach a log.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValues(pub std::collections::BTreeMap<String, String>);
+
+impl fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 /// The meta of a `Run` frame, apart from `sourceLen`, which the encoder derives from the source.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RunMeta {
     pub tenant: String,
     /// `None` for ad-hoc code.
     pub task: Option<String>,
     pub request_id: String,
-    /// `task:<name>:<sha256>` or `adhoc:<sha256>`: the name of the compiled code inside the sandbox.
+    /// `task:<name>:<sha256>` or `adhoc:<sha256>` (with `@<model>` after `task:<name>` or `adhoc` for a
+    /// model other than `taskcell`): the name of the compiled code inside the sandbox.
     pub key: String,
+    /// The programming model that turns the source into the function called (`taskcell`, `webtask`,
+    /// `openwhisk` or an operator's compiler); `None` is `taskcell`.
+    pub model: Option<String>,
+    /// Set for a request to the HTTP endpoint: then the Run's data is the request's body as it came.
+    pub http: Option<HttpRequestMeta>,
 }
 
+/// The HTTP request a Run on the HTTP endpoint hands to the task (hop-by-hop headers already dropped).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HttpRequestMeta {
+    pub method: String,
+    /// `/{rest}` with the query string, as the client sent them.
+    pub url: String,
+    /// In the order they came, names as sent.
+    pub headers: Vec<(String, String)>,
+}
+
+/// An HTTP header name as RFC 9110 allows it (a token), at most 256 bytes.
+pub fn valid_header_name(name: &str) -> bool {
+    const SPECIALS: &[u8] = b"!#$%&'*+-.^_`|~";
+    !name.is_empty() && name.len() <= 256 && name.bytes().all(|b| b.is_ascii_alphanumeric() || SPECIALS.contains(&b))
+}
+
+/// An HTTP header value that cannot split or end a head: no control character but HTAB (so no CR, LF or
+/// NUL), at most 8 KiB.
+pub fn valid_header_value(value: &str) -> bool {
+    value.len() <= 8 << 10 && value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// At most this many headers in an `HttpResponse`.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+
 /// The meta of a `Compile` frame.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CompileMeta {
     pub tenant: String,
     #[serde(default)]
     pub task: Option<String>,
+    /// The model whose compiler checks the source; `None` is `taskcell`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Ask for the V8 code cache of the compiled source in the `Compiled` answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache: bool,
@@ -179,6 +246,9 @@ pub struct CompileMeta {
 pub enum ErrorKind {
     TaskError,
     CompileError,
+    /// The Run cannot be served as asked (a `webtask (ctx, req, res)` outside the HTTP endpoint, an
+    /// `openwhisk` action given input that is not an object, a JSON body that does not parse): a 400.
+    BadRequest,
 }
 
 impl ErrorKind {
@@ -186,6 +256,7 @@ impl ErrorKind {
         match self {
             Self::TaskError => "task_error",
             Self::CompileError => "compile_error",
+            Self::BadRequest => "bad_request",
         }
     }
 }
@@ -227,6 +298,10 @@ pub(crate) struct RunMetaOut<'a> {
     pub source_len: usize,
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_len: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<&'a HttpRequestMeta>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -244,6 +319,23 @@ pub(crate) struct RunMetaIn {
     pub source_len: u32,
     #[serde(default)]
     pub cache_len: u32,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub http: Option<HttpRequestMeta>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct HttpResponseMetaOut<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, String)],
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HttpResponseMetaIn {
+    pub status: u16,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Serialize)]
@@ -273,6 +365,11 @@ pub(crate) struct ErrorMetaIn {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct LogMeta {
     pub level: LogLevel,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SecretsMeta {
+    pub secrets: SecretValues,
 }
 
 /// The meta of frames that carry none (`Result`, `Compiled`): any object, contents ignored.

@@ -125,9 +125,9 @@ impl Server {
     /// check, `Error` for either); anything else is a protocol error that kills the sandbox, so that no
     /// sandbox bytes reach a response unchecked (a `Result`'s JSON is checked by the decoder, its size here).
     pub(super) fn on_frame(&mut self, key: Key, frame: Frame) {
-        let expects = |s: &Server, id: u32| s.invocations.get(&id).filter(|i| i.sb == key).map(|i| i.compile.is_some());
+        let expects = |s: &Server, id: u32| s.invocations.get(&id).filter(|i| i.sb == key).map(|i| i.expect);
         match frame {
-            Frame::Result { id, json } if expects(self, id) == Some(false) => {
+            Frame::Result { id, json } if matches!(expects(self, id), Some(Expect::Result | Expect::Http)) => {
                 if json.len() > crate::RESULT_LIMIT {
                     let msg = format!("the result is {} bytes, over the limit of {} bytes", json.len(), crate::RESULT_LIMIT);
                     self.complete(id, Err((500, "task_error", msg)));
@@ -135,11 +135,20 @@ impl Server {
                     self.complete(id, Ok(json));
                 }
             }
-            Frame::Compiled { id, cache } if expects(self, id) == Some(true) => {
+            Frame::HttpResponse { id, status, headers, body } if expects(self, id) == Some(Expect::Http) => {
+                // Names, values and status were checked by the decoder; the body is bounded like a result.
+                if body.len() > crate::RESULT_LIMIT {
+                    let msg = format!("the response body is {} bytes, over the limit of {} bytes", body.len(), crate::RESULT_LIMIT);
+                    self.complete(id, Err((500, "task_error", msg)));
+                } else {
+                    self.complete_http(id, status, headers, body);
+                }
+            }
+            Frame::Compiled { id, cache } if expects(self, id) == Some(Expect::Compiled) => {
                 // A code cache is V8's compiled form of the source: bounded by the source's size, so that a
                 // 10-byte task cannot park megabytes in the daemon's cache budget (a larger one is dropped;
                 // the deploy still succeeds).
-                let source_len = self.invocations.get(&id).and_then(|i| i.compile.as_ref()).map_or(0, |s| s.len());
+                let source_len = self.invocations.get(&id).and_then(|i| i.compile.as_ref()).map_or(0, |(s, _)| s.len());
                 let cache = if cache.len() > code_cache::max_cache_len(source_len) {
                     self.metrics.code_cache_refused();
                     Bytes::new()
@@ -148,7 +157,8 @@ impl Server {
                 };
                 self.complete(id, Ok(cache))
             }
-            Frame::Error { id, kind, message } if expects(self, id).is_some() => {
+            // bad_request answers a Run only (a webtask (ctx, req, res) on /run, input a model cannot take).
+            Frame::Error { id, kind, message } if expects(self, id).is_some_and(|e| kind != crate::ErrorKind::BadRequest || e != Expect::Compiled) => {
                 if kind == crate::ErrorKind::CompileError {
                     // The sandbox did not keep code that failed to compile: send it again next time.
                     let code_key = self.invocations.get(&id).and_then(|i| i.key.clone());
@@ -157,11 +167,18 @@ impl Server {
                     }
                 }
                 let message: String = message.chars().take(16 << 10).collect();
-                self.complete(id, Err((if kind == crate::ErrorKind::CompileError { 400 } else { 500 }, kind.as_str(), message)));
+                let tenant = self.sbs.get(key).and_then(|s| s.tenant.clone()).unwrap_or_default();
+                let message = self.secrets.mask(&tenant, &message);
+                let status = match kind {
+                    crate::ErrorKind::CompileError | crate::ErrorKind::BadRequest => 400,
+                    crate::ErrorKind::TaskError => 500,
+                };
+                self.complete(id, Err((status, kind.as_str(), message)));
             }
             Frame::Log { id, level, message } => {
-                let text = log_text(&message);
                 let tenant = self.sbs.get(key).and_then(|s| s.tenant.clone()).unwrap_or_default();
+                // Masked here, not only in the bootstrap: tenant code can write its own frames.
+                let text = self.secrets.mask(&tenant, &log_text(&message));
                 let (task, request_id) = match self.invocations.get_mut(&id) {
                     Some(inv) if inv.sb == key => {
                         inv.logs.push(level, &text);
@@ -175,10 +192,11 @@ impl Server {
             // none), or of the wrong kind, or a frame only the daemon sends: the bootstrap never does this.
             other => {
                 let what = match &other {
-                    Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } => match expects(self, other.id()) {
+                    Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } | Frame::HttpResponse { .. } => match expects(self, other.id()) {
                         None => "an answer for an invocation it does not hold",
-                        Some(true) => "a Result for a deploy's syntax check",
-                        Some(false) => "a Compiled for a run",
+                        Some(Expect::Compiled) => "a Result, an HttpResponse or a bad_request for a deploy's check",
+                        Some(Expect::Result) => "a Compiled or an HttpResponse for a run",
+                        Some(Expect::Http) => "a Compiled for a run on the HTTP endpoint",
                     },
                     _ => "a frame only the daemon sends",
                 };

@@ -3,8 +3,11 @@
 
 use super::*;
 
-pub(super) fn task_json(info: &TaskInfo) -> serde_json::Value {
-    serde_json::json!({"task": info.task, "sha256": info.sha256, "size": info.size, "updated": info.updated})
+/// A task in `GET .../tasks`, with its settings as they apply (the defaults filled in).
+pub(super) fn task_json(info: &TaskInfo, default_timeout: Duration) -> serde_json::Value {
+    let model = info.settings.model.as_deref().unwrap_or("taskcell");
+    let timeout_ms = info.settings.timeout_ms.unwrap_or(default_timeout.as_millis() as u64);
+    serde_json::json!({"task": info.task, "sha256": info.sha256, "size": info.size, "updated": info.updated, "model": model, "timeout_ms": timeout_ms})
 }
 
 impl Server {
@@ -32,14 +35,22 @@ impl Server {
                 self.respond(key, &request_id, keep, r);
             }
             ApiRequest::Logs { tenant } => self.subscribe(key, &request_id, tenant),
-            ApiRequest::RunAdhoc { tenant, source, data } => {
-                let job = Job::Run { task: None, key: format!("adhoc:{}", store::sha256_hex(&source)), source, data };
+            ApiRequest::RunAdhoc { tenant, source, data, settings } => {
+                let timeout = match self.check_settings(&settings) {
+                    Ok(timeout) => timeout,
+                    Err(r) => {
+                        self.metrics.invocation("bad_request");
+                        return self.respond(key, &request_id, keep, r);
+                    }
+                };
+                let code = code_key(None, settings.model.as_deref(), &store::sha256_hex(&source));
+                let job = Job::Run { task: None, key: code, source, data, model: settings.model, timeout, http: None };
                 self.invoke(key, request_id, keep, tenant, job, Instant::now());
             }
             ApiRequest::ListTasks { tenant } => {
                 let response = match self.store.list(&tenant) {
                     Ok(list) => {
-                        let tasks: Vec<serde_json::Value> = list.iter().map(task_json).collect();
+                        let tasks: Vec<serde_json::Value> = list.iter().map(|t| task_json(t, self.config.timeout)).collect();
                         Response::json(200, serde_json::json!({ "tasks": tasks }).to_string())
                     }
                     Err(e) => Response::error(500, "internal", &format!("listing tasks: {}", crate::error_chain(&e)), None),
@@ -55,16 +66,80 @@ impl Server {
                 self.respond(key, &request_id, keep, response);
             }
             // The syntax check runs in the tenant's sandbox; storing happens when it answers `Compiled`.
-            ApiRequest::PutTask { tenant, task, source } => self.invoke(key, request_id, keep, tenant, Job::Compile { task, source }, Instant::now()),
+            ApiRequest::PutTask { tenant, task, source, settings } => match self.check_settings(&settings) {
+                Ok(timeout) => self.invoke(key, request_id, keep, tenant, Job::Compile { task, source, settings, timeout }, Instant::now()),
+                Err(r) => self.respond(key, &request_id, keep, r),
+            },
             ApiRequest::DeleteTask { tenant, task } => self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task }),
-            ApiRequest::RunTask { tenant, task, data } => self.run_task(key, request_id, keep, tenant, task, data),
+            ApiRequest::RunTask { tenant, task, data } => self.run_task(key, request_id, keep, tenant, task, data, None),
+            ApiRequest::Http { tenant, task, http, body } => self.run_task(key, request_id, keep, tenant, task, body, Some(http)),
+            ApiRequest::ListSecrets { tenant } => {
+                let list: Vec<serde_json::Value> = self.secrets.list(&tenant).into_iter().map(|(secret, updated)| serde_json::json!({"secret": secret, "updated": updated})).collect();
+                let response = match self.secrets.unavailable() {
+                    Some(why) => Response::error(503, "overloaded", &format!("secrets are unavailable: {why}"), None),
+                    None => Response::json(200, serde_json::json!({ "secrets": list }).to_string()),
+                };
+                self.respond(key, &request_id, keep, response);
+            }
+            ApiRequest::PutSecret { tenant, name, value } => {
+                let updated = logs::now_rfc3339();
+                match self.secrets.set(&tenant, &name, value, updated) {
+                    Ok((created, updated, write)) => {
+                        let body = serde_json::json!({"tenant": tenant, "secret": name, "updated": updated}).to_string();
+                        let response = Response::json(if created { 201 } else { 200 }, body);
+                        let dir = self.secrets.dir().to_path_buf();
+                        self.send_store_job(StoreJob::WriteSecrets { conn: key, keep_alive: keep, request_id, dir, write, response });
+                    }
+                    Err(why) => {
+                        let response = match self.secrets.unavailable() {
+                            Some(_) => Response::error(503, "overloaded", &format!("secrets are unavailable: {why}"), None),
+                            None => Response::error(400, "bad_request", &why, None),
+                        };
+                        self.respond(key, &request_id, keep, response);
+                    }
+                }
+            }
+            ApiRequest::DeleteSecret { tenant, name } => match self.secrets.remove(&tenant, &name) {
+                Some(write) => {
+                    let response = Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Bytes::new() };
+                    let dir = self.secrets.dir().to_path_buf();
+                    self.send_store_job(StoreJob::WriteSecrets { conn: key, keep_alive: keep, request_id, dir, write, response });
+                }
+                None => self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no secret {name}"), None)),
+            },
         }
     }
 
-    pub(super) fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, data: Bytes) {
+    /// The known models: the built-in ones and the operator's compilers found at start.
+    pub(super) fn model_known(&self, model: &str) -> bool {
+        crate::daemon::BUILTIN_MODELS.contains(&model) || self.config.compilers.iter().any(|m| m == model)
+    }
+
+    /// A task's or a run's settings against the operator's models and limits: the invocation's time limit, or
+    /// the 400 that refuses them.
+    pub(super) fn check_settings(&self, settings: &TaskSettings) -> Result<Duration, Response> {
+        if let Some(model) = settings.model.as_deref().filter(|m| !self.model_known(m)) {
+            let known: Vec<&str> = crate::daemon::BUILTIN_MODELS.iter().copied().chain(self.config.compilers.iter().map(String::as_str)).collect();
+            return Err(Response::error(400, "bad_request", &format!("unknown model {model:?}; the models are {}", known.join(", ")), None));
+        }
+        let max = self.config.max_timeout.as_millis() as u64;
+        match settings.timeout_ms {
+            Some(ms) if ms == 0 || ms > max => Err(Response::error(400, "bad_request", &format!("timeout_ms {ms} is out of range: 1 to {max}"), None)),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(self.config.timeout),
+        }
+    }
+
+    /// A deployed task's run: on `/run` (`http` none, `data` the input as JSON) or on the HTTP endpoint (`data`
+    /// the request body).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, data: Bytes, http: Option<crate::HttpRequestMeta>) {
         match self.store.get(&tenant, &task) {
             Ok(Some((info, source))) => {
-                let job = Job::Run { key: format!("task:{task}:{}", info.sha256), task: Some(task), source, data };
+                let model = info.settings.model;
+                let timeout = info.settings.timeout_ms.map_or(self.config.timeout, Duration::from_millis);
+                let code = code_key(Some(&task), model.as_deref(), &info.sha256);
+                let job = Job::Run { key: code, task: Some(task), source, data, model, timeout, http };
                 self.invoke(key, request_id, keep, tenant, job, Instant::now());
             }
             Ok(None) => {

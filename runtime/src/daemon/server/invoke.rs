@@ -4,8 +4,43 @@
 use super::*;
 
 pub(super) enum Job {
-    Run { task: Option<String>, key: String, source: Bytes, data: Bytes },
-    Compile { task: String, source: Bytes },
+    /// `model` is `None` for `taskcell`; `http` is set for the HTTP endpoint (then `data` is the request body).
+    Run { task: Option<String>, key: String, source: Bytes, data: Bytes, model: Option<String>, timeout: Duration, http: Option<crate::HttpRequestMeta> },
+    /// A deploy's check by the model's compiler; the settings are stored with the source if it passes.
+    Compile { task: String, source: Bytes, settings: TaskSettings, timeout: Duration },
+}
+
+impl Job {
+    fn timeout(&self) -> Duration {
+        match self {
+            Job::Run { timeout, .. } | Job::Compile { timeout, .. } => *timeout,
+        }
+    }
+}
+
+/// The name of a version of compiled code inside a sandbox: `task:<name>:<sha256>` or `adhoc:<sha256>`, with
+/// `@<model>` after `task:<name>` or `adhoc` for a model other than `taskcell` (the same source compiles to
+/// another function under another model). The sha256 is always last.
+pub(super) fn code_key(task: Option<&str>, model: Option<&str>, sha256: &str) -> String {
+    let base = match task {
+        Some(task) => format!("task:{task}"),
+        None => "adhoc".to_string(),
+    };
+    match model {
+        None | Some("taskcell") => format!("{base}:{sha256}"),
+        Some(model) => format!("{base}@{model}:{sha256}"),
+    }
+}
+
+/// What answer an invocation waits for (besides an `Error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expect {
+    /// A `Result`: a run's envelope.
+    Result,
+    /// A `Compiled`: a deploy's check.
+    Compiled,
+    /// A `Result` (the body of a 200) or an `HttpResponse`: the HTTP endpoint.
+    Http,
 }
 
 pub(super) struct Invocation {
@@ -19,9 +54,13 @@ pub(super) struct Invocation {
     pub(super) started: Instant,
     pub(super) deadline: Instant,
     pub(super) logs: Captured,
-    pub(super) compile: Option<Bytes>,
+    /// A deploy's source and settings, stored once the check passes.
+    pub(super) compile: Option<(Bytes, TaskSettings)>,
     /// The compiled-code key a Run used, forgotten again if the code fails to compile.
     pub(super) key: Option<String>,
+    pub(super) expect: Expect,
+    /// Its own time limit (the task's `timeout_ms`, or the daemon's).
+    pub(super) timeout: Duration,
 }
 
 pub(super) struct Pending {
@@ -75,7 +114,8 @@ impl Server {
     pub(super) fn dispatch(&mut self, sb: Key, conn: Key, keep_alive: bool, request_id: String, tenant: String, job: Job, cold: bool, started: Instant) {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let deadline = Instant::now() + self.config.timeout;
+        let timeout = job.timeout();
+        let deadline = Instant::now() + timeout;
         if self.sbs.get(sb).is_some_and(|s| s.outbox.len() > SANDBOX_OUTBOX_LIMIT) {
             self.metrics.invocation("overloaded");
             let msg = "the tenant's sandbox is not taking new invocations (it has stopped reading them)";
@@ -106,14 +146,24 @@ impl Server {
             self.cache_waits.entry((tenant, task)).or_default().push(waiting);
             return;
         }
+        // The tenant's secrets go ahead of the first invocation that should see a changed set.
+        let version = self.secrets.version(&tenant);
+        if self.sbs.get(sb).is_some_and(|s| s.secrets_version != version) {
+            let frame = Frame::Secrets { secrets: self.secrets.values(&tenant) };
+            let s = self.sbs.get_mut(sb).expect("dispatch to a live sandbox");
+            if crate::encode(&frame, &mut s.outbox).is_ok() {
+                s.secrets_version = version;
+            }
+        }
         let s = self.sbs.get_mut(sb).expect("dispatch to a live sandbox");
-        let (frame, task, compile, code_key) = match job {
-            Job::Run { task, key, source, data } => {
+        let (frame, task, compile, code_key, expect) = match job {
+            Job::Run { task, key, source, data, model, timeout: _, http } => {
                 let send_source = !s.compiled.contains(&key);
                 if send_source {
                     s.compiled.insert(key.clone());
                 }
-                let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone() };
+                let expect = if http.is_some() { Expect::Http } else { Expect::Result };
+                let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone(), model, http };
                 // With the source goes the tenant's own code cache for it, if its deploy made one.
                 let cache = match (&task, send_source) {
                     (Some(task), true) => match self.code_caches.get(&tenant, task, &key) {
@@ -126,11 +176,12 @@ impl Server {
                     self.metrics.code_cache_sent();
                 }
                 let source = if send_source { source } else { Bytes::new() };
-                (Frame::Run { id, meta, source, cache, data }, task, None, Some(key))
+                (Frame::Run { id, meta, source, cache, data }, task, None, Some(key), expect)
             }
-            Job::Compile { task, source } => {
-                let meta = crate::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled() };
-                (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some(source), None)
+            Job::Compile { task, source, settings, timeout: _ } => {
+                let model = settings.model.clone();
+                let meta = crate::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled(), model };
+                (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some((source, settings)), None, Expect::Compiled)
             }
         };
         let Some(s) = self.sbs.get_mut(sb) else { return };
@@ -141,7 +192,8 @@ impl Server {
         s.in_flight.insert(id);
         s.last_used = Instant::now();
         s.served += 1;
-        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs: Captured::default(), compile, key: code_key });
+        let logs = Captured::default();
+        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs, compile, key: code_key, expect, timeout });
         self.deadlines.insert((deadline, id), ());
         if self.cpus.is_some() {
             self.busy_checks.push_back((Instant::now() + cpus::BUSY_AFTER, id));
@@ -159,7 +211,7 @@ impl Server {
         }
         let elapsed = inv.started.elapsed();
         let logs = inv.logs.finish();
-        if let (Some(source), Ok(cache)) = (&inv.compile, &outcome) {
+        if let (Some((source, settings)), Ok(cache)) = (&inv.compile, &outcome) {
             // A deploy that compiled: now store it durably, off the loop (with the code cache the check made).
             let job = StoreJob::Put {
                 conn: inv.conn,
@@ -168,12 +220,19 @@ impl Server {
                 tenant: inv.tenant,
                 task: inv.task.unwrap_or_default(),
                 source: source.clone(),
+                settings: settings.clone(),
                 cache: cache.clone(),
             };
             self.send_store_job(job);
             return;
         }
         let response = match outcome {
+            // On the HTTP endpoint a model's result is the response's body.
+            Ok(result) if inv.expect == Expect::Http => {
+                self.metrics.invocation("ok");
+                self.metrics.observe(elapsed);
+                Response::json(200, result)
+            }
             Ok(result) => {
                 self.metrics.invocation("ok");
                 self.metrics.observe(elapsed);
@@ -199,6 +258,22 @@ impl Server {
         self.recycle_if_spent(inv.sb);
     }
 
+    /// Finish an HTTP endpoint invocation with the response its task made (checked by the decoder, bounded by
+    /// the caller).
+    pub(super) fn complete_http(&mut self, id: u32, status: u16, headers: Vec<(String, String)>, body: Bytes) {
+        let Some(inv) = self.invocations.remove(&id) else { return };
+        self.deadlines.remove(&(inv.deadline, id));
+        if let Some(s) = self.sbs.get_mut(inv.sb) {
+            s.in_flight.remove(&id);
+            s.last_used = Instant::now();
+        }
+        self.metrics.invocation("ok");
+        self.metrics.observe(inv.started.elapsed());
+        let request_id = inv.request_id;
+        self.respond_with(inv.conn, status, inv.keep_alive, |out, keep| http::write_task_response(out, status, &headers, &body, &request_id, keep));
+        self.recycle_if_spent(inv.sb);
+    }
+
     pub(super) fn fire_deadlines(&mut self) {
         let now = Instant::now();
         while let Some(((t, id), _)) = self.deadlines.first_key_value() {
@@ -209,7 +284,7 @@ impl Server {
             self.deadlines.pop_first();
             let Some(inv) = self.invocations.get(&id) else { continue };
             let sb = inv.sb;
-            let limit = self.config.timeout.as_millis();
+            let limit = inv.timeout.as_millis();
             // Killed first, so that the reason recorded is the timeout (completing could recycle it otherwise).
             self.kill_sandbox(sb, KillReason::Timeout);
             self.complete(id, Err((504, "timeout", format!("the invocation ran past its time limit of {limit} ms; its sandbox was killed"))));

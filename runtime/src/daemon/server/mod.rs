@@ -61,7 +61,8 @@ use crate::daemon::logs::{self, Captured};
 use crate::daemon::metrics::{ColdStart, Gauges, Metrics};
 use crate::daemon::slab::{Key, Slab};
 use crate::daemon::spawner::{Spawned, Spawner};
-use crate::daemon::store::{self, Store, TaskInfo};
+use crate::daemon::secrets::{self, Secrets};
+use crate::daemon::store::{self, Store, TaskInfo, TaskSettings};
 use crate::daemon::Config;
 
 /// The event loop thread's nice value (the spawners run at 10, sandboxes' processes at 0 in their own groups).
@@ -102,6 +103,8 @@ pub struct Server {
     spawn_backoff: Option<(Instant, Duration)>,
     last_spawn_error: Option<String>,
     store: Arc<Store>,
+    /// Tenants' secrets, opened (see `daemon::secrets`).
+    secrets: Secrets,
     store_jobs: Sender<StoreJob>,
     store_done: Receiver<StoreDone>,
     /// Store jobs sent and not yet answered: a drain waits for them.
@@ -124,12 +127,13 @@ pub struct Parts {
     pub signals: OwnedFd,
     pub spawner: Spawner,
     pub store: Arc<Store>,
+    pub secrets: Secrets,
     pub cpus: Option<CpuClasses>,
 }
 
 impl Server {
     pub fn new(config: Config, parts: Parts) -> io::Result<Server> {
-        let Parts { poll, waker, mut listener, signals, spawner, store, cpus } = parts;
+        let Parts { poll, waker, mut listener, signals, spawner, store, secrets, cpus } = parts;
         poll.registry().register(&mut listener, Source::Listener.token(), Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)?;
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
@@ -162,6 +166,7 @@ impl Server {
             spawn_backoff: None,
             last_spawn_error: None,
             store,
+            secrets,
             store_jobs,
             store_done,
             store_pending: 0,

@@ -57,6 +57,8 @@ pub(super) struct Sb {
     pub(super) cpu_time: Option<CpuTime>,
     /// Since when the decoder has held part of a frame (see `PARTIAL_FRAME_TIMEOUT`).
     pub(super) partial_since: Option<Instant>,
+    /// The version of its tenant's secrets it was last sent (0: none).
+    pub(super) secrets_version: u64,
 }
 
 pub(super) fn drain_output(s: &mut Sb) {
@@ -210,6 +212,7 @@ impl Server {
             cpu_time: if self.cpus.is_some() { processes.get(1).and_then(|&pid| CpuTime::open(pid)) } else { None },
             boot_processes: processes,
             partial_since: None,
+            secrets_version: 0,
             sandbox: Some(sandbox),
         };
         let key = self.sbs.insert(sb);

@@ -6,10 +6,12 @@ use super::*;
 /// Work for the store thread, and its answers.
 pub(super) enum StoreJob {
     /// `cache`: the V8 code cache the syntax check made (empty if none).
-    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, cache: Bytes },
+    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, settings: TaskSettings, cache: Bytes },
     Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
     /// Read a task's code cache from disk (a version the loop does not hold in memory).
     LoadCache { tenant: String, task: String, sha: String, key: String },
+    /// Write a tenant's secrets file (sealed values only), then send `response`.
+    WriteSecrets { conn: Key, keep_alive: bool, request_id: String, dir: std::path::PathBuf, write: secrets::FileWrite, response: Response },
 }
 
 pub(super) struct StoreDone {
@@ -35,12 +37,12 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
         .spawn(move || {
             for job in jobs {
                 let done = match job {
-                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, cache } => {
-                        let (response, code_cache) = match store.put(&tenant, &task, &source) {
+                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, settings, cache } => {
+                        let (response, code_cache) = match store.put_with(&tenant, &task, &source, &settings) {
                             Ok((info, created)) => {
                                 let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
                                 let response = Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256));
-                                let key = format!("task:{task}:{}", info.sha256);
+                                let key = code_key(Some(&task), settings.model.as_deref(), &info.sha256);
                                 // Kept on disk too, so that a restart does not forget it (best effort).
                                 if cache.is_empty() {
                                     store.forget_code_cache(&tenant, &task);
@@ -64,6 +66,13 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                     StoreJob::LoadCache { tenant, task, sha, key } => {
                         let cache = store.code_cache(&tenant, &task, &sha).unwrap_or_default();
                         StoreDone { reply: None, code_cache: CodeCacheUpdate::Set { tenant, task, key, cache } }
+                    }
+                    StoreJob::WriteSecrets { conn, keep_alive, request_id, dir, write, response } => {
+                        let response = match secrets::write_file(&dir, &write) {
+                            Ok(()) => response,
+                            Err(e) => Response::error(500, "internal", &format!("storing the secrets: {}", crate::error_chain(&e)), None),
+                        };
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None }
                     }
                 };
                 if done_tx.send(done).is_err() {
