@@ -751,10 +751,7 @@ fn event_loop_runs_ahead_of_sandboxes() {
     // The loop is the daemon's main thread; every request waits on it twice, so it runs at nice -10 with the
     // kernel's shortest slice, preempting a busy sandbox when it wakes.
     let pid = d.pid();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).expect("loop thread's stat");
-    // Fields after the command's closing parenthesis: state is field 3, nice field 19.
-    let after = &stat[stat.rfind(')').expect("comm") + 2..];
-    let nice: i32 = after.split_whitespace().nth(16).and_then(|v| v.parse().ok()).expect("nice field");
+    let nice = testkit::procfs::task_stat(pid, pid).expect("loop thread's stat").nice;
     assert_eq!(nice, -10, "the event loop's nice value");
     let sched = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/sched")).unwrap_or_default();
     match sched.lines().find(|l| l.starts_with("se.slice")) {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::{descendant_pids as descendants, wait_until, Client, Daemon, Response, Rng};
 use serde_json::{json, Value};
+use testkit::procfs::{self, cmdline, fd_count, fd_targets, rss_kib};
 
 // ---------- helpers: serialising, randomness, statistics ----------
 
@@ -56,15 +57,6 @@ fn summary(label: &str, mut lat: Vec<Duration>) -> (f64, f64) {
 
 // ---------- helpers: what the daemon holds on the host ----------
 
-fn ppid(pid: u32) -> Option<u32> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text[text.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cmdline(pid: u32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string()).unwrap_or_default()
-}
-
 /// SIGKILL `pid` only if it is still a descendant of `daemon`: the pidfd pins the process, then its parent is
 /// checked, so a recycled pid is never hit. True if the signal was sent.
 fn kill_descendant(daemon: u32, pid: u32) -> bool {
@@ -73,7 +65,7 @@ fn kill_descendant(daemon: u32, pid: u32) -> bool {
     if fd < 0 {
         return false;
     }
-    let ok = match ppid(pid) {
+    let ok = match procfs::stat(pid).map(|s| s.ppid) {
         Some(parent) => parent == daemon || descendants(daemon).contains(&parent),
         None => false,
     };
@@ -83,17 +75,6 @@ fn kill_descendant(daemon: u32, pid: u32) -> bool {
     // SAFETY: closing the descriptor we opened above.
     unsafe { libc::close(fd) };
     sent
-}
-
-fn fd_count(pid: u32) -> u64 {
-    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 fn mountinfo(pid: &str) -> Vec<String> {
@@ -391,14 +372,6 @@ fn chaos_random_sandbox_kills_under_load() {
     let leaked: Vec<String> =
         mountinfo("self").into_iter().filter(|l| !host_mounts_before.contains(l) && (l.contains(&rootfs) || l.contains("taskcell"))).collect();
     assert!(leaked.is_empty(), "mounts of sandboxes visible on the host: {leaked:?}");
-}
-
-fn fd_targets(pid: u32) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.flatten().filter_map(|e| fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 // ---------- 2. leaks ----------

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{unique, wait_until, Daemon};
 use serde_json::{json, Value};
+use testkit::procfs::{self, Status};
 
 /// A value that exists on the host only: in the daemon's environment and in a file of the test's directory.
 const SECRET: &str = "host-secret-5f0c3a9e-do-not-leak";
@@ -489,14 +490,13 @@ fn fork_bomb_is_contained() {
 fn allowed_cpus_of(daemon: u32, marker: &str) -> Vec<String> {
     let mut lists = Vec::new();
     for pid in common::descendant_pids(daemon) {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(marker) {
+        if !procfs::cmdline(pid).contains(marker) {
             continue;
         }
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-            if let Some(list) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) {
-                lists.push(list.trim().to_string());
+            let status = Status::from_file(task.path().join("status")).unwrap_or_default();
+            if let Some(list) = status.get("Cpus_allowed_list") {
+                lists.push(list.to_string());
             }
         }
     }

@@ -26,6 +26,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use testkit::cgroup;
+use testkit::procfs::{self, Status};
+
 /// Longest a jail may take before the test calls it hung; a guard against hanging forever, not an assertion
 /// about speed.
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -39,13 +42,9 @@ const KILLED_SIGSYS: i32 = 128 + 31;
 /// True if the test can run. Without root it says so loudly, and fails under CI, where skipping would hide a
 /// regression.
 fn have_root(test: &str) -> bool {
-    let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1))
-        .expect("Uid line in /proc/self/status");
-    if euid == "0" {
+    let status = Status::from_file("/proc/self/status").expect("read /proc/self/status");
+    let euid = status.ids("Uid").and_then(|ids| ids.get(1).copied()).expect("Uid line in /proc/self/status");
+    if euid == 0 {
         return true;
     }
     // Written to stderr directly, not through eprintln!, which the test harness would capture and hide.
@@ -261,21 +260,15 @@ fn run_node(test: &str, jail_opts: &[&str], script: &str, args: &[&str]) -> Outc
 fn processes_with(marker: &str) -> Vec<(u32, Vec<String>)> {
     let me = std::process::id();
     let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").expect("list /proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
+    let pids = procfs::pids();
+    assert!(!pids.is_empty(), "list /proc");
+    for pid in pids {
         if pid == me {
             continue;
         }
-        let Ok(raw) = fs::read(entry.path().join("cmdline")) else {
+        let Some(argv) = procfs::argv(pid) else {
             continue;
         };
-        let argv: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
         if argv.iter().any(|a| a == marker) {
             found.push((pid, argv));
         }
@@ -284,46 +277,22 @@ fn processes_with(marker: &str) -> Vec<(u32, Vec<String>)> {
 }
 
 fn host_uid_gid(pid: u32) -> (u32, u32) {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("read a sandboxed process's status");
+    let status = Status::read(pid).expect("read a sandboxed process's status");
     let field = |key: &str| -> u32 {
         status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+            .ids(key)
+            .and_then(|ids| ids.first().copied())
+            .unwrap_or_else(|| panic!("no {key}: in /proc/{pid}/status"))
     };
-    (field("Uid:"), field("Gid:"))
+    (field("Uid"), field("Gid"))
 }
 
-/// The cgroup directories of a process (`self` or a pid) for the controllers that limit a sandbox: memory, pids
-/// and cpu on cgroup v1 (also the hybrid layout), the one unified directory on pure cgroup v2.
-fn cgroup_dirs(pid: &str) -> Vec<(String, PathBuf)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("read /proc/PID/cgroup");
-    let root = Path::new("/sys/fs/cgroup");
-    let below = |base: PathBuf, path: &str| base.join(path.trim_start_matches('/'));
-    if root.join("cgroup.controllers").exists() {
-        let path = text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .expect("a 0:: line on cgroup v2");
-        return vec![("unified".to_string(), below(root.to_path_buf(), path))];
-    }
-    ["memory", "pids", "cpu"]
-        .iter()
-        .map(|ctrl| {
-            let path = text
-                .lines()
-                .find_map(|l| {
-                    let mut f = l.splitn(3, ':');
-                    let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-                    ctrls.split(',').any(|c| c == *ctrl).then_some(path)
-                })
-                .unwrap_or_else(|| panic!("no {ctrl} line in /proc/{pid}/cgroup:\n{text}"));
-            (ctrl.to_string(), below(root.join(ctrl), path))
-        })
-        .collect()
+/// The cgroup directories of a process for the controllers that limit a sandbox: memory, pids and cpu on cgroup
+/// v1 (also the hybrid layout), the one unified directory on pure cgroup v2.
+fn cgroup_dirs(pid: u32) -> Vec<(String, PathBuf)> {
+    let dirs = cgroup::limit_dirs(pid);
+    assert!(!dirs.is_empty(), "no memory, pids and cpu cgroups of {pid} on v1, nor one on v2: {:?}", cgroup::read(pid));
+    dirs
 }
 
 /// Every cgroup directory at or below `dir`.
@@ -344,7 +313,7 @@ fn cgroup_tree(dir: &Path) -> BTreeSet<PathBuf> {
 }
 
 fn own_cgroup_trees() -> Vec<BTreeSet<PathBuf>> {
-    cgroup_dirs("self")
+    cgroup_dirs(std::process::id())
         .iter()
         .map(|(_, d)| cgroup_tree(d))
         .collect()
@@ -910,7 +879,7 @@ fn nothing_left_after_exit() {
     dir.build_probe();
     let mark = marker("leftovers");
     let _exclusive = jail_lock(true);
-    let own = cgroup_dirs("self");
+    let own = cgroup_dirs(std::process::id());
     let cgroups_before = own_cgroup_trees();
     let mounts_before = mount_table();
 
@@ -928,7 +897,7 @@ fn nothing_left_after_exit() {
             uid != 0 && gid != 0,
             "sandboxed pid {pid} runs as host uid {uid} gid {gid}"
         );
-        for ((ctrl, dir), (_, own_dir)) in cgroup_dirs(&pid.to_string()).into_iter().zip(&own) {
+        for ((ctrl, dir), (_, own_dir)) in cgroup_dirs(*pid).into_iter().zip(&own) {
             assert!(
                 dir.starts_with(own_dir) && dir != *own_dir,
                 "pid {pid}'s {ctrl} cgroup {} is not nested under the caller's {}",

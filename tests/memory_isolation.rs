@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::{unique, Daemon, Rng};
 use serde_json::{json, Value};
+use testkit::procfs::{self, Status};
 
 /// The function both tenants run: it echoes its data and says which host uid its sandbox runs as.
 const ECHO: &str = r#"module.exports = (d) => ({
@@ -34,8 +35,7 @@ fn host_uid(envelope: &Value) -> u32 {
 }
 
 fn real_uid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+    Status::read(pid)?.ids("Uid")?.first().copied()
 }
 
 /// Whether `needle` occurs anywhere in the readable memory of `pid`; None if the process is gone.
@@ -113,7 +113,7 @@ fn no_sandbox_holds_what_another_tenant_sent() {
     let mut holders = Vec::new();
     for (uid, pids) in sandboxes.iter().filter(|(uid, _)| **uid != uid_a) {
         for pid in pids {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).unwrap_or_default();
+            let cmdline = procfs::cmdline(*pid);
             match memory_holds(*pid, needle) {
                 Some(true) => holders.push(format!("pid {pid} (host uid {uid}, {cmdline})")),
                 Some(false) => scanned += 1,

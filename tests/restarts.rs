@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use common::{descendant_pids as descendants, group_paths, sandbox_cgroups, wait_until, Client, Daemon, Rng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use testkit::cgroup::remove_empty_tree;
+use testkit::procfs::cpu_seconds;
 
 // ---------- helpers ----------
 
@@ -53,17 +55,6 @@ fn cgroup_members(groups: &[PathBuf]) -> Vec<u32> {
         }
     }
     out
-}
-
-/// utime + stime of a process (all its threads), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(close) = text.rfind(')') else { return 0.0 };
-    let f: Vec<&str> = text[close + 2..].split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / hz
 }
 
 fn error_of(body: &[u8]) -> (String, String) {
@@ -244,16 +235,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
-}
-
-/// rmdir a cgroup tree, leaves first (only empty groups go; nothing is killed).
-fn remove_empty_tree(dir: &Path) {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten().filter(|e| e.path().is_dir()) {
-            remove_empty_tree(&e.path());
-        }
-    }
-    let _ = fs::remove_dir(dir);
 }
 
 // ---------- 5a. SIGTERM drains ----------

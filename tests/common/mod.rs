@@ -1,12 +1,14 @@
 //! Shared harness of the daemon's integration tests: a real `taskcell serve` in a temporary directory of its own,
-//! and a small HTTP/1.1 client over its Unix socket.
+//! and a small HTTP/1.1 client over its Unix socket. The client and the /proc and cgroup readers are the crate
+//! `testkit`'s (the benches use the same), re-exported here; what knows taskcell's own names (`taskcell-<pid>`
+//! groups, `sb-*` sandboxes) stays here.
 //!
 //! [`Daemon`] starts the binary that Cargo built for this test run, waits until `GET /v1/health` answers 200 and
 //! the pre-warmed pool is full, and when dropped stops it with SIGTERM (SIGKILL after 15 s, which fails the test)
 //! and checks that nothing of it is left: no process whose command line names its directory, none of the
 //! processes it started, no `taskcell-<pid>` cgroup, no socket file. Then it removes the directory.
 //!
-//! [`Client`] speaks HTTP/1.1 with keep-alive over one connection, can send raw bytes for malformed input, and
+//! [`Client`] (`testkit::http`) speaks HTTP/1.1 with keep-alive over one connection, can send raw bytes for malformed input, and
 //! reads with a timeout so that a hang fails the test instead of blocking it forever. Timeouts here only detect
 //! hangs; no test asserts how fast anything is.
 //!
@@ -17,18 +19,21 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::{cgroup, procfs};
 
-/// Longest any single read may block before the test calls it a hang.
-pub const HANG: Duration = Duration::from_secs(60);
+// Re-exported for the tests; not every test file uses every one (as with dead code, see the top).
+/// The HTTP/1.1 client; `HANG` is the longest any single read may block before the test calls it a hang.
+#[allow(unused_imports)]
+pub use testkit::http::{encode, Client, Response, HANG};
+#[allow(unused_imports)]
+pub use testkit::procfs::{descendant_pids, rss_kib};
 /// Longest the daemon may take to come up (it boots a pool of sandboxes).
 const START_GUARD: Duration = Duration::from_secs(60);
 /// Longest the harness waits for a full pool before it settles for a partial one (and says so).
@@ -160,7 +165,7 @@ impl Daemon {
             .expect("start taskcell serve");
         let pid = child.id();
         inner.pids.push(pid);
-        for dir in cgroup_dirs(pid) {
+        for dir in cgroup::hierarchy_dirs(pid) {
             if !inner.cgroup_dirs.contains(&dir) {
                 inner.cgroup_dirs.push(dir);
             }
@@ -242,7 +247,7 @@ impl Daemon {
     pub fn snapshot_descendants(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(child) = &inner.child else { return };
-        let found = descendants(child.id());
+        let found = procfs::descendants_with_start(child.id());
         inner.descendants.extend(found);
     }
 
@@ -344,16 +349,16 @@ impl Daemon {
         loop {
             left = Vec::new();
             for (pid, starttime) in &inner.descendants {
-                if let Some(st) = proc_stat(*pid) {
+                if let Some(st) = procfs::stat(*pid) {
                     if st.starttime == *starttime {
-                        left.push(format!("pid {pid} ({}) state {}", cmdline(*pid), st.state));
+                        left.push(format!("pid {pid} ({}) state {}", procfs::cmdline(*pid), st.state));
                     }
                 }
             }
             let needle = self.dir.display().to_string();
-            for pid in all_pids() {
-                if cmdline(pid).contains(&needle) {
-                    left.push(format!("pid {pid} ({}) names the test directory", cmdline(pid)));
+            for pid in procfs::pids() {
+                if procfs::cmdline(pid).contains(&needle) {
+                    left.push(format!("pid {pid} ({}) names the test directory", procfs::cmdline(pid)));
                 }
             }
             if left.is_empty() || start.elapsed() > Duration::from_secs(10) {
@@ -368,7 +373,7 @@ impl Daemon {
                 if group.exists() {
                     problems.push(format!("cgroup left behind: {}", group.display()));
                     // Reported; now tidy up so that the machine is not littered (rmdir only: empty groups).
-                    remove_empty_cgroups(&group);
+                    cgroup::remove_empty_tree(&group);
                 }
             }
         }
@@ -481,90 +486,10 @@ extern "C" fn stop_shared() {
 
 // ---------- processes and cgroups ----------
 
-struct Stat {
-    ppid: u32,
-    state: char,
-    starttime: u64,
-}
-
-fn proc_stat(pid: u32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command is in parentheses and may hold spaces; the fields after the last ')' are fixed.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Stat { state: fields.first()?.chars().next()?, ppid: fields.get(1)?.parse().ok()?, starttime: fields.get(19)?.parse().ok()? })
-}
-
-fn all_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn cmdline(pid: u32) -> String {
-    fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string()).unwrap_or_default()
-}
-
-/// Every live descendant of `root`, with its start time.
-fn descendants(root: u32) -> HashSet<(u32, u64)> {
-    let stats: Vec<(u32, Stat)> = all_pids().into_iter().filter_map(|p| Some((p, proc_stat(p)?))).collect();
-    let mut found: HashSet<u32> = HashSet::from([root]);
-    loop {
-        let before = found.len();
-        for (pid, st) in &stats {
-            if found.contains(&st.ppid) {
-                found.insert(*pid);
-            }
-        }
-        if found.len() == before {
-            break;
-        }
-    }
-    found.remove(&root);
-    stats.into_iter().filter(|(p, _)| found.contains(p)).map(|(p, st)| (p, st.starttime)).collect()
-}
-
-/// rmdir a cgroup directory tree, leaves first. Only empty groups can go; nothing is killed.
-fn remove_empty_cgroups(dir: &Path) {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_empty_cgroups(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// The `taskcell-<pid>` group `pid` makes in each hierarchy, whether it exists or not: computed from the cgroup
-/// of this test process, which every daemon it starts inherits.
+/// The `taskcell-<pid>` group `pid` makes in each hierarchy that limits a sandbox, whether it exists or not:
+/// computed from the cgroup of this test process, which every daemon it starts inherits.
 pub fn group_paths(pid: u32) -> Vec<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mut v1 = Vec::new();
-    let mut v2 = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let rel = path.trim_start_matches('/');
-        for c in controllers.split(',').filter(|c| ["memory", "pids", "cpu"].contains(c)) {
-            let base = PathBuf::from("/sys/fs/cgroup").join(c).join(rel);
-            if base.is_dir() {
-                v1.push(base.join(format!("taskcell-{pid}")));
-            }
-        }
-        if controllers.is_empty() {
-            for base in [PathBuf::from("/sys/fs/cgroup").join(rel), PathBuf::from("/sys/fs/cgroup/unified").join(rel)] {
-                if base.join("cgroup.controllers").exists() {
-                    v2.push(base.join(format!("taskcell-{pid}")));
-                }
-            }
-        }
-    }
-    if v1.len() == 3 {
-        v1
-    } else {
-        v2
-    }
+    cgroup::limit_dirs(std::process::id()).into_iter().map(|(_, dir)| dir.join(format!("taskcell-{pid}"))).collect()
 }
 
 /// Sandbox cgroup directories (`sb-*`) under the daemon's groups, all hierarchies together.
@@ -573,243 +498,6 @@ pub fn sandbox_cgroups(groups: &[PathBuf]) -> usize {
         .iter()
         .map(|g| fs::read_dir(g).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sb-") && e.path().is_dir()).count()).unwrap_or(0))
         .sum()
-}
-
-/// The directories of the cgroups `pid` is in, in every hierarchy (where the daemon makes `taskcell-<pid>`).
-fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let base = Path::new("/sys/fs/cgroup");
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let rel = path.trim_start_matches('/');
-        let mut candidates = Vec::new();
-        if controllers.is_empty() {
-            candidates.push(base.join("unified").join(rel));
-            candidates.push(base.join(rel));
-        } else {
-            let name = controllers.strip_prefix("name=").unwrap_or(controllers);
-            candidates.push(base.join(name).join(rel));
-            for c in controllers.split(',') {
-                candidates.push(base.join(c).join(rel));
-            }
-        }
-        out.extend(candidates.into_iter().filter(|c| c.is_dir()));
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-// ---------- the HTTP client ----------
-
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response body is not JSON ({e}): {:?}", self.text()))
-    }
-
-    /// The error kind of an error response.
-    pub fn kind(&self) -> String {
-        self.json()["error"]["kind"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.text())).to_string()
-    }
-
-    /// Assert the status and error kind, and the error body's shape.
-    pub fn assert_error(&self, status: u16, kind: &str) -> Value {
-        assert_eq!((self.status, self.text().contains(kind)), (status, true), "expected {status} {kind}, got {} {}", self.status, self.text());
-        let v = self.json();
-        assert_eq!(v["error"]["kind"], kind, "body: {v}");
-        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {v}");
-        assert!(self.header("x-request-id").is_some(), "error response without X-Request-Id");
-        v
-    }
-}
-
-/// One connection to the daemon.
-pub struct Client {
-    stream: UnixStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    pub fn connect(path: &Path) -> Client {
-        Client::try_connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()))
-    }
-
-    /// A client on a stream connected elsewhere (its timeouts are set to the harness's).
-    pub fn from_stream(stream: UnixStream) -> Client {
-        stream.set_read_timeout(Some(HANG)).expect("set the read timeout");
-        Client { stream, buf: Vec::new() }
-    }
-
-    pub fn try_connect(path: &Path) -> io::Result<Client> {
-        let stream = UnixStream::connect(path)?;
-        stream.set_read_timeout(Some(HANG))?;
-        stream.set_write_timeout(Some(HANG))?;
-        Ok(Client { stream, buf: Vec::new() })
-    }
-
-    pub fn set_timeout(&mut self, t: Duration) {
-        self.stream.set_read_timeout(Some(t)).expect("set the read timeout");
-    }
-
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-
-    /// Send a request and read its response; panics on a hang or a broken connection.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        self.try_request(method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
-    pub fn try_request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
-        self.send(method, path, headers, body)?;
-        self.read_response()
-    }
-
-    /// Write one request (with Content-Length for any body, unless the caller gives framing headers).
-    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
-        self.stream.write_all(&encode(method, path, headers, body))
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
-    }
-
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 64 << 10];
-        match self.stream.read(&mut chunk) {
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(n)
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time: the daemon hangs"))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Read the head of a response: status and headers.
-    fn read_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
-        loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let status = resp.code.unwrap_or(0);
-                    let hs = resp.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
-                    self.buf.drain(..n);
-                    return Ok((status, hs));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad response head: {e}: {:?}", String::from_utf8_lossy(&self.buf)))),
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
-            }
-        }
-    }
-
-    /// Read one whole response (with Content-Length; the log stream has its own reader).
-    pub fn read_response(&mut self) -> io::Result<Response> {
-        let (status, headers) = self.read_head()?;
-        let len = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.trim().parse::<usize>().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length")))
-            .transpose()?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("response {status} without Content-Length")))?;
-        while self.buf.len() < len {
-            if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in a response body"));
-            }
-        }
-        let body = self.buf.drain(..len).collect();
-        Ok(Response { status, headers, body })
-    }
-
-    /// Read the head of a streamed (chunked) response.
-    pub fn read_stream_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
-        self.read_head()
-    }
-
-    /// The next chunk of a chunked response; None at its end.
-    pub fn read_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let line_end = loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in a chunked body"));
-            }
-        };
-        let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {size_text:?}")))?;
-        while self.buf.len() < line_end + 2 + size + 2 {
-            if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in a chunk"));
-            }
-        }
-        let data = self.buf[line_end + 2..line_end + 2 + size].to_vec();
-        assert_eq!(&self.buf[line_end + 2 + size..line_end + 4 + size], b"\r\n", "chunk not followed by CRLF");
-        self.buf.drain(..line_end + 4 + size);
-        Ok(if size == 0 { None } else { Some(data) })
-    }
-
-    /// Wait (up to `guard`) for the daemon to close the connection; true if it did, false if it stayed open.
-    /// Whatever arrives meanwhile is appended to the buffer (see `pending`).
-    pub fn closed_within(&mut self, guard: Duration) -> bool {
-        self.set_timeout(guard);
-        let start = Instant::now();
-        loop {
-            match self.fill() {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return false,
-                Err(_) => return true,
-            }
-            if start.elapsed() > guard {
-                return false;
-            }
-        }
-    }
-
-    /// Bytes received but not consumed yet.
-    pub fn pending(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-/// The bytes of one request.
-pub fn encode(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: taskcell\r\n").into_bytes();
-    let framed = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding"));
-    for (n, v) in headers {
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    if !framed && (!body.is_empty() || matches!(method, "POST" | "PUT")) {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
 }
 
 /// A name no other test uses: tenants of a shared daemon stay apart.
@@ -849,38 +537,3 @@ impl Rng {
     }
 }
 
-/// The pids of `pid`'s children (every thread's /proc/<pid>/task/*/children).
-fn child_pids(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return out };
-    for t in tasks.flatten() {
-        if let Ok(text) = fs::read_to_string(t.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
-/// Every live descendant of `pid`, recursively (bounded).
-pub fn descendant_pids(pid: u32) -> Vec<u32> {
-    let mut seen = HashSet::new();
-    let mut todo = vec![pid];
-    let mut out = Vec::new();
-    while let Some(p) = todo.pop() {
-        for c in child_pids(p) {
-            if out.len() < 100_000 && seen.insert(c) {
-                out.push(c);
-                todo.push(c);
-            }
-        }
-    }
-    out
-}
-
-/// The resident set of a process, KiB (0 if it is gone).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()))
-        .unwrap_or(0)
-}
