@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::procfs;
 
 use crate::http::Conn;
 use crate::procs::{self, Child};
@@ -106,7 +107,7 @@ impl Daemon {
             if socket.exists() {
                 match Conn::open(&socket).and_then(|mut c| c.get("/v1/health")) {
                     Ok(r) if r.status == 200 => {
-                        let health = r.json().unwrap_or(Value::Null);
+                        let health = r.try_json().unwrap_or(Value::Null);
                         let (idle_ptr, target_ptr) = find_pool_fields(&health);
                         let starting_ptr = find_starting_field(&health);
                         return Ok(Daemon {
@@ -155,7 +156,7 @@ impl Daemon {
         if r.status != 200 {
             return Err(format!("/v1/health: {}", r.describe()));
         }
-        let v = r.json().ok_or("/v1/health: not JSON")?;
+        let v = r.try_json().ok_or("/v1/health: not JSON")?;
         let ptr = self
             .idle_ptr
             .as_deref()
@@ -224,7 +225,7 @@ impl Daemon {
         let sbs = procs::sandboxes(self.pid());
         let before: Vec<(i32, Option<u64>)> = sbs
             .iter()
-            .flat_map(|s| s.pids.iter().map(|p| (*p, procs::start_time(*p))))
+            .flat_map(|s| s.pids.iter().map(|p| (*p, procfs::start_time(*p as u32))))
             .collect();
         // The sandboxes' cgroups, and the daemon's own parent for them, which it should remove.
         let own: std::collections::HashSet<PathBuf> =
@@ -255,7 +256,7 @@ impl Daemon {
         // What the daemon tears down may finish just after it exits: give it two seconds.
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(2) {
-            let procs_left = before.iter().any(|(p, st)| st.is_some() && procs::start_time(*p) == *st);
+            let procs_left = before.iter().any(|(p, st)| st.is_some() && procfs::start_time(*p as u32) == *st);
             if !procs_left && !cgroups.iter().any(|d| d.exists()) {
                 break;
             }
@@ -263,7 +264,7 @@ impl Daemon {
         }
         let left: Vec<i32> = before
             .iter()
-            .filter(|(p, st)| st.is_some() && procs::start_time(*p) == *st)
+            .filter(|(p, st)| st.is_some() && procfs::start_time(*p as u32) == *st)
             .map(|(p, _)| *p)
             .collect();
         if !left.is_empty() {

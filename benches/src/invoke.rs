@@ -42,7 +42,7 @@ pub fn check_run(r: &Resp, n: u64) -> Result<Option<bool>, String> {
         return Err(r.describe());
     }
     let v: Value = r
-        .json()
+        .try_json()
         .ok_or_else(|| format!("not JSON: {}", r.describe()))?;
     if v.pointer("/result/n").and_then(Value::as_u64) != Some(n) {
         return Err(format!("wrong result: {}", r.describe()));
@@ -225,7 +225,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
                 let resp = c.request(&req).map_err(|e| e.to_string())?;
                 let us = micros_since(t0);
                 // The result itself is the body here, not a run envelope.
-                let n = resp.json().and_then(|v| v.get("n").and_then(Value::as_u64));
+                let n = resp.try_json().and_then(|v| v.get("n").and_then(Value::as_u64));
                 if resp.status != 200 || n != Some(h) {
                     return Err(format!("wrong answer: {}", resp.describe()));
                 }

@@ -2,7 +2,6 @@
 //! long-lived children the bench starts (daemons, Node servers, idle Nodes) and their cleanup, and
 //! reading `/proc` for a process tree's memory.
 
-use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
@@ -13,6 +12,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use testkit::{cgroup, procfs};
 
 /// The whole environment every child gets: Node's start-up triples with this machine's
 /// NODE_EXTRA_CA_CERTS, and nothing of the caller's environment should colour a figure.
@@ -456,47 +457,12 @@ pub fn remove_tmpdirs() {
 // ---------------------------------------------------------------------------------------------
 // /proc.
 
-/// Children of `pid`, from /proc/PID/task/*/children (falls back to scanning every ppid).
-pub fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut found_file = false;
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
-                found_file = true;
-                out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
-            }
-        }
-    }
-    if !found_file {
-        out = ppid_map()
-            .into_iter()
-            .filter(|(_, pp)| *pp == pid)
-            .map(|(p, _)| p)
-            .collect();
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-fn ppid_map() -> HashMap<i32, i32> {
-    let mut m = HashMap::new();
-    if let Ok(rd) = fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) {
-                    if let Some(pp) = after.split(' ').nth(1).and_then(|x| x.parse().ok()) {
-                        m.insert(pid, pp);
-                    }
-                }
-            }
-        }
-    }
-    m
+/// The children of `pid` (see `testkit::procfs::children`).
+fn children(pid: i32) -> Vec<i32> {
+    procfs::children(pid as u32)
+        .into_iter()
+        .map(|c| c as i32)
+        .collect()
 }
 
 pub fn pid_ns(pid: i32) -> Option<PathBuf> {
@@ -552,22 +518,15 @@ pub fn rss_pss(pid: i32) -> Option<(u64, u64)> {
 /// What the memory cgroup of `pid` charges, in KiB (cgroup v1 memory.usage_in_bytes or v2
 /// memory.current), and the cgroup's path.
 pub fn cgroup_memory(pid: i32) -> Option<(u64, String)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    for line in s.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let candidates: Vec<PathBuf> = if ctrls.split(',').any(|c| c == "memory") {
-            vec![Path::new("/sys/fs/cgroup/memory")
-                .join(path.trim_start_matches('/'))
-                .join("memory.usage_in_bytes")]
-        } else if ctrls.is_empty() {
+    let root = Path::new(cgroup::ROOT);
+    for e in cgroup::read(pid as u32) {
+        let rel = e.path.trim_start_matches('/');
+        let candidates: Vec<PathBuf> = if e.has("memory") {
+            vec![root.join("memory").join(rel).join("memory.usage_in_bytes")]
+        } else if e.is_unified() {
             vec![
-                Path::new("/sys/fs/cgroup")
-                    .join(path.trim_start_matches('/'))
-                    .join("memory.current"),
-                Path::new("/sys/fs/cgroup/unified")
-                    .join(path.trim_start_matches('/'))
-                    .join("memory.current"),
+                root.join(rel).join("memory.current"),
+                root.join("unified").join(rel).join("memory.current"),
             ]
         } else {
             continue;
@@ -577,55 +536,17 @@ pub fn cgroup_memory(pid: i32) -> Option<(u64, String)> {
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {
-                return Some((v / 1024, path.to_string()));
+                return Some((v / 1024, e.path));
             }
         }
     }
     None
 }
 
-/// The cgroup directories `pid` is in, one per mounted hierarchy (those that exist).
+/// The cgroup directories `pid` is in, in every mounted hierarchy.
 pub fn cgroup_dirs(pid: i32) -> Vec<PathBuf> {
-    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for line in s.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let rel = path.trim_start_matches('/');
-        let mounts: Vec<PathBuf> = if ctrls.is_empty() {
-            vec![
-                PathBuf::from("/sys/fs/cgroup/unified"),
-                PathBuf::from("/sys/fs/cgroup"),
-            ]
-        } else {
-            let name = ctrls.strip_prefix("name=").unwrap_or(ctrls);
-            let mut v = vec![Path::new("/sys/fs/cgroup").join(name)];
-            v.extend(name.split(',').map(|c| Path::new("/sys/fs/cgroup").join(c)));
-            v
-        };
-        if let Some(d) = mounts
-            .into_iter()
-            .map(|m| m.join(rel))
-            .find(|d| d.join("cgroup.procs").exists())
-        {
-            out.push(d);
-        }
-    }
-    out
-}
-
-/// Process start time (clock ticks since boot), to tell a live process from a reused pid.
-/// None for a process that is gone or a zombie (dead, only waiting for its parent to reap it).
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let mut fields = after.split(' ');
-    if matches!(fields.next(), Some("Z" | "X")) {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    cgroup::hierarchy_dirs(pid as u32)
+        .into_iter()
+        .filter(|d| d.join("cgroup.procs").exists())
+        .collect()
 }
