@@ -233,7 +233,10 @@ impl Daemon {
         let mut cgroups: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
         for s in &sbs {
             for d in procs::cgroup_dirs(s.root) {
-                if own.contains(&d) {
+                // A hierarchy's root (a sandbox caught before it joined its own group reads as in the daemon's,
+                // which on a host without systemd is the root) is never the daemon's to remove.
+                let is_root = d.parent().is_none_or(|p| p == std::path::Path::new("/sys/fs/cgroup")) || d == std::path::Path::new("/sys/fs/cgroup");
+                if own.contains(&d) || is_root {
                     continue;
                 }
                 if let Some(parent) = d.parent().filter(|p| !own.contains(*p)) {
