@@ -12,6 +12,7 @@ pub mod http;
 mod logs;
 mod metrics;
 pub mod routes;
+mod pool_policy;
 mod secrets;
 mod server;
 mod settings;

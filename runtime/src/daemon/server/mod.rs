@@ -61,6 +61,7 @@ use crate::daemon::logs::{self, Captured};
 use crate::daemon::metrics::{ColdStart, Gauges, Metrics};
 use crate::daemon::slab::{Key, Slab};
 use crate::daemon::spawner::{Spawned, Spawner};
+use crate::daemon::pool_policy;
 use crate::daemon::secrets::{self, Secrets};
 use crate::daemon::store::{self, Store, TaskInfo, TaskSettings};
 use crate::daemon::Config;

@@ -102,18 +102,22 @@ impl Server {
                 return;
             }
         }
-        let waiting = self.waiting_tenants();
-        let demand = self.config.pool_size + waiting;
-        let mut evictions = waiting;
-        while self.pool.len() + self.starting < demand && self.starting < self.config.max_starting {
-            if self.live_sandboxes() + self.starting >= self.config.max_sandboxes {
-                // At the cap, a tenant that is waiting may take the place of the least recently used idle
-                // tenant's sandbox; the pool alone never evicts anyone.
-                if evictions == 0 || !self.evict_idle() {
-                    break;
-                }
-                evictions -= 1;
-            }
+        let evictable = self.sbs.iter().filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty()).count();
+        let state = pool_policy::PoolState {
+            idle: self.pool.len(),
+            starting: self.starting,
+            waiting_tenants: self.waiting_tenants(),
+            live: self.live_sandboxes(),
+            evictable,
+            pool_size: self.config.pool_size,
+            max_starting: self.config.max_starting,
+            max_sandboxes: self.config.max_sandboxes,
+        };
+        let refill = pool_policy::plan(state);
+        for _ in 0..refill.evict {
+            self.evict_idle();
+        }
+        for _ in 0..refill.start {
             self.starting += 1;
             self.spawner.request();
         }
