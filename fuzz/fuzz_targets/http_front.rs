@@ -46,6 +46,12 @@ fn name_matches_pattern(name: &str) -> bool {
     first_ok && rest_ok
 }
 
+/// `^[A-Za-z_][A-Za-z0-9_]{0,63}$`, written out independently of `secrets::valid_name`.
+fn secret_name_matches(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=64).contains(&b.len()) && matches!(b[0], b'A'..=b'Z' | b'a'..=b'z' | b'_') && b.iter().all(|c| matches!(c, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
 fn check_name(name: &str) -> bool {
     let ok = store::valid_name(name);
     assert_eq!(ok, name_matches_pattern(name), "valid_name({name:?}) disagrees with the pattern");
@@ -111,13 +117,20 @@ fn route_request(req: &Request, request_id: &str) {
         Endpoint::Health => assert_eq!(segments, ["v1", "health"]),
         Endpoint::Metrics => assert_eq!(segments, ["metrics"]),
         Endpoint::Logs => assert_eq!(segments, ["v1", "logs"]),
-        Endpoint::RunAdhoc | Endpoint::Tasks | Endpoint::Task | Endpoint::RunTask => {
+        Endpoint::RunAdhoc | Endpoint::Tasks | Endpoint::Task | Endpoint::RunTask | Endpoint::Http | Endpoint::Secrets | Endpoint::Secret => {
             assert_eq!(&segments[..2], ["v1", "tenants"]);
             assert_eq!(route.tenant, Some(segments[2]));
         }
     }
     match route.endpoint {
-        Endpoint::Task | Endpoint::RunTask => {
+        Endpoint::Secrets | Endpoint::Secret => assert_eq!(segments[3], "secrets"),
+        _ => assert_eq!(route.secret, None),
+    }
+    if route.endpoint == Endpoint::Secret {
+        assert_eq!(route.secret, Some(segments[4]));
+    }
+    match route.endpoint {
+        Endpoint::Task | Endpoint::RunTask | Endpoint::Http => {
             assert_eq!(segments[3], "tasks");
             assert_eq!(route.task, Some(segments[4]));
         }
@@ -139,6 +152,8 @@ fn route_request(req: &Request, request_id: &str) {
                 assert!(response.headers.iter().any(|(n, v)| *n == "Allow" && *v == allow));
             } else if !names_ok {
                 assert!(e.message.starts_with("invalid name"), "{e:?}");
+            } else if route.secret.is_some_and(|n| !secret_name_matches(n)) {
+                assert!(e.message.starts_with("invalid secret name"), "{e:?}");
             }
             check_response(&e.response(), request_id, keep, e.kind, &e.message);
         }
@@ -151,6 +166,18 @@ fn route_request(req: &Request, request_id: &str) {
                     serde_json::from_slice::<serde_json::Value>(data).expect("a run's input is JSON");
                 }
                 ApiRequest::PutTask { source, .. } => assert!(std::str::from_utf8(source).is_ok()),
+                ApiRequest::PutSecret { name, value, .. } => {
+                    assert!(secret_name_matches(name), "a bad secret name was accepted: {name:?}");
+                    assert!(value.len() <= 4096);
+                }
+                ApiRequest::DeleteSecret { name, .. } => assert!(secret_name_matches(name)),
+                ApiRequest::Http { http, .. } => {
+                    // Hop-by-hop headers never reach a task.
+                    for (n, _) in &http.headers {
+                        let n = n.to_ascii_lowercase();
+                        assert!(!matches!(n.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te" | "trailer"), "{n}");
+                    }
+                }
                 ApiRequest::Logs { tenant: Some(t) } => assert!(check_name(t)),
                 ApiRequest::ListTasks { tenant } | ApiRequest::GetTask { tenant, .. } | ApiRequest::DeleteTask { tenant, .. } => assert!(check_name(tenant)),
                 _ => {}
