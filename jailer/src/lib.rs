@@ -6,7 +6,7 @@
 //!
 //! The layout follows the fork. The parent's side, which may allocate: [`spawn`] (the [`Jailer`] and the
 //! order of the parent's steps), [`sandbox`] (a running [`Sandbox`]), `plan` (what the child will read), and
-//! one module per isolation concern holding its parent half (`user`, `mount`, `pid`, `cgroup`, `caps`,
+//! one module per isolation concern holding its parent half (`user`, `mount`, `net`, `pid`, `cgroup`, `caps`,
 //! `seccomp`, `rootfs`, `sched`). The child's side, between `clone` and `execve`, only system calls:
 //! `child/`, with the one ordered recipe in `child/mod.rs` and one file per concern; crate-private, so that
 //! nothing outside the jailer can call it. Between them, `record`: the fixed-size failure record the child
@@ -18,6 +18,7 @@ pub mod caps;
 pub mod cgroup;
 mod child;
 pub mod mount;
+pub mod net;
 pub mod pid;
 mod plan;
 mod record;
