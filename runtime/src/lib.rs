@@ -29,6 +29,10 @@ pub const BOOTSTRAP_PATH: &str = "/taskcell/bootstrap.js";
 /// Where `serve --modules DIR` binds DIR in a sandbox; runtime/js/modules.js reads it from there.
 pub const MODULES_PATH: &str = "/taskcell/modules";
 
+/// The egress proxy's port on 127.0.0.1 inside every sandbox (docs/protocol.md, "Egress"): the daemon's
+/// listener, made in the sandbox's network namespace; bootstrap.js has the same number.
+pub const EGRESS_PORT: u16 = 3128;
+
 /// Largest result the runtime sends, in bytes of JSON text (the API's default result limit). Larger
 /// results become a `task_error` inside the sandbox.
 pub const RESULT_LIMIT: usize = 1024 * 1024;

@@ -36,7 +36,13 @@ pub enum ApiRequest {
     /// The value is UTF-8 of at most `secrets::MAX_VALUE` bytes (checked here).
     PutSecret { tenant: String, name: String, value: String },
     DeleteSecret { tenant: String, name: String },
+    GetEgress { tenant: String },
+    /// `PUT .../egress`: every entry checked (`egress_policy::Rule::parse`); kept as given.
+    PutEgress { tenant: String, allow: Vec<String> },
 }
+
+/// Entries an allow-list may hold.
+pub const EGRESS_RULES_MAX: usize = 1024;
 
 /// Why a request was refused before anything was done for it.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,6 +128,8 @@ pub fn parse(req: &Request) -> Result<ApiRequest, ApiError> {
         (Endpoint::Secret, _) => ApiRequest::DeleteSecret { tenant: tenant(), name: secret() },
         (Endpoint::Http, _) => ApiRequest::Http { tenant: tenant(), task: task(), http: http_request(req, route.rest), body: req.body.clone() },
         (Endpoint::RunTask, _) => ApiRequest::RunTask { tenant: tenant(), task: task(), data: task_input(&req.body).map_err(ApiError::refused_run)? },
+        (Endpoint::Egress, "GET") => ApiRequest::GetEgress { tenant: tenant() },
+        (Endpoint::Egress, _) => ApiRequest::PutEgress { tenant: tenant(), allow: egress_body(&req.body)? },
     })
 }
 
@@ -222,6 +230,25 @@ fn secret_value(body: &Bytes) -> Result<String, ApiError> {
     String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("a secret's value must be UTF-8"))
 }
 
+/// `{"allow": ["host:port", ...]}`: every entry a rule, at most `EGRESS_RULES_MAX` of them.
+fn egress_body(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        allow: Option<Vec<String>>,
+    }
+    let parsed: Body = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected {{\"allow\": [\"host:port\", ...]}})")))?;
+    let allow = parsed.allow.ok_or_else(|| ApiError::bad_request("the body needs an \"allow\" field holding a list of host:port entries"))?;
+    if allow.len() > EGRESS_RULES_MAX {
+        return Err(ApiError::bad_request(format!("the allow-list has {} entries, over the limit of {EGRESS_RULES_MAX}", allow.len())));
+    }
+    for entry in &allow {
+        if let Err(e) = super::egress_policy::Rule::parse(entry) {
+            return Err(ApiError::bad_request(format!("allow-list entry {e}")));
+        }
+    }
+    Ok(allow)
+}
+
 /// A task run's body: JSON, or empty for `null`.
 fn task_input(body: &Bytes) -> Result<Bytes, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -257,6 +284,11 @@ mod tests {
         let task = api("POST /v1/tenants/acme/tasks/t/run HTTP/1.1\r\nContent-Length: 1\r\n\r\n ");
         assert_eq!(task, Ok(ApiRequest::RunTask { tenant: "acme".into(), task: "t".into(), data: Bytes::from_static(b"null") }));
         assert_eq!(api("DELETE /v1/tenants/acme/tasks/t HTTP/1.1\r\n\r\n"), Ok(ApiRequest::DeleteTask { tenant: "acme".into(), task: "t".into() }));
+        let body = r#"{"allow": ["api.test:443", "*.b.test:80", "[::1]:5432"]}"#;
+        let put = api(&format!("PUT /v1/tenants/acme/egress HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        let allow = vec!["api.test:443".to_string(), "*.b.test:80".to_string(), "[::1]:5432".to_string()];
+        assert_eq!(put, Ok(ApiRequest::PutEgress { tenant: "acme".into(), allow }));
+        assert_eq!(api("GET /v1/tenants/acme/egress HTTP/1.1\r\n\r\n"), Ok(ApiRequest::GetEgress { tenant: "acme".into() }));
     }
 
     #[test]
@@ -309,6 +341,10 @@ mod tests {
         assert_eq!(err("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}").message, "the body needs a \"code\" field holding the task's source");
         assert_eq!(err("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: 1\r\n\r\n{").status, 400);
         assert_eq!(err("POST /v1/tenants/a/tasks/t/run HTTP/1.1\r\nContent-Length: 3\r\n\r\nnul").status, 400);
+        let body = r#"{"allow": ["ok.test:443", "no-port.test"]}"#;
+        let e = err(&format!("PUT /v1/tenants/a/egress HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("\"no-port.test\""), "{}", e.message);
         let not_utf8 = parse(&request(b"PUT /v1/tenants/a/tasks/t HTTP/1.1\r\nContent-Length: 1\r\n\r\n\xff")).expect_err("not UTF-8");
         assert_eq!(not_utf8.message, "the task source must be UTF-8");
     }

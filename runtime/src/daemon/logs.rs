@@ -48,16 +48,23 @@ impl Captured {
 
 /// One NDJSON line of the log stream.
 pub fn event_line(tenant: &str, task: Option<&str>, request_id: Option<&str>, level: &str, message: &str) -> Vec<u8> {
-    let mut line = serde_json::json!({
+    event_line_with(tenant, task, request_id, level, message, None)
+}
+
+/// The same with one more field (an egress connection's `egress`).
+pub fn event_line_with(tenant: &str, task: Option<&str>, request_id: Option<&str>, level: &str, message: &str, extra: Option<(&str, serde_json::Value)>) -> Vec<u8> {
+    let mut event = serde_json::json!({
         "time": now_rfc3339(),
         "tenant": tenant,
         "task": task,
         "requestId": request_id,
         "level": level,
         "message": message,
-    })
-    .to_string()
-    .into_bytes();
+    });
+    if let Some((name, value)) = extra {
+        event[name] = value;
+    }
+    let mut line = event.to_string().into_bytes();
     line.push(b'\n');
     line
 }

@@ -34,6 +34,7 @@ pub struct Gauges {
     pub log_subscribers: u64,
     /// A counter, but kept by the log fan-out, which drops events for slow subscribers.
     pub log_events_dropped: u64,
+    pub egress_open: u64,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +64,10 @@ pub struct Metrics {
     /// Code caches dropped for being too large for their source.
     code_caches_refused: u64,
     duration: Histogram,
+    /// Egress connections by outcome (`allowed`, `not_allowed`, `private_address`, `limit`, ...).
+    egress: BTreeMap<String, u64>,
+    egress_bytes_in: u64,
+    egress_bytes_out: u64,
 }
 
 impl Metrics {
@@ -113,6 +118,17 @@ impl Metrics {
         self.code_caches_refused += 1;
     }
 
+    /// One egress connection's outcome.
+    pub fn egress(&mut self, outcome: &str) {
+        bump(&mut self.egress, outcome);
+    }
+
+    /// What one egress connection carried, when it ended.
+    pub fn egress_bytes(&mut self, bytes_in: u64, bytes_out: u64) {
+        self.egress_bytes_in += bytes_in;
+        self.egress_bytes_out += bytes_out;
+    }
+
     /// One sandbox ended, by reason (`timeout`, `memory_limit`, `crashed`, `idle`, `max_age`, ...).
     pub fn sandbox_killed(&mut self, reason: &str) {
         bump(&mut self.sandboxes_killed, reason);
@@ -161,12 +177,20 @@ impl Metrics {
         sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "batch")], self.sandboxes_to_batch);
         sample(o, "taskcell_sandbox_cpu_moves_total", &[("to", "all")], self.sandboxes_from_batch);
 
+        family(o, "taskcell_egress_connections_total", "counter", "Egress connections from sandboxes, by outcome.");
+        for (outcome, n) in &self.egress {
+            sample(o, "taskcell_egress_connections_total", &[("outcome", outcome)], *n);
+        }
+        family(o, "taskcell_egress_bytes_total", "counter", "Bytes carried by egress connections that ended (in: to the sandbox).");
+        sample(o, "taskcell_egress_bytes_total", &[("direction", "in")], self.egress_bytes_in);
+        sample(o, "taskcell_egress_bytes_total", &[("direction", "out")], self.egress_bytes_out);
         let gauge_rows = [
             ("taskcell_pool_target_size", "Pre-warmed sandboxes the pool aims to hold.", gauges.pool_target),
             ("taskcell_pool_idle_sandboxes", "Pre-warmed sandboxes waiting in the pool.", gauges.pool_idle),
             ("taskcell_tenant_sandboxes", "Sandboxes currently assigned to a tenant.", gauges.tenant_sandboxes),
             ("taskcell_connections_open", "Client connections open.", gauges.connections_open),
             ("taskcell_log_subscribers", "Clients following /v1/logs.", gauges.log_subscribers),
+            ("taskcell_egress_connections_open", "Egress connections open (any phase).", gauges.egress_open),
         ];
         for (name, help, value) in gauge_rows {
             family(o, name, "gauge", help);

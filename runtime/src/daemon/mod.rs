@@ -6,7 +6,6 @@
 pub mod api;
 mod code_cache;
 mod cpus;
-// Egress (issue 13): the allow-list and address policy, pure and tested; not wired to sandboxes yet.
 pub mod egress_policy;
 pub mod http;
 mod logs;
@@ -71,6 +70,24 @@ pub struct Config {
     pub modules: Option<PathBuf>,
     /// The key that seals tenants' secrets at rest (outside the state directory).
     pub secrets_key: PathBuf,
+    pub egress: EgressConfig,
+}
+
+/// The operator's egress settings (`--egress-*`), checked when given.
+#[derive(Clone, Debug)]
+pub struct EgressConfig {
+    /// Rules every tenant has on top of its own list, and their text as given.
+    pub allow: Vec<(String, egress_policy::Rule)>,
+    pub allow_private: Vec<egress_policy::Cidr>,
+    /// Names fixed to an address (lower case, no trailing dot): never looked up.
+    pub resolve: std::collections::HashMap<String, std::net::IpAddr>,
+    pub max_conns: usize,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig { allow: Vec::new(), allow_private: Vec::new(), resolve: Default::default(), max_conns: 32 }
+    }
 }
 
 impl Default for Config {
@@ -105,6 +122,7 @@ impl Default for Config {
             compilers: Vec::new(),
             modules: None,
             secrets_key: PathBuf::from("/etc/taskcell/secrets.key"),
+            egress: EgressConfig::default(),
         }
     }
 }
@@ -149,6 +167,23 @@ impl Config {
             "max-log-subscribers" => self.max_log_subscribers = args::count(&flag, value)? as usize,
             "modules" => self.modules = Some(PathBuf::from(value)),
             "secrets-key" => self.secrets_key = PathBuf::from(value),
+            // The repeatable settings: each use adds one.
+            "egress-allow" => {
+                let rule = egress_policy::Rule::parse(value).map_err(|_| ArgError::Invalid { flag, value: value.into(), what: "rule (host:port, *.name:port or IP:port)" })?;
+                self.egress.allow.push((value.trim().to_string(), rule));
+            }
+            "egress-allow-private" => {
+                let cidr = egress_policy::Cidr::parse(value).ok_or(ArgError::Invalid { flag, value: value.into(), what: "CIDR (address/prefix)" })?;
+                self.egress.allow_private.push(cidr);
+            }
+            "egress-resolve" => {
+                let bad = || ArgError::Invalid { flag: flag.clone(), value: value.into(), what: "NAME=IP" };
+                let (name, ip) = value.split_once('=').ok_or_else(bad)?;
+                let Some(egress_policy::Destination::Name(name)) = egress_policy::Destination::parse(name) else { return Err(bad()) };
+                let ip = egress_policy::parse_ip(ip).ok_or_else(bad)?;
+                self.egress.resolve.insert(name, ip);
+            }
+            "egress-max-conns" => self.egress.max_conns = args::count(&flag, value)?.max(1) as usize,
             _ => return Err(ArgError::Unknown(flag)),
         }
         Ok(())
@@ -161,11 +196,18 @@ impl Config {
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
         let obj = value.as_object().ok_or_else(|| format!("{path}: expected a JSON object"))?;
         for (k, v) in obj {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
+            // A repeatable setting takes an array: each element once.
+            let values = match v {
+                serde_json::Value::Array(items) => items.clone(),
+                other => vec![other.clone()],
             };
-            self.set(k, &text).map_err(|e| format!("{path}: {e}"))?;
+            for v in values {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                self.set(k, &text).map_err(|e| format!("{path}: {e}"))?;
+            }
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ pub enum Endpoint {
     Http,
     Secrets,
     Secret,
+    Egress,
 }
 
 pub struct Route<'a, 's> {
@@ -39,6 +40,7 @@ const TABLE: &[(&[&str], Endpoint, &[&str])] = &[
     (&["v1", "tenants", "{t}", "tasks", "{k}", "http", "{*}"], Endpoint::Http, &["GET", "POST", "PUT", "PATCH", "DELETE"]),
     (&["v1", "tenants", "{t}", "secrets"], Endpoint::Secrets, &["GET"]),
     (&["v1", "tenants", "{t}", "secrets", "{s}"], Endpoint::Secret, &["PUT", "DELETE"]),
+    (&["v1", "tenants", "{t}", "egress"], Endpoint::Egress, &["GET", "PUT"]),
 ];
 
 /// Match the path's segments (without the leading slash) against the table.
@@ -88,6 +90,7 @@ mod tests {
         let segs = ["v1", "tenants", "a", "tasks", "t", "http", "x", "", "y"];
         assert_eq!(route(&segs).unwrap().rest, ["x", "", "y"]);
         assert!(route(&segs[..6]).unwrap().rest.is_empty());
+        assert_eq!(of("/v1/tenants/acme/egress"), Some((Endpoint::Egress, Some("acme"), None)));
         assert_eq!(of("/"), None);
     }
 }

@@ -47,6 +47,10 @@ pub const SETTINGS: &[Setting] = &[
     s("secrets-key", "FILE", "/etc/taskcell/secrets.key", "the 32-byte key that seals tenants' secrets at rest; made (mode 0600) at first start if missing"),
     s("modules", "DIR", "none", "npm modules (made with taskcell modules add) that every sandbox sees read-only at /taskcell/modules"),
     s("drain-timeout-ms", "MS", "10000", "on SIGTERM, how long in-flight invocations may finish"),
+    s("egress-allow", "RULE", "none", "an allow-list entry (host:port, *.name:port, IP:port) for every tenant, on top of each tenant's own list; repeatable"),
+    s("egress-allow-private", "CIDR", "none", "a loopback, private, link-local or other refused range that egress may reach after all (e.g. 10.0.0.0/8); repeatable"),
+    s("egress-resolve", "NAME=IP", "none", "egress resolves NAME to IP without asking DNS, like curl --resolve; repeatable"),
+    s("egress-max-conns", "N", "32", "egress connections an invocation may open (and at most 64 open at once a sandbox)"),
 ];
 
 /// `taskcell serve --help`.
@@ -71,6 +75,9 @@ mod tests {
             "BYTES" => "64M",
             "MS" | "N" => "3",
             "PATH" | "DIR" | "FILE" => "/tmp/x",
+            "RULE" => "api.example.com:443",
+            "CIDR" => "10.0.0.0/8",
+            "NAME=IP" => "api.test=127.0.0.1",
             other => panic!("no example for {other}"),
         }
     }
@@ -82,6 +89,16 @@ mod tests {
             c.set(s.key, example(s.value)).unwrap_or_else(|e| panic!("--{}: {e}", s.key));
         }
         assert!(Config::default().set("no-such-flag", "1").is_err());
+        // The repeatable ones add up, and refuse what they cannot use.
+        let mut c = Config::default();
+        c.set("egress-allow", "a.test:443").unwrap();
+        c.set("egress-allow", "*.b.test:80").unwrap();
+        assert_eq!(c.egress.allow.len(), 2);
+        assert!(c.set("egress-allow", "a.test").is_err());
+        c.set("egress-resolve", "API.test.=127.0.0.1").unwrap();
+        assert_eq!(c.egress.resolve.get("api.test"), Some(&"127.0.0.1".parse().unwrap()));
+        assert!(c.set("egress-resolve", "x.test=not-an-ip").is_err());
+        assert!(c.set("egress-allow-private", "10.0.0.0/33").is_err());
         let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         let mut sorted = keys.clone();
         sorted.sort();

@@ -21,6 +21,8 @@ pub struct Spawned {
     pub socket: UnixStream,
     /// Read end of the pipe on the sandbox's stdout and stderr.
     pub output: OwnedFd,
+    /// The egress proxy's listener, made inside the sandbox's network namespace (non-blocking).
+    pub egress: std::net::TcpListener,
     /// Its processes once ready (init and Node), found here, off the event loop, so that giving it every CPU
     /// when a tenant takes it is one pass over their threads.
     pub processes: Vec<i32>,
@@ -126,10 +128,19 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
         limits: None,
     };
     let mut sandbox = jailer.make(spec).map_err(|e| crate::error_chain(&e))?;
+    // Before the runtime is ready, so that the endpoint exists before any tenant code can look for it.
+    let egress_addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, crate::EGRESS_PORT);
+    let egress = match jailer::net::listen_inside(&sandbox, egress_addr) {
+        Ok(l) => l,
+        Err(e) => {
+            sandbox.kill();
+            return Err(format!("making the egress listener inside the sandbox: {e}"));
+        }
+    };
     match await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout) {
         Ok(()) => {
             let processes = jailer::sched::tree_processes(sandbox.pid);
-            Ok(Spawned { sandbox, socket: ours, output: out_r, processes })
+            Ok(Spawned { sandbox, socket: ours, output: out_r, egress, processes })
         }
         Err(msg) => {
             sandbox.kill();

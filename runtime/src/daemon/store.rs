@@ -32,6 +32,9 @@ const EXTENSION: &str = ".js";
 const CODE_CACHE_EXTENSION: &str = ".js.v8cache";
 /// `<task>.settings.<sha256>`: never ends in `.js`, so never listed as a task.
 const SETTINGS_INFIX: &str = ".settings.";
+/// A tenant's egress allow-list (`{"allow": [...]}`, as the API was given it) sits beside its tasks; the dot
+/// keeps it from ever being a task's name.
+const EGRESS_FILE: &str = ".egress.json";
 /// Total source bytes the cache may hold; beyond it the least recently used tasks are dropped.
 const CACHE_BYTES: usize = 32 << 20;
 
@@ -384,6 +387,52 @@ impl Store {
         }
     }
 
+    /// Replace the tenant's egress allow-list, durably (the same write, fsync and rename as a task's source).
+    pub fn put_egress(&self, tenant: &str, allow: &[String]) -> Result<(), StoreError> {
+        check("tenant", tenant)?;
+        let _writer = lock(&self.writer);
+        let dir = self.tenant_dir(tenant)?;
+        let target = dir.join(EGRESS_FILE);
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let body = serde_json::json!({ "allow": allow }).to_string();
+        if let Err(e) = write_synced(&tmp, body.as_bytes()) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&tmp, &target) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("renaming into place", &target)(e));
+        }
+        sync_dir(&dir)
+    }
+
+    /// Every tenant's stored egress allow-list, as stored (read once, at start-up). A file that is not a list
+    /// of strings is reported, not served.
+    pub fn egress_lists(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let mut out = Vec::new();
+        for tenant in fs::read_dir(&self.root).map_err(io_err("listing", &self.root))? {
+            let tenant = tenant.map_err(io_err("listing", &self.root))?;
+            let Some(name) = tenant.file_name().to_str().filter(|n| valid_name(n)).map(str::to_owned) else { continue };
+            let path = tenant.path().join(EGRESS_FILE);
+            let mut text = String::new();
+            match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+                Ok(mut f) => f.read_to_string(&mut text).map_err(io_err("reading", &path))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("opening", &path)(e)),
+            };
+            #[derive(serde::Deserialize)]
+            struct List {
+                allow: Vec<String>,
+            }
+            let list: List = serde_json::from_str(&text)
+                .map_err(|e| io_err("parsing", &path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            out.push((name, list.allow));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The tenant's directory, created (and made durable in `tasks/`) on its first task.
     fn tenant_dir(&self, tenant: &str) -> Result<PathBuf, StoreError> {
         let dir = self.root.join(tenant);
@@ -590,6 +639,20 @@ mod tests {
         assert!(store.get("acme", "hello").unwrap().is_none());
         assert_eq!(store.list("acme").unwrap().len(), 1);
         assert_eq!(&store.get("other", "hello").unwrap().unwrap().1[..], b"y", "tenants are separate");
+    }
+
+    #[test]
+    fn egress_lists_survive_reopen_and_are_not_tasks() {
+        let dir = TempDir::new("egress");
+        let store = Store::open(&dir.0).unwrap();
+        store.put_egress("acme", &["a.test:443".to_string()]).unwrap();
+        store.put_egress("acme", &["b.test:443".to_string(), "*.c.test:80".to_string()]).unwrap();
+        store.put("acme", "t", b"x").unwrap();
+        drop(store);
+        let store = Store::open(&dir.0).unwrap();
+        assert_eq!(store.egress_lists().unwrap(), vec![("acme".to_string(), vec!["b.test:443".to_string(), "*.c.test:80".to_string()])]);
+        assert_eq!(store.list("acme").unwrap().len(), 1);
+        assert!(store.put_egress("../x", &[]).is_err());
     }
 
     #[test]

@@ -107,6 +107,12 @@ impl Server {
                 }
                 None => self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no secret {name}"), None)),
             },
+            ApiRequest::GetEgress { tenant } => {
+                let body = self.egress_json(&tenant);
+                self.respond(key, &request_id, keep, Response::json(200, body));
+            }
+            // Written durably off the loop; in force once answered (see `collect_store_results`).
+            ApiRequest::PutEgress { tenant, allow } => self.send_store_job(StoreJob::PutEgress { conn: key, keep_alive: keep, request_id, tenant, allow }),
         }
     }
 
@@ -170,6 +176,14 @@ impl Server {
             return;
         }
         let line = logs::event_line(tenant, task, request_id, level, message);
+        self.publish_line(tenant, &line);
+    }
+
+    /// One finished event line to every subscriber of `tenant`'s events.
+    pub(super) fn publish_line(&mut self, tenant: &str, line: &[u8]) {
+        if self.subscribers.is_empty() {
+            return;
+        }
         let subs: Vec<Key> = self.subscribers.iter().copied().collect();
         for key in subs {
             let Some(conn) = self.conns.get_mut(key) else { continue };
@@ -186,7 +200,7 @@ impl Server {
                 http::chunk(&mut conn.output, &logs::dropped_line(*dropped));
                 *dropped = 0;
             }
-            http::chunk(&mut conn.output, &line);
+            http::chunk(&mut conn.output, line);
             self.flush(key);
         }
     }
@@ -221,6 +235,7 @@ impl Server {
             connections_open: self.conns.len() as u64,
             log_subscribers: self.subscribers.len() as u64,
             log_events_dropped: self.log_dropped,
+            egress_open: self.open_egress_tunnels() as u64,
         }
     }
 }

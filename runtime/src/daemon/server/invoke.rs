@@ -61,6 +61,8 @@ pub(super) struct Invocation {
     pub(super) expect: Expect,
     /// Its own time limit (the task's `timeout_ms`, or the daemon's).
     pub(super) timeout: Duration,
+    /// Egress connections it has asked for past the allow-list (at most `--egress-max-conns`).
+    pub(super) egress_conns: usize,
 }
 
 pub(super) struct Pending {
@@ -193,7 +195,7 @@ impl Server {
         s.last_used = Instant::now();
         s.served += 1;
         let logs = Captured::default();
-        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs, compile, key: code_key, expect, timeout });
+        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs, compile, key: code_key, expect, timeout, egress_conns: 0 });
         self.deadlines.insert((deadline, id), ());
         if self.cpus.is_some() {
             self.busy_checks.push_back((Instant::now() + cpus::BUSY_AFTER, id));

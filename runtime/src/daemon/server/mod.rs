@@ -18,6 +18,7 @@
 //! threads, deployed code is written and fsynced on the store thread, dead sandboxes' cgroups are removed on
 //! the reaper thread; each reports back through the waker.
 
+mod egress;
 mod frames;
 mod handlers;
 mod invoke;
@@ -32,7 +33,7 @@ use invoke::*;
 use placement::*;
 use pool::*;
 use threads::*;
-use tokens::{SandboxFd, Source};
+use tokens::{End, SandboxFd, Source};
 use wire::*;
 
 pub use placement::BOOT_CPU_WEIGHT;
@@ -119,6 +120,15 @@ pub struct Server {
     boot_id: String,
     started: Instant,
     draining: Option<Instant>,
+    /// Egress tunnels (see `egress`), and those with budget-bound work left from this turn.
+    tunnels: Slab<egress::Tunnel>,
+    tunnel_again: VecDeque<Key>,
+    /// Sandboxes whose egress listener had more connections waiting than one turn accepts.
+    egress_accept_again: VecDeque<Key>,
+    /// Each tenant's stored allow-list: the entries as given, and parsed.
+    egress_lists: HashMap<String, (Vec<String>, Vec<crate::daemon::egress_policy::Rule>)>,
+    resolver: Sender<ResolveJob>,
+    resolved: Receiver<ResolveDone>,
 }
 
 pub struct Parts {
@@ -139,6 +149,8 @@ impl Server {
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)?;
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
         let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
+        let (resolver, resolved) = start_resolver_threads(RESOLVER_THREADS, waker.clone());
+        let stored = store.egress_lists().map_err(|e| io::Error::other(format!("reading egress allow-lists: {}", crate::error_chain(&e))))?;
         let code_cache_bytes = config.code_cache_bytes;
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
@@ -180,6 +192,18 @@ impl Server {
             boot_id,
             started: Instant::now(),
             draining: None,
+            tunnels: Slab::default(),
+            tunnel_again: VecDeque::new(),
+            egress_accept_again: VecDeque::new(),
+            egress_lists: HashMap::new(),
+            resolver,
+            resolved,
+        })
+        .map(|mut server| {
+            for (tenant, allow) in stored {
+                server.set_egress_list(tenant, allow);
+            }
+            server
         })
     }
 
@@ -203,7 +227,7 @@ impl Server {
             if let Some((t, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
-            let more_to_do = !self.read_again.is_empty() || !self.advance_queue.is_empty() || self.accept_again;
+            let more_to_do = !self.read_again.is_empty() || !self.advance_queue.is_empty() || self.accept_again || self.egress_more_to_do();
             let timeout = if more_to_do { Duration::ZERO } else { wake_at.saturating_duration_since(now) };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -228,7 +252,13 @@ impl Server {
                                 SandboxFd::Socket => self.on_sandbox_socket(key, readable, event.is_writable()),
                                 SandboxFd::Pid => self.on_sandbox_exit(key),
                                 SandboxFd::Output => self.on_sandbox_output(key),
+                                SandboxFd::Egress => self.on_egress_accept(key),
                             }
+                        }
+                    }
+                    Some(Source::Tunnel(k, end)) => {
+                        if let Some(key) = self.tunnels.find(k.index, k.gen) {
+                            self.on_tunnel_event(key, end, readable, event.is_writable());
                         }
                     }
                 }
@@ -246,8 +276,10 @@ impl Server {
                 let read = std::mem::take(&mut conn.read_pending);
                 self.on_conn_event(key, read, false);
             }
+            self.egress_turn();
             // Answers from the helper threads arrive through the waker; check them every turn (cheap).
             self.collect_spawned();
+            self.collect_resolved();
             self.collect_store_results();
             self.fire_deadlines();
             self.move_busy_sandboxes();
@@ -272,6 +304,7 @@ impl Server {
         self.watch_cpu_time();
         self.release_idle_sandboxes();
         let now = Instant::now();
+        self.expire_tunnels(now);
         // Connections that stalled mid-request or idled too long.
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get(key) else { continue };

@@ -59,6 +59,11 @@ pub(super) struct Sb {
     pub(super) partial_since: Option<Instant>,
     /// The version of its tenant's secrets it was last sent (0: none).
     pub(super) secrets_version: u64,
+    /// The egress proxy's listener inside the sandbox (dropped when it is killed), and its tunnels.
+    pub(super) egress: Option<mio::net::TcpListener>,
+    pub(super) tunnels: HashSet<Key>,
+    /// Of those, the ones past the allow-list (resolving, connecting or open): at most `SANDBOX_OPEN_MAX`.
+    pub(super) egress_open: usize,
 }
 
 pub(super) fn drain_output(s: &mut Sb) {
@@ -195,7 +200,7 @@ impl Server {
     }
 
     pub(super) fn adopt(&mut self, spawned: Spawned) -> Option<Key> {
-        let Spawned { sandbox, socket, output, processes } = spawned;
+        let Spawned { sandbox, socket, output, egress, processes } = spawned;
         // SAFETY: setting O_NONBLOCK on a pipe descriptor we own.
         unsafe { libc::fcntl(output.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let sb = Sb {
@@ -217,6 +222,9 @@ impl Server {
             boot_processes: processes,
             partial_since: None,
             secrets_version: 0,
+            egress: Some(mio::net::TcpListener::from_std(egress)),
+            tunnels: HashSet::new(),
+            egress_open: 0,
             sandbox: Some(sandbox),
         };
         let key = self.sbs.insert(sb);
@@ -225,7 +233,8 @@ impl Server {
         let pidfd = s.sandbox.as_ref().expect("set").pidfd().as_raw_fd();
         let ok = registry.register(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), Interest::READABLE | Interest::WRITABLE).is_ok()
             && registry.register(&mut SourceFd(&pidfd), Source::Sandbox(key, SandboxFd::Pid).token(), Interest::READABLE).is_ok()
-            && registry.register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE).is_ok();
+            && registry.register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE).is_ok()
+            && s.egress.as_mut().is_some_and(|l| registry.register(l, Source::Sandbox(key, SandboxFd::Egress).token(), Interest::READABLE).is_ok());
         if !ok {
             eprintln!("taskcell: could not register a sandbox with the event loop");
             self.remove_sandbox(key);
@@ -296,6 +305,8 @@ impl Server {
         if let Some(sandbox) = &s.sandbox {
             sandbox.kill();
         }
+        self.close_sandbox_egress(key);
+        let Some(s) = self.sbs.get_mut(key) else { return };
         // From now on the tenant's next request gets a fresh sandbox.
         if let Some(t) = s.tenant.clone() {
             if self.tenants.get(&t) == Some(&key) {
@@ -365,6 +376,7 @@ impl Server {
     }
 
     pub(super) fn remove_sandbox(&mut self, key: Key) {
+        self.close_sandbox_egress(key);
         let Some(mut s) = self.sbs.remove(key) else { return };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut s.socket);

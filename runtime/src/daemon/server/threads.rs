@@ -1,5 +1,6 @@
-//! The helper threads: the store thread (deploys written and fsynced, deletes, code caches read from disk)
-//! and the reaper thread (dead sandboxes' cgroups removed), and the messages to and from them.
+//! The helper threads: the store thread (deploys and egress allow-lists written and fsynced, deletes, code
+//! caches read from disk), the reaper thread (dead sandboxes' cgroups removed) and the resolver threads (egress
+//! names looked up), and the messages to and from them.
 
 use super::*;
 
@@ -12,12 +13,16 @@ pub(super) enum StoreJob {
     LoadCache { tenant: String, task: String, sha: String, key: String },
     /// Write a tenant's secrets file (sealed values only), then send `response`.
     WriteSecrets { conn: Key, keep_alive: bool, request_id: String, dir: std::path::PathBuf, write: secrets::FileWrite, response: Response },
+    /// Replace a tenant's egress allow-list (entries already checked).
+    PutEgress { conn: Key, keep_alive: bool, request_id: String, tenant: String, allow: Vec<String> },
 }
 
 pub(super) struct StoreDone {
     /// The answer to a client's request, if the job was one.
     pub(super) reply: Option<(Key, bool, String, Response)>,
     pub(super) code_cache: CodeCacheUpdate,
+    /// An allow-list now stored: in force from the moment its answer is sent.
+    pub(super) egress: Option<(String, Vec<String>)>,
 }
 
 /// What a finished store job changes in the loop's code caches.
@@ -53,7 +58,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                             }
                             Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::error_chain(&e)), None), CodeCacheUpdate::None),
                         };
-                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache }
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache, egress: None }
                     }
                     StoreJob::Delete { conn, keep_alive, request_id, tenant, task } => {
                         let response = match store.delete(&tenant, &task) {
@@ -61,19 +66,29 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                             Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
                             Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::error_chain(&e)), None),
                         };
-                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::Forget { tenant, task } }
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::Forget { tenant, task }, egress: None }
                     }
                     StoreJob::LoadCache { tenant, task, sha, key } => {
                         let cache = store.code_cache(&tenant, &task, &sha).unwrap_or_default();
-                        StoreDone { reply: None, code_cache: CodeCacheUpdate::Set { tenant, task, key, cache } }
+                        StoreDone { reply: None, code_cache: CodeCacheUpdate::Set { tenant, task, key, cache }, egress: None }
                     }
                     StoreJob::WriteSecrets { conn, keep_alive, request_id, dir, write, response } => {
                         let response = match secrets::write_file(&dir, &write) {
                             Ok(()) => response,
                             Err(e) => Response::error(500, "internal", &format!("storing the secrets: {}", crate::error_chain(&e)), None),
                         };
-                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None }
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None }
                     }
+                    StoreJob::PutEgress { conn, keep_alive, request_id, tenant, allow } => match store.put_egress(&tenant, &allow) {
+                        Ok(()) => {
+                            let response = Response::json(200, serde_json::json!({ "allow": allow }).to_string());
+                            StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: Some((tenant, allow)) }
+                        }
+                        Err(e) => {
+                            let response = Response::error(500, "internal", &format!("storing the egress allow-list: {}", crate::error_chain(&e)), None);
+                            StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None }
+                        }
+                    },
                 };
                 if done_tx.send(done).is_err() {
                     return;
@@ -82,6 +97,45 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
             }
         })
         .expect("spawning the store thread");
+    (jobs_tx, done)
+}
+
+/// Threads that look egress names up (getaddrinfo blocks for as long as DNS takes).
+pub(super) const RESOLVER_THREADS: usize = 2;
+
+pub(super) struct ResolveJob {
+    pub(super) tunnel: Key,
+    pub(super) name: String,
+}
+
+pub(super) struct ResolveDone {
+    pub(super) tunnel: Key,
+    pub(super) result: Result<Vec<std::net::IpAddr>, String>,
+}
+
+pub(super) fn start_resolver_threads(threads: usize, waker: Arc<Waker>) -> (Sender<ResolveJob>, Receiver<ResolveDone>) {
+    use std::net::ToSocketAddrs;
+    let (jobs_tx, jobs) = mpsc::channel::<ResolveJob>();
+    let (done_tx, done) = mpsc::channel::<ResolveDone>();
+    let jobs = Arc::new(std::sync::Mutex::new(jobs));
+    for i in 0..threads.max(1) {
+        let (jobs, done_tx, waker) = (jobs.clone(), done_tx.clone(), waker.clone());
+        std::thread::Builder::new()
+            .name(format!("resolver-{i}"))
+            .spawn(move || loop {
+                let job = match jobs.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok(ResolveJob { tunnel, name }) = job else { return };
+                let result = (name.as_str(), 0).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).map_err(|e| e.to_string());
+                if done_tx.send(ResolveDone { tunnel, result }).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            })
+            .expect("spawning a resolver thread");
+    }
     (jobs_tx, done)
 }
 
@@ -130,6 +184,9 @@ impl Server {
                     }
                 }
                 CodeCacheUpdate::Forget { tenant, task } => self.code_caches.forget(&tenant, &task),
+            }
+            if let Some((tenant, allow)) = done.egress {
+                self.set_egress_list(tenant, allow);
             }
             if let Some((conn, keep_alive, request_id, response)) = done.reply {
                 self.respond(conn, &request_id, keep_alive, response);

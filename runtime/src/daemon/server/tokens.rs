@@ -17,6 +17,17 @@ pub enum SandboxFd {
     Pid,
     /// Its stdout and stderr pipe.
     Output,
+    /// The egress proxy's listener inside its network namespace.
+    Egress,
+}
+
+/// Which end of an egress tunnel an event is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The connection the sandbox made to its egress listener.
+    Inner,
+    /// The daemon's connection to the destination.
+    Outer,
 }
 
 /// One source of events.
@@ -27,10 +38,12 @@ pub enum Source {
     Signals,
     Conn(Key),
     Sandbox(Key, SandboxFd),
+    Tunnel(Key, End),
 }
 
 const CONN_KIND: usize = 1 << 60;
 const SB_KIND: usize = 2 << 60;
+const TUNNEL_KIND: usize = 3 << 60;
 const GEN_MASK: usize = 0xff_ffff;
 
 impl Source {
@@ -47,8 +60,16 @@ impl Source {
                     SandboxFd::Socket => 0,
                     SandboxFd::Pid => 1,
                     SandboxFd::Output => 2,
+                    SandboxFd::Egress => 3,
                 };
                 Token(SB_KIND | (k.gen as usize & GEN_MASK) << 32 | (k.index as usize) << 2 | sub)
+            }
+            Source::Tunnel(k, end) => {
+                let sub = match end {
+                    End::Inner => 0,
+                    End::Outer => 1,
+                };
+                Token(TUNNEL_KIND | (k.gen as usize & GEN_MASK) << 32 | (k.index as usize) << 1 | sub)
             }
         }
     }
@@ -68,9 +89,13 @@ impl Source {
                     0 => SandboxFd::Socket,
                     1 => SandboxFd::Pid,
                     2 => SandboxFd::Output,
-                    _ => return None,
+                    _ => SandboxFd::Egress,
                 };
                 Source::Sandbox(Key { index: low >> 2, gen }, fd)
+            }
+            (_, TUNNEL_KIND) => {
+                let end = if low & 1 == 0 { End::Inner } else { End::Outer };
+                Source::Tunnel(Key { index: low >> 1, gen }, end)
             }
             _ => return None,
         })
@@ -87,8 +112,11 @@ mod tests {
         let mut all = vec![Source::Listener, Source::Waker, Source::Signals];
         for k in keys {
             all.push(Source::Conn(k));
-            for fd in [SandboxFd::Socket, SandboxFd::Pid, SandboxFd::Output] {
+            for fd in [SandboxFd::Socket, SandboxFd::Pid, SandboxFd::Output, SandboxFd::Egress] {
                 all.push(Source::Sandbox(k, fd));
+            }
+            for end in [End::Inner, End::Outer] {
+                all.push(Source::Tunnel(Key { index: k.index >> 1, gen: k.gen }, end));
             }
         }
         for s in &all {
@@ -96,6 +124,6 @@ mod tests {
         }
         let tokens: std::collections::HashSet<usize> = all.iter().map(|s| s.token().0).collect();
         assert_eq!(tokens.len(), all.len(), "two sources share a token");
-        assert_eq!(Source::of(Token(3 << 60)), None);
+        assert_eq!(Source::of(Token(4 << 60)), None);
     }
 }
