@@ -829,6 +829,153 @@ process.on('unhandledRejection', (reason, promise) => {
   stray('Unhandled rejection', reason, inv ?? als.getStore());
 });
 
+// ---- egress --------------------------------------------------------------------------------------
+// The sandbox's network namespace holds only lo. The daemon listens on 127.0.0.1:3128 inside it; a TCP
+// connection to anywhere but this sandbox's own loopback is made there instead, and opened with
+// `CONNECT host:port HTTP/1.1` (docs/protocol.md, "Egress"). The daemon decides (allow-list, addresses,
+// limits), connects, answers 200 and then carries bytes both ways unread; any other answer fails the
+// connection with the error it names (code EGRESS_DENIED for a refusal). Patched here, at
+// net.Socket.prototype.connect and tls.connect, so that fetch (undici calls net.connect and tls.connect),
+// http/https with any agent, net.connect and tls.connect, and the npm modules built on them, work unchanged.
+// The caller sees 'connect' only once the tunnel is up, so TLS starts end to end through it. This is
+// convenience, not enforcement: tenant code that bypasses it reaches nothing but the same daemon.
+
+const tls = require('tls');
+const EGRESS_HOST = '127.0.0.1';
+const EGRESS_PORT = 3128;
+const EGRESS_ANSWER_LIMIT = 16 * 1024;
+const socketConnect = net.Socket.prototype.connect;
+const socketWriteGeneric = net.Socket.prototype._writeGeneric;
+const tlsConnect = tls.connect;
+const normalizeArgs = net._normalizeArgs;
+const isIP = net.isIP;
+const bufferIndexOf = Function.prototype.call.bind(Buffer.prototype.indexOf);
+const regexpExec = Function.prototype.call.bind(RegExp.prototype.exec);
+const stringToLowerCase = Function.prototype.call.bind(String.prototype.toLowerCase);
+const stringStartsWith = Function.prototype.call.bind(String.prototype.startsWith);
+const objectAssign = Object.assign;
+
+// This sandbox's own loopback (a server the task runs itself) stays direct: the daemon refuses loopback.
+function isLocal(host) {
+  if (host === undefined || host === null || host === '') return true; // Node's default is localhost
+  const h = stringToLowerCase(String(host));
+  if (h === 'localhost' || h === '::1' || h === '[::1]') return true;
+  return isIP(h) === 4 && stringStartsWith(h, '127.');
+}
+
+function validPort(port) {
+  const n = typeof port === 'string' && port.trim() !== '' ? Number(port) : port;
+  return Number.isInteger(n) && n > 0 && n < 65536 ? n : 0;
+}
+
+function egressError(message, code, reason, host, port) {
+  const err = new Error(message);
+  err.code = code;
+  if (code !== 'EGRESS_DENIED') err.syscall = 'connect';
+  err.reason = reason;
+  err.host = host;
+  err.port = port;
+  return err;
+}
+
+// Opens `sock` (a net.Socket, not yet connected) through the daemon to host:port.
+function tunnel(sock, host, port, cb) {
+  const bare = host[0] === '[' ? host.slice(1, -1) : host;
+  const target = `${isIP(bare) === 6 ? `[${bare}]` : bare}:${port}`;
+  const inv = als.getStore();
+  const request = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n` +
+    (inv !== undefined && inv.id ? `X-Taskcell-Invocation: ${inv.id}\r\n` : '') + '\r\n';
+  if (typeof cb === 'function') sock.once('connect', cb);
+  const ownEmit = sock.emit;
+  const ownPush = sock.push;
+  let answer = EMPTY;
+  const restore = () => {
+    sock.emit = ownEmit;
+    sock.push = ownPush;
+  };
+  // 'connect' and 'ready' of the socket to the daemon are not the caller's: held until the tunnel is up.
+  sock.emit = function emit(event, ...rest) {
+    if (event === 'ready') return false;
+    if (event !== 'connect') return reflectApply(ownEmit, this, [event, ...rest]);
+    // Straight to the handle, ahead of anything the caller queued (which waits for the real 'connect').
+    reflectApply(socketWriteGeneric, sock, [false, request, 'latin1', () => {}]);
+    sock.connecting = true;
+    const handle = sock._handle;
+    if (handle && !handle.reading) {
+      handle.reading = true;
+      handle.readStart();
+    }
+    return false;
+  };
+  // The daemon's answer is read here and never reaches the caller.
+  sock.push = function push(chunk, encoding) {
+    if (chunk === null) {
+      restore();
+      sock.destroy(egressError(`egress to ${target}: the daemon closed the connection without answering`, 'ECONNRESET', 'closed', bare, port));
+      return false;
+    }
+    answer = answer.length === 0 ? chunk : bufferConcat([answer, chunk]);
+    const end = bufferIndexOf(answer, '\r\n\r\n');
+    if (end < 0) {
+      if (answer.length > EGRESS_ANSWER_LIMIT) {
+        restore();
+        sock.destroy(egressError(`egress to ${target}: the daemon's answer is too long`, 'ECONNRESET', 'bad_answer', bare, port));
+      }
+      return true;
+    }
+    const head = bufferToString(answer, 'latin1', 0, end);
+    const status = regexpExec(/^HTTP\/1\.[01] ([0-9]{3})/, head);
+    if (status !== null && status[1] === '200') {
+      restore();
+      const rest = bytesSubarray(answer, end + 4);
+      sock.connecting = false;
+      sock.emit('connect');
+      sock.emit('ready');
+      if (rest.length > 0) return reflectApply(ownPush, sock, [rest, encoding]);
+      return true;
+    }
+    const length = regexpExec(/\r\ncontent-length: *([0-9]+)/i, head);
+    const bodyLen = length === null ? 0 : Number(length[1]);
+    if (answer.length < end + 4 + bodyLen && answer.length <= EGRESS_ANSWER_LIMIT) return true;
+    restore();
+    const code = regexpExec(/\r\nx-taskcell-egress-code: *([A-Z_]+)/i, head);
+    const reason = regexpExec(/\r\nx-taskcell-egress-reason: *([a-z_]+)/i, head);
+    const body = bufferToString(answer, 'utf8', end + 4, end + 4 + bodyLen);
+    const message = body !== '' ? body : `egress to ${target} refused (${head.split('\r\n', 1)[0]})`;
+    sock.destroy(egressError(message, code === null ? 'EGRESS_DENIED' : code[1], reason === null ? 'refused' : reason[1], bare, port));
+    return false;
+  };
+  return reflectApply(socketConnect, sock, [{ host: EGRESS_HOST, port: EGRESS_PORT }]);
+}
+
+net.Socket.prototype.connect = function connect(...args) {
+  const normalized = args.length === 1 && Array.isArray(args[0]) ? args[0] : normalizeArgs(args);
+  const options = normalized[0];
+  const port = options === null || typeof options !== 'object' ? 0 : validPort(options.port);
+  // A Unix socket, a bad port (Node's own error), a TLS socket's own connect, or this sandbox's loopback.
+  if (port === 0 || options.path || this.encrypted === true || isLocal(options.host)) {
+    return reflectApply(socketConnect, this, args);
+  }
+  return tunnel(this, String(options.host), port, normalized[1]);
+};
+
+tls.connect = function connect(...args) {
+  const normalized = normalizeArgs(args);
+  const options = normalized[0];
+  if (args[1] !== null && typeof args[1] === 'object') objectAssign(options, args[1]);
+  else if (args[2] !== null && typeof args[2] === 'object') objectAssign(options, args[2]);
+  const port = validPort(options.port);
+  if (options.socket || options.path || port === 0 || isLocal(options.host)) {
+    return reflectApply(tlsConnect, tls, args);
+  }
+  // An unconnected socket: TLS wraps it as a stream and starts its handshake on its 'connect', which the
+  // tunnel emits once the daemon has answered 200.
+  const raw = new net.Socket();
+  const secure = reflectApply(tlsConnect, tls, normalized[1] ? [{ ...options, socket: raw }, normalized[1]] : [{ ...options, socket: raw }]);
+  raw.connect({ host: options.host, port });
+  return secure;
+};
+
 // ---- reading frames ------------------------------------------------------------------------------
 
 function protocolError(message) {
