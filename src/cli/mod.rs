@@ -57,6 +57,14 @@ const COMMANDS: &[Command] = &[
         about: "a tenant's secrets: set one (no VALUE or -: read from stdin, kept out of shell history), list their names, remove one",
         run: secrets,
     },
+    Command {
+        name: "egress",
+        args: "set TENANT [RULE...] | get TENANT",
+        min: 2,
+        max: usize::MAX,
+        about: "replace a tenant's egress allow-list (host:port, *.name:port, IP:port; none: empty), or show it",
+        run: egress,
+    },
 ];
 
 const OPTIONS: &str = "    --socket PATH   the daemon's socket (default: $TASKCELL_SOCKET, else /run/taskcell/taskcell.sock)
@@ -271,6 +279,31 @@ fn rm(o: &Options) -> Result<(), CliError> {
     exchange(o, &Request { method: "DELETE", target: &target, content_type: None, body: b"" })?;
     if !o.json {
         out(&format!("removed {tenant}/{task}"))?;
+    }
+    Ok(())
+}
+
+fn egress(o: &Options) -> Result<(), CliError> {
+    let tenant = segment("TENANT", &o.args[1])?;
+    let target = format!("/v1/tenants/{tenant}/egress");
+    let r = match o.args[0].as_str() {
+        "set" => {
+            let body = serde_json::json!({ "allow": &o.args[2..] }).to_string();
+            exchange(o, &Request { method: "PUT", target: &target, content_type: Some("application/json"), body: body.as_bytes() })?
+        }
+        "get" if o.args.len() == 2 => exchange(o, &Request { method: "GET", target: &target, content_type: None, body: b"" })?,
+        _ => return Err(CliError::Usage("usage: taskcell egress set TENANT [RULE...] | taskcell egress get TENANT".into())),
+    };
+    if !o.json {
+        let v = json_body(&r)?;
+        let list = |key: &str| v[key].as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default();
+        let own = list("allow");
+        let mut text = if own.is_empty() { format!("{tenant}: no egress allowed of its own") } else { format!("{tenant} may connect to:\n  {}", own.join("\n  ")) };
+        let operator = list("operator");
+        if !operator.is_empty() {
+            text.push_str(&format!("\nand, for every tenant (--egress-allow):\n  {}", operator.join("\n  ")));
+        }
+        out(&text)?;
     }
     Ok(())
 }
