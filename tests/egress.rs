@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::{wait_until, Daemon};
 use serde_json::{json, Value};
+use testkit::procfs::{fd_count, rss_kib};
 
 // ---------- servers on the host's loopback, owned by the test ----------
 
@@ -574,15 +575,6 @@ fn the_daemon_stays_responsive_while_a_tenant_opens_connections_in_a_loop() {
     assert!(r.json()["result"].as_u64().unwrap() > 10);
 }
 
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0)
-}
-
 const LEAK_ROUNDS: usize = 20;
 const LEAK_PER_ROUND: usize = 200;
 
@@ -637,7 +629,7 @@ fn thousands_of_connections_leave_descriptors_and_memory_flat() {
     let max_first = samples[..half].iter().map(|s| s.1).max().unwrap();
     let max_last = samples[half..].iter().map(|s| s.1).max().unwrap();
     assert!(max_last <= max_first + (4 << 10), "RSS grew over the run: {samples:?}");
-    let seen: HashSet<usize> = samples.iter().map(|s| s.0).collect();
+    let seen: HashSet<u64> = samples.iter().map(|s| s.0).collect();
     assert!(seen.iter().all(|&f| f <= fd0 + 70), "descriptors during the run: {samples:?}");
     d.assert_healthy();
 }
