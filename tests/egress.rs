@@ -633,3 +633,103 @@ fn thousands_of_connections_leave_descriptors_and_memory_flat() {
     assert!(seen.iter().all(|&f| f <= fd0 + 70), "descriptors during the run: {samples:?}");
     d.assert_healthy();
 }
+
+// ---------- npm modules built on http ----------
+
+/// Removes a directory when dropped (the test's modules directory; the daemon that used it is stopped first).
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// axios and node-fetch, installed from the registry with `taskcell modules add` as an operator would, work
+/// unchanged through egress: both are built on http.request, which the bootstrap points at the daemon.
+#[test]
+fn npm_http_clients_work_unchanged() {
+    need_root!("npm_http_clients_work_unchanged");
+    let dir = RemoveDir(std::env::temp_dir().join(format!("taskcell-egress-modules-{}", std::process::id())));
+    let _ = fs::remove_dir_all(&dir.0);
+    let out = Command::new(env!("CARGO_BIN_EXE_taskcell"))
+        .args(["modules", "add", "--dir", dir.0.to_str().unwrap(), "axios@1.7.9", "node-fetch@2.7.0"])
+        .output()
+        .expect("run taskcell modules add");
+    assert!(out.status.success(), "modules add: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (hp, _) = http_server();
+    let tls = https_server();
+    {
+        let d = Daemon::start(
+            "egress-npm",
+            &["--modules", dir.0.to_str().unwrap(), "--egress-allow-private", "127.0.0.1/32", "--egress-resolve", "api.test=127.0.0.1"],
+        );
+        put_list(&d, "npm", &[format!("api.test:{hp}"), format!("api.test:{}", tls.port)]);
+        let code = r#"module.exports = async ({ hp, sp, ca }) => {
+            const axios = require('axios'), fetch = require('node-fetch'), https = require('https');
+            const out = {};
+            out.axios = (await axios.get(`http://api.test:${hp}/axios`)).data;
+            out.axiosTls = (await axios.get(`https://api.test:${sp}/axios`, { httpsAgent: new https.Agent({ ca }) })).data;
+            out.nodeFetch = await (await fetch(`http://api.test:${hp}/node-fetch`)).text();
+            try { await axios.get(`http://nope.test:${hp}/`); } catch (e) { out.axiosRefused = e.code; }
+            try { await fetch(`http://nope.test:${hp}/`); } catch (e) { out.nodeFetchRefused = e.code; }
+            return out;
+        };"#;
+        let r = result(&d, "npm", code, json!({"hp": hp, "sp": tls.port, "ca": tls.cert}));
+        let expect = json!({
+            "axios": "hello GET /axios", "axiosTls": "secure GET /axios", "nodeFetch": "hello GET /node-fetch",
+            "axiosRefused": "EGRESS_DENIED", "nodeFetchRefused": "EGRESS_DENIED",
+        });
+        assert_eq!(r, expect);
+    }
+}
+
+/// Five invocations at once in one tenant's sandbox, each opening its 16 (the per-invocation limit here):
+/// the sandbox holds 64 open at most, the rest are refused with the limit named.
+#[test]
+fn a_sandbox_holds_at_most_64_connections_open() {
+    need_root!("a_sandbox_holds_at_most_64_connections_open");
+    let d = daemon();
+    let e = echo();
+    put_list(d, "crowded", &[format!("api.test:{}", e.port)]);
+    d.run_ok("crowded", "module.exports = () => { globalThis.arrived = 0; return 1; }", Value::Null);
+    let code = r#"module.exports = async ({ port }) => {
+        const net = require('net');
+        const held = []; let limited = 0, other = 0;
+        for (let i = 0; i < 16; i++) {
+          await new Promise((res) => {
+            const s = net.connect(port, 'api.test', () => s.write('x'));
+            s.once('data', () => { held.push(s); res(); });
+            s.on('error', (e) => { if (e.reason === 'limit' && e.message.includes('64')) limited++; else other++; res(); });
+          });
+        }
+        globalThis.arrived++;
+        const t0 = Date.now();
+        while (globalThis.arrived < 5 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+        for (const s of held) s.destroy();
+        return { opened: held.length, limited, other };
+    };"#;
+    let socket = d.socket.clone();
+    let port = e.port;
+    let runs: Vec<_> = (0..5)
+        .map(|_| {
+            let socket = socket.clone();
+            thread::spawn(move || {
+                let mut c = common::Client::connect(&socket);
+                let body = json!({"code": code, "data": {"port": port}}).to_string();
+                c.request("POST", "/v1/tenants/crowded/run", &[], body.as_bytes())
+            })
+        })
+        .collect();
+    let (mut opened, mut limited) = (0, 0);
+    for r in runs {
+        let r = r.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json()["result"].clone();
+        assert_eq!(v["other"], 0, "{v}");
+        opened += v["opened"].as_u64().unwrap();
+        limited += v["limited"].as_u64().unwrap();
+    }
+    assert_eq!((opened, limited), (64, 16));
+    wait_until(Duration::from_secs(10), "the echo connections closed", || e.open.load(Ordering::SeqCst) == 0);
+}
