@@ -325,11 +325,11 @@ impl Server {
                 let mut buf = [0u8; 4096];
                 loop {
                     match t.inner.read(&mut buf) {
-                        Ok(0) => return self.close_tunnel(key, None),
+                        Ok(0) => return self.close_tunnel(key, false),
                         Ok(_) => continue,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                        Err(_) => return self.close_tunnel(key, None),
+                        Err(_) => return self.close_tunnel(key, false),
                     }
                 }
             }
@@ -342,7 +342,7 @@ impl Server {
         let mut buf = [0u8; 2048];
         let parsed = loop {
             match t.inner.read(&mut buf) {
-                Ok(0) => return self.close_tunnel(key, None),
+                Ok(0) => return self.close_tunnel(key, false),
                 Ok(n) => {
                     t.head.extend_from_slice(&buf[..n]);
                     match parse_connect_head(&t.head) {
@@ -352,7 +352,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.close_tunnel(key, None),
+                Err(_) => return self.close_tunnel(key, false),
             }
         };
         match parsed {
@@ -371,9 +371,9 @@ impl Server {
         // Bytes sent after the head wait in `head` until the tunnel is open.
         t.head = t.head.split_off(head.len);
         let sb = t.sb;
-        let Some(s) = self.sbs.get(sb) else { return self.close_tunnel(key, None) };
+        let Some(s) = self.sbs.get(sb) else { return self.close_tunnel(key, false) };
         if s.killed.is_some() {
-            return self.close_tunnel(key, None);
+            return self.close_tunnel(key, false);
         }
         // The invocation it is for: the one the runtime named if it is in flight here, else the oldest here.
         // Tenant code could name another of its own invocations; never another tenant's.
@@ -548,7 +548,7 @@ impl Server {
                 t.inner_shut = true;
             }
             if failed || (t.inner_shut && t.outer_shut) {
-                return self.close_tunnel(key, None);
+                return self.close_tunnel(key, false);
             }
             if !moved {
                 return;
@@ -621,14 +621,15 @@ impl Server {
         self.publish_line(&tenant, &line);
     }
 
-    /// Close a tunnel now (`why`: what ended it, for the log of one that was open).
-    pub(super) fn close_tunnel(&mut self, key: Key, why: Option<&'static str>) {
+    /// Close a tunnel now. `sandbox_ended`: closed because its sandbox was killed or died (the log says so).
+    pub(super) fn close_tunnel(&mut self, key: Key, sandbox_ended: bool) {
         if let Some(t) = self.tunnels.get(key) {
+            let why = if sandbox_ended { " (its sandbox ended)" } else { "" };
             if t.phase == Phase::Open {
-                let message = format!("egress to {}:{} closed: {} bytes in, {} bytes out{}", t.host, t.port, t.bytes_in, t.bytes_out, why.map_or(String::new(), |w| format!(" ({w})")));
-                self.log_tunnel(key, true, why, &message);
+                let message = format!("egress to {}:{} closed: {} bytes in, {} bytes out{why}", t.host, t.port, t.bytes_in, t.bytes_out);
+                self.log_tunnel(key, true, sandbox_ended.then_some("sandbox_ended"), &message);
             } else if matches!(t.phase, Phase::Resolving | Phase::Connecting) {
-                let message = format!("egress to {}:{} abandoned: {}", t.host, t.port, why.unwrap_or("the sandbox closed it"));
+                let message = format!("egress to {}:{} abandoned before it was connected{why}", t.host, t.port);
                 self.metrics.egress("abandoned");
                 self.log_tunnel(key, true, Some("abandoned"), &message);
             }
@@ -653,7 +654,7 @@ impl Server {
         }
         let keys: Vec<Key> = s.tunnels.drain().collect();
         for key in keys {
-            self.close_tunnel(key, Some("the sandbox ended"));
+            self.close_tunnel(key, true);
         }
     }
 
@@ -678,7 +679,7 @@ impl Server {
             match phase {
                 Phase::Resolving | Phase::Connecting => self.refuse(key, Refusal::Timeout),
                 Phase::Head => self.refuse(key, Refusal::BadRequest("the CONNECT request did not arrive within 10 s")),
-                Phase::Open | Phase::Closing => self.close_tunnel(key, None),
+                Phase::Open | Phase::Closing => self.close_tunnel(key, false),
             }
         }
     }
