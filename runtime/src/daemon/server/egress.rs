@@ -95,6 +95,15 @@ impl Buf {
         Ok(n)
     }
 
+    /// Give the memory back while empty (an idle keep-alive connection holds none).
+    fn release_if_empty(&mut self) {
+        if self.is_empty() && !self.data.is_empty() {
+            self.data = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Bytes that go first (the head's leftovers, the answer); far smaller than the buffer.
     fn push(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
@@ -107,6 +116,18 @@ impl Buf {
         self.data[self.end..self.end + n].copy_from_slice(&bytes[..n]);
         self.end += n;
     }
+}
+
+#[derive(Clone, Copy)]
+struct Ready {
+    inner_read: bool,
+    inner_write: bool,
+    outer_read: bool,
+    outer_write: bool,
+}
+
+impl Ready {
+    const ALL: Ready = Ready { inner_read: true, inner_write: true, outer_read: true, outer_write: true };
 }
 
 pub(super) struct Tunnel {
@@ -125,6 +146,9 @@ pub(super) struct Tunnel {
     /// Sandbox to destination, and back.
     up: Buf,
     down: Buf,
+    /// Readiness as the last events said and no call since has denied (edge-triggered: a side is tried only
+    /// when it may have room or data, and each `WouldBlock` waits for its next event).
+    ready: Ready,
     inner_eof: bool,
     outer_eof: bool,
     outer_shut: bool,
@@ -288,6 +312,7 @@ impl Server {
                 request_id: None,
                 up: Buf::default(),
                 down: Buf::default(),
+                ready: Ready::ALL,
                 inner_eof: false,
                 outer_eof: false,
                 outer_shut: false,
@@ -316,6 +341,18 @@ impl Server {
 
     pub(super) fn on_tunnel_event(&mut self, key: Key, end: End, readable: bool, writable: bool) {
         let Some(t) = self.tunnels.get_mut(key) else { return };
+        // An event that is neither (an error, a hang-up) is worth trying both ways: the calls will say.
+        let (readable, writable) = if readable || writable { (readable, writable) } else { (true, true) };
+        match end {
+            End::Inner => {
+                t.ready.inner_read |= readable;
+                t.ready.inner_write |= writable;
+            }
+            End::Outer => {
+                t.ready.outer_read |= readable;
+                t.ready.outer_write |= writable;
+            }
+        }
         match t.phase {
             Phase::Head if end == End::Inner && readable => self.read_head(key),
             Phase::Connecting if end == End::Outer => self.finish_connect(key),
@@ -459,6 +496,8 @@ impl Server {
         t.outer = Some(outer);
         t.phase = Phase::Connecting;
         t.deadline = Some(Instant::now() + CONNECT_TIMEOUT);
+        // A nearby destination (loopback, the same host) is often connected already: no turn wasted.
+        self.finish_connect(key);
     }
 
     fn finish_connect(&mut self, key: Key) {
@@ -478,6 +517,7 @@ impl Server {
         let _ = t.inner.set_nodelay(true);
         t.phase = Phase::Open;
         t.deadline = None;
+        t.ready = Ready::ALL;
         // The answer goes ahead of the destination's bytes; it is not counted as theirs.
         let mut down = Buf::default();
         down.push(ESTABLISHED);
@@ -498,7 +538,7 @@ impl Server {
         loop {
             let mut moved = false;
             // Sandbox -> destination.
-            if !t.inner_eof && t.up.space() > 0 {
+            if t.ready.inner_read && !t.inner_eof && t.up.space() > 0 {
                 match t.up.fill(&mut t.inner) {
                     Ok(0) => t.inner_eof = true,
                     Ok(n) => {
@@ -506,15 +546,17 @@ impl Server {
                         budget = budget.saturating_sub(n);
                         moved = true;
                     }
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.inner_read = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                     Err(_) => failed = true,
                 }
             }
-            if !t.up.is_empty() {
+            if t.ready.outer_write && !t.up.is_empty() {
                 match t.up.drain_into(outer) {
                     Ok(0) => failed = true,
                     Ok(_) => moved = true,
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.outer_write = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                     Err(_) => failed = true,
                 }
             }
@@ -523,7 +565,7 @@ impl Server {
                 t.outer_shut = true;
             }
             // Destination -> sandbox.
-            if !t.outer_eof && t.down.space() > 0 {
+            if t.ready.outer_read && !t.outer_eof && t.down.space() > 0 {
                 match t.down.fill(outer) {
                     Ok(0) => t.outer_eof = true,
                     Ok(n) => {
@@ -531,15 +573,17 @@ impl Server {
                         budget = budget.saturating_sub(n);
                         moved = true;
                     }
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.outer_read = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                     Err(_) => failed = true,
                 }
             }
-            if !t.down.is_empty() {
+            if t.ready.inner_write && !t.down.is_empty() {
                 match t.down.drain_into(&mut t.inner) {
                     Ok(0) => failed = true,
                     Ok(_) => moved = true,
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.inner_write = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                     Err(_) => failed = true,
                 }
             }
@@ -672,8 +716,13 @@ impl Server {
         !self.tunnel_again.is_empty() || !self.egress_accept_again.is_empty()
     }
 
-    /// Housekeeping: heads, lookups and connects that took too long, refusals left lingering.
+    /// Housekeeping: heads, lookups and connects that took too long, refusals left lingering; the buffers of
+    /// tunnels with nothing in flight freed.
     pub(super) fn expire_tunnels(&mut self, now: Instant) {
+        for (_, t) in self.tunnels.iter_mut() {
+            t.up.release_if_empty();
+            t.down.release_if_empty();
+        }
         let expired: Vec<(Key, Phase)> = self.tunnels.iter().filter(|(_, t)| t.deadline.is_some_and(|d| now >= d)).map(|(k, t)| (k, t.phase)).collect();
         for (key, phase) in expired {
             match phase {
