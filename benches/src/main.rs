@@ -7,6 +7,7 @@
 //! wait) before the bench exits. The bench owns nothing else and kills nothing else.
 
 mod daemon;
+mod egress;
 mod http;
 mod invoke;
 mod lanes;
@@ -213,6 +214,19 @@ fn goals(r: &Report) -> Vec<String> {
     if let Some(x) = ratio(r, modules::COLD_LODASH, modules::COLD_PLAIN, 0.5) {
         g.push(format!("first call requiring lodash in a fresh sandbox p50 / plain task's p50 = {x:.2} (loading lodash, no goal)"));
     }
+    if let (Some(a), Some(b)) = (r.row(egress::TC_GET).and_then(|x| x.p50()), r.row(egress::BARE_GET).and_then(|x| x.p50())) {
+        let limit = b as f64 * 1.3 + 200.0;
+        g.push(format!(
+            "GET through egress p50 {:.3} ms vs bare node's {:.3} ms (goal <= 1.3x + 0.2 ms = {:.3} ms: {})",
+            a as f64 / 1e3,
+            b as f64 / 1e3,
+            limit / 1e3,
+            verdict(a as f64, limit)
+        ));
+    }
+    if let Some(x) = ratio(r, egress::BARE_10MB, egress::TC_10MB, 0.5) {
+        g.push(format!("10 MB download through egress, rate / bare node's rate = {x:.2} (goal >= 0.8: {})", if x >= 0.8 { "met" } else { "NOT met" }));
+    }
     if let Some(x) = ratio(r, invoke::COLD_POOL, invoke::BARE_WARM, 0.99) {
         g.push(format!(
             "cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})",
@@ -314,6 +328,7 @@ fn main() {
             2 => {
                 let mut rows = invoke::warm(&ctx, &mut report.warnings);
                 rows.extend(modules::warm(&ctx, &mut report.warnings));
+                rows.extend(egress::warm(&ctx, &mut report.warnings));
                 rows
             }
             3 => {
