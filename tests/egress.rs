@@ -733,3 +733,27 @@ fn a_sandbox_holds_at_most_64_connections_open() {
     assert_eq!((opened, limited), (64, 16));
     wait_until(Duration::from_secs(10), "the echo connections closed", || e.open.load(Ordering::SeqCst) == 0);
 }
+
+/// Tenant code that opens hundreds of connections to the egress listener and never sends a CONNECT parks at
+/// most 128 of them in the daemon (the rest are closed as soon as accepted), each for at most 10 s.
+#[test]
+fn silent_connections_to_the_proxy_are_bounded() {
+    need_root!("silent_connections_to_the_proxy_are_bounded");
+    let d = daemon();
+    let code = r#"module.exports = async () => {
+        const net = require('net');
+        const socks = []; let closed = 0, connected = 0;
+        for (let i = 0; i < 300; i++) {
+          const s = net.connect(3128, '127.0.0.1', () => connected++);
+          s.on('error', () => {}); s.on('close', () => closed++); socks.push(s);
+        }
+        await new Promise((r) => setTimeout(r, 1500));
+        const open = socks.length - closed;
+        for (const s of socks) s.destroy();
+        return { open, closed, connected };
+    };"#;
+    let r = result(d, "silent", code, Value::Null);
+    assert!(r["open"].as_u64().unwrap() <= 128, "{r}");
+    assert!(r["closed"].as_u64().unwrap() >= 172, "{r}");
+    d.assert_healthy();
+}

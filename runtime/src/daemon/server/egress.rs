@@ -31,6 +31,9 @@ const TUNNEL_BUDGET: usize = 256 << 10;
 const ACCEPT_BUDGET: usize = 16;
 /// Tunnels open at once in one sandbox (past the allow-list: resolving, connecting or open).
 pub(super) const SANDBOX_OPEN_MAX: usize = 64;
+/// Connections held for one sandbox in any phase (the heads not yet read included): past it a new one is
+/// closed as soon as accepted, so that a sandbox cannot park its whole descriptor limit in the daemon.
+const SANDBOX_TUNNELS_MAX: usize = 2 * SANDBOX_OPEN_MAX;
 /// From accept to connected (the CONNECT head, resolution and the connect itself).
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused tunnel is kept this long at most for its answer to reach the sandbox.
@@ -297,6 +300,11 @@ impl Server {
                     return;
                 }
             };
+            if s.tunnels.len() >= SANDBOX_TUNNELS_MAX {
+                drop(stream);
+                self.metrics.egress("limit");
+                continue;
+            }
             let tenant = s.tenant.clone().unwrap_or_default();
             let tunnel = Tunnel {
                 sb,
