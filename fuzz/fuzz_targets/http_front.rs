@@ -117,7 +117,7 @@ fn route_request(req: &Request, request_id: &str) {
         Endpoint::Health => assert_eq!(segments, ["v1", "health"]),
         Endpoint::Metrics => assert_eq!(segments, ["metrics"]),
         Endpoint::Logs => assert_eq!(segments, ["v1", "logs"]),
-        Endpoint::RunAdhoc | Endpoint::Tasks | Endpoint::Task | Endpoint::RunTask | Endpoint::Http | Endpoint::Secrets | Endpoint::Secret => {
+        Endpoint::RunAdhoc | Endpoint::Tasks | Endpoint::Task | Endpoint::RunTask | Endpoint::Http | Endpoint::Secrets | Endpoint::Secret | Endpoint::Egress => {
             assert_eq!(&segments[..2], ["v1", "tenants"]);
             assert_eq!(route.tenant, Some(segments[2]));
         }
@@ -180,6 +180,15 @@ fn route_request(req: &Request, request_id: &str) {
                 }
                 ApiRequest::Logs { tenant: Some(t) } => assert!(check_name(t)),
                 ApiRequest::ListTasks { tenant } | ApiRequest::GetTask { tenant, .. } | ApiRequest::DeleteTask { tenant, .. } => assert!(check_name(tenant)),
+                ApiRequest::GetEgress { tenant } => assert!(check_name(tenant)),
+                // Every entry of an accepted allow-list is a rule the daemon can use.
+                ApiRequest::PutEgress { tenant, allow } => {
+                    assert!(check_name(tenant));
+                    assert!(allow.len() <= api::EGRESS_RULES_MAX);
+                    for entry in allow {
+                        assert!(runtime::daemon::egress_policy::Rule::parse(entry).is_ok(), "an unusable rule was accepted: {entry:?}");
+                    }
+                }
                 _ => {}
             }
         }
