@@ -526,9 +526,16 @@ fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
     // The tenants name their own process (process.title rewrites its command line) so that the host can find it.
     let env = d.run_ok(&quiet, &format!("module.exports = () => {{ process.title = '{quiet_mark}'; return 1 }}"), Value::Null);
     assert_eq!(env["result"], 1);
-    assert!(allowed_cpus_of(d.pid(), &quiet_mark).iter().all(|l| *l == all), "a quiet tenant: {:?}", allowed_cpus_of(d.pid(), &quiet_mark));
+    // On a loaded host a first invocation may itself pass the busy threshold (it counts time, not CPU:
+    // issue 14), and then the tenant is back on every CPU once quiet for a while: wait for that, rather than
+    // assert an instant.
+    let quiet_on_all = || {
+        let lists = allowed_cpus_of(d.pid(), &quiet_mark);
+        !lists.is_empty() && lists.iter().all(|l| *l == all)
+    };
+    wait_until(Duration::from_secs(15), "the quiet tenant on every CPU", quiet_on_all);
     let spin = {
-        let code = format!("module.exports = () => {{ process.title = '{busy_mark}'; const end = Date.now() + 1500; while (Date.now() < end) {{}} return 'done' }}");
+        let code = format!("module.exports = () => {{ process.title = '{busy_mark}'; const end = Date.now() + 4000; while (Date.now() < end) {{}} return 'done' }}");
         let busy = busy.clone();
         thread::spawn(move || shared().run(&busy, &code, Value::Null))
     };
@@ -537,9 +544,12 @@ fn a_busy_tenant_runs_off_the_reserved_cpus_until_idle() {
         let lists = allowed_cpus_of(d.pid(), &busy_mark);
         !lists.is_empty() && lists.iter().all(|l| *l == batch)
     });
-    // ...while the quiet tenant's keep every CPU and it is served meanwhile.
+    // ...while the quiet tenant is served meanwhile and keeps (or, after a slow invocation on a loaded host,
+    // gets back) every CPU, with the busy one still on the batch CPUs.
     assert_eq!(d.run_ok(&quiet, "module.exports = () => 2", Value::Null)["result"], 2);
-    assert!(allowed_cpus_of(d.pid(), &quiet_mark).iter().all(|l| *l == all));
+    wait_until(Duration::from_secs(5), "the quiet tenant on every CPU while the busy one spins", quiet_on_all);
+    let lists = allowed_cpus_of(d.pid(), &busy_mark);
+    assert!(spin.is_finished() || lists.iter().all(|l| *l == batch), "the busy tenant left the batch CPUs while spinning: {lists:?}");
     let r = spin.join().unwrap();
     assert_eq!((r.status, r.json()["result"].clone()), (200, json!("done")), "{}", r.text());
     // Idle again: every CPU back.
