@@ -118,9 +118,7 @@ pub fn policy_syscalls(policy: &Value) -> Result<BTreeSet<String>, String> {
     };
     for name in filters.keys() {
         if !INSTALL_ORDER.contains(&name.as_str()) {
-            return Err(format!(
-                "unknown filter \"{name}\": the jailer installs exactly {INSTALL_ORDER:?} (see jailer/build.rs)"
-            ));
+            return Err(format!("unknown filter \"{name}\": the jailer installs exactly {INSTALL_ORDER:?} (see jailer/build.rs)"));
         }
     }
     let mut names = BTreeSet::new();
@@ -177,9 +175,7 @@ pub fn check_policy(policy: &Value) -> Result<(), String> {
         for rule in rules_of(policy, filter)? {
             let name = syscall_of(rule)?;
             if !allowed.contains(name) {
-                return Err(format!(
-                    "{name} is answered by filter \"{filter}\" but not listed in \"{ALLOW_FILTER}\": the kill would win"
-                ));
+                return Err(format!("{name} is answered by filter \"{filter}\" but not listed in \"{ALLOW_FILTER}\": the kill would win"));
             }
         }
     }
@@ -193,8 +189,7 @@ mod tests {
     /// A policy of the three filters with the given rules (`(syscall, comment)`).
     fn policy(refuse: &[(&str, &str)], enosys: &[(&str, &str)], allow: &[(&str, &str)]) -> String {
         let rules = |rules: &[(&str, &str)]| {
-            let items: Vec<String> =
-                rules.iter().map(|(s, c)| format!(r#"{{"syscall": "{s}", "comment": "{c}"}}"#)).collect();
+            let items: Vec<String> = rules.iter().map(|(s, c)| format!(r#"{{"syscall": "{s}", "comment": "{c}"}}"#)).collect();
             items.join(", ")
         };
         format!(

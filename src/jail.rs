@@ -28,7 +28,11 @@ fn parse(raw: Vec<String>) -> Result<Options, ArgError> {
             "--tmp-size" => config.tmp_bytes = args::bytes(&flag, &flags.value(&flag, inline)?)?,
             "--cpus" => {
                 let v = flags.value(&flag, inline)?;
-                let cpus: f64 = v.parse().ok().filter(|c: &f64| *c > 0.0).ok_or(ArgError::Invalid { flag: flag.clone(), value: v, what: "CPU count" })?;
+                let cpus: f64 = v.parse().ok().filter(|c: &f64| *c > 0.0).ok_or(ArgError::Invalid {
+                    flag: flag.clone(),
+                    value: v,
+                    what: "CPU count",
+                })?;
                 config.limits.cpu_quota_us = Some((cpus * config.limits.cpu_period_us as f64) as u64);
             }
             _ if !flag.starts_with('-') => {
@@ -110,7 +114,10 @@ fn run(opts: Options) -> Result<i32, String> {
     }
     if exit.seccomp_killed() {
         let culprit = culprit.map_or("a system call".to_string(), |c| format!("the system call {c}"));
-        eprintln!("taskcell jail: {} was killed by seccomp (SIGSYS): it made {culprit}, which policies/sandbox.json does not allow", opts.argv[0]);
+        eprintln!(
+            "taskcell jail: {} was killed by seccomp (SIGSYS): it made {culprit}, which policies/sandbox.json does not allow",
+            opts.argv[0]
+        );
     } else if exit.oom_killed {
         eprintln!("taskcell jail: {} was killed by the sandbox's memory limit ({memory} bytes)", opts.argv[0]);
     }
@@ -121,7 +128,8 @@ fn read_signal(fd: &OwnedFd) -> i32 {
     // SAFETY: reads one signalfd_siginfo into a local of exactly that size.
     unsafe {
         let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-        let n = libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>());
+        let n =
+            libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), std::mem::size_of::<libc::signalfd_siginfo>());
         if n > 0 {
             info.ssi_signo as i32
         } else {

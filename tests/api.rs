@@ -46,8 +46,10 @@ fn run_envelope_has_result_logs_cold_and_duration() {
         .iter()
         .map(|l| (l["level"].as_str().unwrap().to_string(), l["message"].as_str().unwrap().to_string()))
         .collect();
-    let want: Vec<(String, String)> =
-        [("log", "one 1"), ("info", "two"), ("warn", "three"), ("error", "four"), ("debug", "five")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = [("log", "one 1"), ("info", "two"), ("warn", "three"), ("error", "four"), ("debug", "five")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(logs, want);
     assert_eq!(first["cold"], true, "first invocation of a tenant is cold: {first}");
     assert!(first["duration_us"].as_u64().is_some(), "duration_us is a whole number: {first}");
@@ -245,7 +247,8 @@ fn compile_errors_store_nothing() {
     d.run_task(&t, "broken", b"").assert_error(404, "not_found");
     assert_eq!(d.get(&format!("/v1/tenants/{t}/tasks")).json(), json!({"tasks": []}));
     let dir = d.state.join("tasks").join(&t);
-    let files: Vec<String> = std::fs::read_dir(&dir).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let files: Vec<String> =
+        std::fs::read_dir(&dir).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     assert!(files.is_empty(), "nothing stored for a source that does not compile: {files:?}");
 
     // A good version deploys afterwards; a bad replacement keeps the good one.
@@ -328,7 +331,17 @@ fn replaced_task_is_recompiled() {
 fn unknown_paths_and_wrong_methods() {
     need_root!("unknown_paths_and_wrong_methods");
     let d = shared();
-    for path in ["/", "/v1", "/v2/health", "/v1/healthz", "/v1/tenants", "/v1/tenants/acme", "/v1/tenants/acme/tasks/a/b", "/v1/tenants/acme/run/x", "/metrics/x"] {
+    for path in [
+        "/",
+        "/v1",
+        "/v2/health",
+        "/v1/healthz",
+        "/v1/tenants",
+        "/v1/tenants/acme",
+        "/v1/tenants/acme/tasks/a/b",
+        "/v1/tenants/acme/run/x",
+        "/metrics/x",
+    ] {
         d.get(path).assert_error(404, "not_found");
     }
     let cases = [
@@ -389,7 +402,12 @@ fn bad_names_are_refused_and_create_nothing() {
         }
     }
     // Empty segments.
-    for (method, path) in [("POST", "/v1/tenants//run"), ("PUT", "/v1/tenants//tasks/job"), ("PUT", "/v1/tenants/okay/tasks/"), ("POST", "/v1/tenants/okay/tasks//run")] {
+    for (method, path) in [
+        ("POST", "/v1/tenants//run"),
+        ("PUT", "/v1/tenants//tasks/job"),
+        ("PUT", "/v1/tenants/okay/tasks/"),
+        ("POST", "/v1/tenants/okay/tasks//run"),
+    ] {
         let r = d.request(method, path, &[], b"module.exports = () => 1");
         assert!(r.status == 400 || r.status == 404, "{method} {path} -> {} {}", r.status, r.text());
     }
@@ -401,7 +419,10 @@ fn bad_names_are_refused_and_create_nothing() {
     // Nothing was created for a bad name: every entry of the test directory is the daemon's own or a valid name.
     let valid = |n: &str| {
         let b = n.as_bytes();
-        !b.is_empty() && b.len() <= 63 && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit()) && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+        !b.is_empty()
+            && b.len() <= 63
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
     };
     for entry in state_entries(d) {
         let parts: Vec<&str> = entry.split('/').collect();
@@ -416,7 +437,11 @@ fn bad_names_are_refused_and_create_nothing() {
                 // A task's source, or the V8 code cache its deploy made.
                 // Or its settings: `<task>.settings.<sha256>`.
                 let settings = file.split_once(".settings.").map(|(task, _)| task);
-                let task = file.strip_suffix(".js.v8cache").or_else(|| file.strip_suffix(".js")).or(settings).unwrap_or_else(|| panic!("unexpected file {entry}"));
+                let task = file
+                    .strip_suffix(".js.v8cache")
+                    .or_else(|| file.strip_suffix(".js"))
+                    .or(settings)
+                    .unwrap_or_else(|| panic!("unexpected file {entry}"));
                 assert!(valid(task), "unexpected file {entry}");
             }
             _ => panic!("unexpected entry in the daemon's directory: {entry}"),
@@ -431,7 +456,16 @@ fn bad_bodies() {
     let d = shared();
     let t = unique("bodies");
     let path = format!("/v1/tenants/{t}/run");
-    for body in [&b"{not json"[..], b"", b"[1,2]", b"\"code\"", br#"{"data": 1}"#, br#"{"code": 42}"#, br#"{"code": null}"#, b"{\"code\": \"x\"} trailing"] {
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"[1,2]",
+        b"\"code\"",
+        br#"{"data": 1}"#,
+        br#"{"code": 42}"#,
+        br#"{"code": null}"#,
+        b"{\"code\": \"x\"} trailing",
+    ] {
         let r = d.request("POST", &path, &[], body);
         r.assert_error(400, "bad_request");
     }
@@ -508,7 +542,11 @@ fn chunked_request_body_refused() {
     let t = unique("chunked");
     let mut c = d.client();
     let body = "module.exports = () => 1";
-    c.send_raw(format!("PUT /v1/tenants/{t}/tasks/job HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes()).unwrap();
+    c.send_raw(
+        format!("PUT /v1/tenants/{t}/tasks/job HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
+            .as_bytes(),
+    )
+    .unwrap();
     let r = c.read_response().expect("a response to a chunked body");
     assert!(r.status == 411 || r.status == 400, "chunked body: {} {}", r.status, r.text());
     assert!(c.closed_within(Duration::from_secs(20)), "the connection is closed: the stream's framing is unknown");
@@ -575,7 +613,8 @@ fn read_events(c: &mut Client, mut done: impl FnMut(&Value) -> bool) -> Vec<Valu
         partial.extend_from_slice(&chunk);
         while let Some(i) = partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = partial.drain(..=i).collect();
-            let v: Value = serde_json::from_slice(&line).unwrap_or_else(|e| panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(&line)));
+            let v: Value =
+                serde_json::from_slice(&line).unwrap_or_else(|e| panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(&line)));
             let stop = done(&v);
             events.push(v);
             if stop {
@@ -603,7 +642,9 @@ fn log_stream() {
     assert_eq!(only_a.read_stream_head().unwrap().0, 200);
     // Both subscribers are registered once the daemon counts them.
     wait_until(Duration::from_secs(20), "two log subscribers", || {
-        d.get("/metrics").text().lines().any(|l| l.starts_with("taskcell_log_subscribers ") && l.split(' ').nth(1).and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0))
+        d.get("/metrics").text().lines().any(|l| {
+            l.starts_with("taskcell_log_subscribers ") && l.split(' ').nth(1).and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 2.0)
+        })
     });
 
     let rb = d.run(&b, "module.exports = () => { console.log('marker-of-b'); return 1 }", Value::Null);
@@ -810,7 +851,11 @@ fn sigterm_lets_a_running_invocation_finish() {
     let r = c.read_response().expect("the in-flight invocation is answered during the drain");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["result"], "finished");
-    assert_eq!(r.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("close"), "responses during the drain close the connection");
+    assert_eq!(
+        r.header("connection").map(str::to_ascii_lowercase).as_deref(),
+        Some("close"),
+        "responses during the drain close the connection"
+    );
     let status = d.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "the daemon exits cleanly after SIGTERM: {status}");
     assert!(!d.socket.exists(), "the socket is removed on SIGTERM");
@@ -818,9 +863,7 @@ fn sigterm_lets_a_running_invocation_finish() {
 
 fn metric(d: &Daemon, name: &str) -> u64 {
     let text = d.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
-        .unwrap_or(0.0) as u64
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0) as u64
 }
 
 #[test]

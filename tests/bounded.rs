@@ -118,7 +118,11 @@ fn a_flood_that_is_read_is_answered_in_turns_with_other_clients() {
     for f in floods {
         f.join().unwrap();
     }
-    println!("BOUNDED three pipelining clients reading as they go: a fourth's health p50 {:?}, max {:?}", median(&during), during.last().unwrap());
+    println!(
+        "BOUNDED three pipelining clients reading as they go: a fourth's health p50 {:?}, max {:?}",
+        median(&during),
+        during.last().unwrap()
+    );
     d.assert_healthy();
 }
 
@@ -237,7 +241,12 @@ fn answers_of_the_wrong_kind_or_for_invocations_a_sandbox_does_not_hold_kill_it(
     let t = unique("liar");
     // A Compiled (type 20) for every id that could be its own Run's: its cache bytes must never become a
     // result. Ids are handed out in sequence, so one of these is the run's.
-    assert_killed_for_protocol(d, &t, "for (let id = 1; id < 20000; id++) out.push(frame(20, id, null, '\"stolen\"'));", "Compiled for a run");
+    assert_killed_for_protocol(
+        d,
+        &t,
+        "for (let id = 1; id < 20000; id++) out.push(frame(20, id, null, '\"stolen\"'));",
+        "Compiled for a run",
+    );
     // Results (type 17) for every id: one may be its own run's (a valid answer, as returning the value
     // would be), the rest are others' invocations or none: the sandbox is killed, and another tenant's
     // invocation in flight meanwhile gets its own answer.
@@ -253,10 +262,20 @@ fn answers_of_the_wrong_kind_or_for_invocations_a_sandbox_does_not_hold_kill_it(
     assert_eq!(env["cold"], true, "a sandbox that answered invocations it does not hold was not killed");
     assert_eq!(slow.join().unwrap()["result"], "mine", "another tenant's invocation got its own answer");
     // A Result whose body is not one JSON value.
-    assert_killed_for_protocol(d, &t, "for (let id = 1; id < 20000; id++) out.push(frame(17, id, null, '{\"a\":1} {\"b\":'));", "non-JSON Result");
+    assert_killed_for_protocol(
+        d,
+        &t,
+        "for (let id = 1; id < 20000; id++) out.push(frame(17, id, null, '{\"a\":1} {\"b\":'));",
+        "non-JSON Result",
+    );
     // A Ready after start-up, and a Run (a frame only the daemon sends).
     assert_killed_for_protocol(d, &t, "out.push(frame(16, 0, {pid: 1, node: 'v0'}, ''));", "late Ready");
-    assert_killed_for_protocol(d, &t, "out.push(frame(1, 7, {tenant: 'x', requestId: 'r', key: 'k', sourceLen: 0}, 'null'));", "Run from a sandbox");
+    assert_killed_for_protocol(
+        d,
+        &t,
+        "out.push(frame(1, 7, {tenant: 'x', requestId: 'r', key: 'k', sourceLen: 0}, 'null'));",
+        "Run from a sandbox",
+    );
     // Garbage.
     assert_killed_for_protocol(d, &t, "out.push(Buffer.from('\\xff\\xff\\xff\\xff garbage'));", "an oversized length");
     let m = d.get("/metrics").text();

@@ -140,7 +140,8 @@ fn check_allowed(r: &Response, allowed: &[(u16, &str)]) -> Result<(), String> {
     if r.status == 200 && allowed.iter().any(|(s, _)| *s == 200) {
         return Ok(());
     }
-    let kind = serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["error"]["kind"].as_str().map(str::to_string)).unwrap_or_default();
+    let kind =
+        serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["error"]["kind"].as_str().map(str::to_string)).unwrap_or_default();
     if !allowed.iter().any(|(s, k)| *s == r.status && *k == kind) {
         return Err(format!("{} {}", r.status, r.text().chars().take(300).collect::<String>()));
     }
@@ -160,8 +161,10 @@ const CHAOS_CLIENTS: usize = 4;
 const CHAOS_FOR: Duration = Duration::from_secs(30);
 const CHAOS_POOL: u64 = 4;
 
-const WORK_TASK: &str = "module.exports = async (d, ctx) => { await new Promise(r => setTimeout(r, d.ms)); return {n: d.n, tenant: ctx.tenant} }";
-const WORK_ADHOC: &str = "module.exports = async (d, ctx) => { await new Promise(r => setTimeout(r, d.ms)); return {n: d.n, tenant: ctx.tenant, adhoc: true} }";
+const WORK_TASK: &str =
+    "module.exports = async (d, ctx) => { await new Promise(r => setTimeout(r, d.ms)); return {n: d.n, tenant: ctx.tenant} }";
+const WORK_ADHOC: &str =
+    "module.exports = async (d, ctx) => { await new Promise(r => setTimeout(r, d.ms)); return {n: d.n, tenant: ctx.tenant, adhoc: true} }";
 
 #[derive(Default)]
 struct ChaosTally {
@@ -179,7 +182,18 @@ fn chaos_random_sandbox_kills_under_load() {
     let host_mounts_before: HashSet<String> = mountinfo("self").into_iter().collect();
     let d = Daemon::start(
         "chaos",
-        &["--pool-size", "4", "--timeout-ms", "10000", "--idle-timeout-ms", "3000", "--queue-timeout-ms", "5000", "--drain-timeout-ms", "10000"],
+        &[
+            "--pool-size",
+            "4",
+            "--timeout-ms",
+            "10000",
+            "--idle-timeout-ms",
+            "3000",
+            "--queue-timeout-ms",
+            "5000",
+            "--drain-timeout-ms",
+            "10000",
+        ],
     );
     let pid = d.pid();
     let groups = sandbox_groups(pid);
@@ -187,7 +201,11 @@ fn chaos_random_sandbox_kills_under_load() {
     wait_quiescent(&d, CHAOS_POOL, &groups, Duration::from_secs(60));
     let fds0 = fd_count(pid);
     let mounts0 = sandbox_mounts(pid);
-    println!("RELIABILITY chaos: start: fds={fds0} mounts={mounts0} cgroups={} processes={}", sandbox_cgroups(&groups), descendants(pid).len());
+    println!(
+        "RELIABILITY chaos: start: fds={fds0} mounts={mounts0} cgroups={} processes={}",
+        sandbox_cgroups(&groups),
+        descendants(pid).len()
+    );
 
     let tenants: Arc<Vec<String>> = Arc::new((0..CHAOS_TENANTS).map(|i| format!("chaos{i:02}")).collect());
     for t in tenants.iter() {
@@ -222,7 +240,10 @@ fn chaos_random_sandbox_kills_under_load() {
                     let t0 = Instant::now();
                     match client.try_request("POST", &path, &[("Content-Type", "application/json")], body.as_bytes()) {
                         Ok(r) => {
-                            let key = match serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["error"]["kind"].as_str().map(str::to_string)) {
+                            let key = match serde_json::from_slice::<Value>(&r.body)
+                                .ok()
+                                .and_then(|v| v["error"]["kind"].as_str().map(str::to_string))
+                            {
                                 Some(k) => format!("{} {k}", r.status),
                                 None => r.status.to_string(),
                             };
@@ -337,9 +358,25 @@ fn chaos_random_sandbox_kills_under_load() {
     );
     summary("chaos: 200 latency under kills", tally.ok_latency.clone());
     println!("RELIABILITY chaos: sandboxes killed by reason: {:?}", metric_lines(&d, "taskcell_sandboxes_killed_total{"));
-    assert!(tally.no_answer.is_empty(), "{} requests got no answer, e.g. {:?}\n{}", tally.no_answer.len(), &tally.no_answer[..tally.no_answer.len().min(5)], d.log_tail());
-    assert!(tally.unexpected.is_empty(), "{} unexpected answers, e.g. {:?}", tally.unexpected.len(), &tally.unexpected[..tally.unexpected.len().min(5)]);
-    assert!(tally.wrong.is_empty(), "{} wrong results (another tenant's or request's?), e.g. {:?}", tally.wrong.len(), &tally.wrong[..tally.wrong.len().min(5)]);
+    assert!(
+        tally.no_answer.is_empty(),
+        "{} requests got no answer, e.g. {:?}\n{}",
+        tally.no_answer.len(),
+        &tally.no_answer[..tally.no_answer.len().min(5)],
+        d.log_tail()
+    );
+    assert!(
+        tally.unexpected.is_empty(),
+        "{} unexpected answers, e.g. {:?}",
+        tally.unexpected.len(),
+        &tally.unexpected[..tally.unexpected.len().min(5)]
+    );
+    assert!(
+        tally.wrong.is_empty(),
+        "{} wrong results (another tenant's or request's?), e.g. {:?}",
+        tally.wrong.len(),
+        &tally.wrong[..tally.wrong.len().min(5)]
+    );
     assert!(bad_health.is_empty(), "health was not ok during the chaos: {bad_health:?}");
     assert!(nodes + inits >= 20, "the killer hit only {} sandbox processes", nodes + inits);
     assert!(!tally.ok_latency.is_empty(), "no request succeeded during the chaos");
@@ -369,8 +406,10 @@ fn chaos_random_sandbox_kills_under_load() {
         assert!(!g.exists(), "{} is left after the daemon stopped", g.display());
     }
     let rootfs = common::rootfs().display().to_string();
-    let leaked: Vec<String> =
-        mountinfo("self").into_iter().filter(|l| !host_mounts_before.contains(l) && (l.contains(&rootfs) || l.contains("taskcell"))).collect();
+    let leaked: Vec<String> = mountinfo("self")
+        .into_iter()
+        .filter(|l| !host_mounts_before.contains(l) && (l.contains(&rootfs) || l.contains("taskcell")))
+        .collect();
     assert!(leaked.is_empty(), "mounts of sandboxes visible on the host: {leaked:?}");
 }
 
@@ -427,7 +466,20 @@ fn leaks_thousands_of_lifecycles_stay_flat() {
     let _serial = serial();
     let d = Daemon::start(
         "leaks",
-        &["--pool-size", "2", "--max-requests", "1", "--timeout-ms", "200", "--memory", "64M", "--queue-timeout-ms", "30000", "--spawners", "2"],
+        &[
+            "--pool-size",
+            "2",
+            "--max-requests",
+            "1",
+            "--timeout-ms",
+            "200",
+            "--memory",
+            "64M",
+            "--queue-timeout-ms",
+            "30000",
+            "--spawners",
+            "2",
+        ],
     );
     let pid = d.pid();
     let groups = sandbox_groups(pid);
@@ -517,7 +569,10 @@ fn leaks_thousands_of_lifecycles_stay_flat() {
     let elapsed = start.elapsed();
     let created = metric_sum(&d, "taskcell_sandboxes_created_total") - created0;
     println!("RELIABILITY leaks: {} requests in {:.0}s, answers {counts:?}", LEAK_LIFECYCLES, elapsed.as_secs_f64());
-    println!("RELIABILITY leaks: sandboxes created during the run: {created}; killed by reason: {:?}", metric_lines(&d, "taskcell_sandboxes_killed_total{"));
+    println!(
+        "RELIABILITY leaks: sandboxes created during the run: {created}; killed by reason: {:?}",
+        metric_lines(&d, "taskcell_sandboxes_killed_total{")
+    );
     assert!(bad.is_empty(), "{} unexpected answers, e.g. {:?}\n{}", bad.len(), &bad[..bad.len().min(5)], d.log_tail());
     assert!(created >= 1000, "only {created} sandbox lifecycles happened");
 
@@ -539,7 +594,10 @@ fn leaks_thousands_of_lifecycles_stay_flat() {
         let (fmin, fmax) = (first.iter().map(f).min().unwrap(), first.iter().map(f).max().unwrap());
         let (lmin, lmax) = (last.iter().map(f).min().unwrap(), last.iter().map(f).max().unwrap());
         let all_max = samples.iter().map(f).max().unwrap();
-        println!("RELIABILITY leaks: {name}: first quarter {fmin}..{fmax}, last quarter {lmin}..{lmax}, max {all_max} ({} samples)", samples.len());
+        println!(
+            "RELIABILITY leaks: {name}: first quarter {fmin}..{fmax}, last quarter {lmin}..{lmax}, max {all_max} ({} samples)",
+            samples.len()
+        );
         if lmax > fmax + slack {
             grew.push(format!("{name}: first quarter max {fmax}, last quarter max {lmax} (slack {slack})"));
         }
@@ -551,7 +609,11 @@ fn leaks_thousands_of_lifecycles_stay_flat() {
     let idle1 = sample();
     println!("RELIABILITY leaks: idle at end: {idle1:?}");
     assert!(idle1.fds <= idle0.fds + 2, "descriptors: {} idle at the end, {} at the start\n{:?}", idle1.fds, idle0.fds, fd_targets(pid));
-    assert_eq!((idle1.processes, idle1.cgroups, idle1.mounts), (idle0.processes, idle0.cgroups, idle0.mounts), "processes, cgroups, mounts");
+    assert_eq!(
+        (idle1.processes, idle1.cgroups, idle1.mounts),
+        (idle0.processes, idle0.cgroups, idle0.mounts),
+        "processes, cgroups, mounts"
+    );
     assert!(idle1.rss_kib <= idle0.rss_kib + (16 << 10), "RSS {} KiB idle at the end, {} KiB at the start", idle1.rss_kib, idle0.rss_kib);
     d.assert_healthy();
 }
@@ -634,10 +696,12 @@ fn with_noise<T>(d: &Daemon, label: &str, noises: &[(&'static str, &'static str)
                 n += 1;
                 let body = json!({"code": code}).to_string();
                 let key = match client.try_request("POST", &format!("/v1/tenants/noisy-{name}/run"), &[], body.as_bytes()) {
-                    Ok(r) => match serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["error"]["kind"].as_str().map(str::to_string)) {
-                        Some(k) => format!("{} {k}", r.status),
-                        None => r.status.to_string(),
-                    },
+                    Ok(r) => {
+                        match serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["error"]["kind"].as_str().map(str::to_string)) {
+                            Some(k) => format!("{} {k}", r.status),
+                            None => r.status.to_string(),
+                        }
+                    }
                     Err(e) => {
                         client = Client::connect(&socket);
                         client.set_timeout(Duration::from_secs(60));
@@ -689,7 +753,10 @@ fn with_noise<T>(d: &Daemon, label: &str, noises: &[(&'static str, &'static str)
 fn noisy_neighbours_leave_a_quiet_tenant_served() {
     need_root!("noisy_neighbours_leave_a_quiet_tenant_served");
     let _serial = serial();
-    let d = Daemon::start("noisy", &["--pool-size", "3", "--timeout-ms", "5000", "--memory", "128M", "--pids", "32", "--queue-timeout-ms", "30000"]);
+    let d = Daemon::start(
+        "noisy",
+        &["--pool-size", "3", "--timeout-ms", "5000", "--memory", "128M", "--pids", "32", "--queue-timeout-ms", "30000"],
+    );
     assert_eq!(d.put_task("quiet", "inc", "module.exports = (d) => d.n + 1").status, 201);
     let mut client = d.client();
     client.set_timeout(Duration::from_secs(60));
@@ -721,7 +788,12 @@ fn noisy_neighbours_leave_a_quiet_tenant_served() {
         if n99 <= 2.0 * q99 { "met" } else { "NOT met" }
     );
     println!("RELIABILITY noisy: sandboxes killed by reason: {:?}", metric_lines(&d, "taskcell_sandboxes_killed_total{"));
-    assert!(failures.is_empty(), "the quiet tenant's requests failed under the noise: {} of them, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(
+        failures.is_empty(),
+        "the quiet tenant's requests failed under the noise: {} of them, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(noisy_n >= 10, "only {noisy_n} quiet requests under the noise");
     d.assert_healthy();
 }
@@ -733,7 +805,10 @@ fn new_tenants_are_served_while_neighbours_burn_cpu_and_crash_loop() {
     // The allocating tenant dies of its memory limit again and again, each time taking a sandbox from the
     // pool, while the spin and the fork bomb keep the CPUs busy: the pool's boots must still keep up, or new
     // tenants wait for it.
-    let d = Daemon::start("newcomers", &["--pool-size", "3", "--timeout-ms", "5000", "--memory", "128M", "--pids", "32", "--queue-timeout-ms", "30000"]);
+    let d = Daemon::start(
+        "newcomers",
+        &["--pool-size", "3", "--timeout-ms", "5000", "--memory", "128M", "--pids", "32", "--queue-timeout-ms", "30000"],
+    );
     let noises: Vec<_> = NOISES.iter().copied().filter(|(name, _)| *name != "flood").collect();
     let (lat, bad) = with_noise(&d, "newcomers", &noises, || {
         let mut lat = Vec::new();

@@ -58,11 +58,13 @@ fn run_with(mut cmd: Command, stdin: &[u8]) -> Out {
     let data = stdin.to_vec();
     // The child may exit without reading all of it (a usage error): a broken pipe here is fine.
     let writer = thread::spawn(move || drop(input.write_all(&data)));
-    let read = |mut r: Box<dyn Read + Send>| thread::spawn(move || {
-        let mut s = String::new();
-        r.read_to_string(&mut s).expect("taskcell's output is UTF-8");
-        s
-    });
+    let read = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).expect("taskcell's output is UTF-8");
+            s
+        })
+    };
     let (out, err) = (read(Box::new(child.stdout.take().unwrap())), read(Box::new(child.stderr.take().unwrap())));
     let start = Instant::now();
     let status = loop {
@@ -391,7 +393,10 @@ fn logs_of_a_tenant_prints_readable_lines() {
         d.run_ok(&t, "module.exports = () => { console.info('as json'); return 1; }", Value::Null);
     });
     let event: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!((event["tenant"].as_str(), event["level"].as_str(), event["message"].as_str()), (Some(t.as_str()), Some("info"), Some("as json")));
+    assert_eq!(
+        (event["tenant"].as_str(), event["level"].as_str(), event["message"].as_str()),
+        (Some(t.as_str()), Some("info"), Some("as json"))
+    );
 }
 
 #[test]
@@ -500,7 +505,11 @@ fn bad_json_input_is_refused_before_anything_is_sent() {
     let socket = dir.0.join("count.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     listener.set_nonblocking(true).unwrap();
-    for (args, stdin) in [(&["call", "acme", "greet", "{name: 1}"][..], &b""[..]), (&["call", "acme", "greet", "Ada"], b""), (&["call", "acme", "greet", "-"], b"{\"a\": 1} trailing")] {
+    for (args, stdin) in [
+        (&["call", "acme", "greet", "{name: 1}"][..], &b""[..]),
+        (&["call", "acme", "greet", "Ada"], b""),
+        (&["call", "acme", "greet", "-"], b"{\"a\": 1} trailing"),
+    ] {
         let out = tc_in(&socket, args, stdin);
         assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
         assert!(out.stderr.starts_with("taskcell: the input ") && out.stderr.contains("is not valid JSON"), "{}", out.stderr);
@@ -510,11 +519,14 @@ fn bad_json_input_is_refused_before_anything_is_sent() {
 
 #[test]
 fn usage_errors_exit_2_and_help_lists_every_command() {
-    let out = run_with({
-        let mut c = binary();
-        c.arg("help");
-        c
-    }, b"");
+    let out = run_with(
+        {
+            let mut c = binary();
+            c.arg("help");
+            c
+        },
+        b"",
+    );
     out.ok();
     for cmd in ["serve", "jail", "deploy", "call", "tasks", "rm", "logs", "health"] {
         assert!(out.stdout.contains(&format!("taskcell {cmd} ")), "help lists {cmd}: {}", out.stdout);
@@ -523,7 +535,13 @@ fn usage_errors_exit_2_and_help_lists_every_command() {
 
     let dir = TempDir::new("usage");
     let socket = dir.0.join("none.sock");
-    for args in [&["call", "acme"][..], &["rm", "acme", "a", "b"], &["tasks", "--frobnicate", "acme"], &["health", "extra"], &["rm", "acme", "has space"]] {
+    for args in [
+        &["call", "acme"][..],
+        &["rm", "acme", "a", "b"],
+        &["tasks", "--frobnicate", "acme"],
+        &["health", "extra"],
+        &["rm", "acme", "has space"],
+    ] {
         let out = tc_in(&socket, args, b"");
         assert_eq!(out.code, Some(2), "{args:?}: {}", out.stderr);
         assert!(out.stderr.contains(&format!("usage: taskcell {} ", args[0])), "{args:?}: {}", out.stderr);

@@ -42,7 +42,11 @@ fn garbage_gets_400_and_close() {
         let r = c.read_response().unwrap_or_else(|e| panic!("no answer to {:?}: {e}", String::from_utf8_lossy(&raw)));
         assert_eq!(r.status, 400, "{:?} -> {} {}", String::from_utf8_lossy(&raw), r.status, r.text());
         r.assert_error(400, "bad_request");
-        assert!(c.closed_within(Duration::from_secs(20)), "the connection is closed after malformed input {:?}", String::from_utf8_lossy(&raw));
+        assert!(
+            c.closed_within(Duration::from_secs(20)),
+            "the connection is closed after malformed input {:?}",
+            String::from_utf8_lossy(&raw)
+        );
     }
     // A good request after a good one on the same connection, then garbage: the good one is answered.
     let mut c = d.client();
@@ -79,10 +83,7 @@ fn half_sent_requests_time_out_without_holding_others() {
         assert_eq!(env["result"], i);
     }
     // The daemon closes the stalled ones (docs/api.md: 10 s after the first byte; allow for slack).
-    let handles: Vec<_> = stalled
-        .drain(..)
-        .map(|mut c| thread::spawn(move || c.closed_within(Duration::from_secs(40))))
-        .collect();
+    let handles: Vec<_> = stalled.drain(..).map(|mut c| thread::spawn(move || c.closed_within(Duration::from_secs(40)))).collect();
     for h in handles {
         assert!(h.join().unwrap(), "a half-sent request's connection was never closed by the daemon");
     }
@@ -124,7 +125,13 @@ fn pipelined_requests_are_answered_in_order() {
     batch.extend(encode("POST", &path, &[("X-Request-Id", "req-5")], slow.as_bytes()));
     let mut c = d.client();
     c.send_raw(&batch).unwrap();
-    let want = [("req-1", 200, Some("slow")), ("req-2", 200, None), ("req-3", 200, Some("fast")), ("req-4", 404, None), ("req-5", 200, Some("slow"))];
+    let want = [
+        ("req-1", 200, Some("slow")),
+        ("req-2", 200, None),
+        ("req-3", 200, Some("fast")),
+        ("req-4", 404, None),
+        ("req-5", 200, Some("slow")),
+    ];
     for (id, status, result) in want {
         let r = c.read_response().unwrap();
         assert_eq!((r.header("x-request-id"), r.status), (Some(id), status), "responses out of order: {}", r.text());

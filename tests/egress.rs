@@ -87,7 +87,10 @@ fn http_server() -> (u16, Arc<AtomicUsize>) {
                 let text = String::from_utf8_lossy(&head);
                 let mut words = text.split(' ');
                 let body = format!("hello {} {}", words.next().unwrap_or(""), words.next().unwrap_or(""));
-                let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = s.write_all(answer.as_bytes());
             });
         }
@@ -141,7 +144,19 @@ fn https_server() -> Https {
     fs::create_dir_all(&dir).unwrap();
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=api.test"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=api.test",
+        ])
         .args(["-addext", "subjectAltName=DNS:api.test,DNS:sub.api.test", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -237,7 +252,10 @@ fn allow_lists_are_checked_kept_as_given_and_survive_a_restart() {
     assert!(stdout.contains("a.test:443") && stdout.contains("*.b.test:80"), "{stdout}");
     let (code, stdout, _) = tc(&["egress", "get", "cli", "--json"]);
     assert_eq!(code, Some(0));
-    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap(), json!({"allow": ["a.test:443", "*.b.test:80"], "operator": ["op.test:443"]}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"allow": ["a.test:443", "*.b.test:80"], "operator": ["op.test:443"]})
+    );
     let (code, _, stderr) = tc(&["egress", "set", "cli", "nope"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("\"nope\""), "{stderr}");
@@ -361,15 +379,25 @@ fn refusals_fail_fast_with_egress_denied_naming_host_port_and_reason() {
     let e = echo();
     let p = e.port;
     let (hp, _) = http_server();
-    put_list(d, "refused", &[format!("*.api.test:{p}"), format!("private.test:{p}"), "meta.test:80".into(), "169.254.169.254:80".into(), format!("api.test:{hp}")]);
+    put_list(
+        d,
+        "refused",
+        &[
+            format!("*.api.test:{p}"),
+            format!("private.test:{p}"),
+            "meta.test:80".into(),
+            "169.254.169.254:80".into(),
+            format!("api.test:{hp}"),
+        ],
+    );
     let targets = json!([
         ["other.test", p],
-        ["api.test", p],               // the apex of a *. entry
-        ["api.test", p + 1],           // a port not listed
-        ["sub.api.test", hp],          // the subdomain, on another port
-        ["private.test", p],           // listed, resolves to 10.9.9.9
-        ["meta.test", 80],             // listed, resolves to the metadata address
-        ["169.254.169.254", 80],       // the metadata address itself, listed
+        ["api.test", p],         // the apex of a *. entry
+        ["api.test", p + 1],     // a port not listed
+        ["sub.api.test", hp],    // the subdomain, on another port
+        ["private.test", p],     // listed, resolves to 10.9.9.9
+        ["meta.test", 80],       // listed, resolves to the metadata address
+        ["169.254.169.254", 80], // the metadata address itself, listed
     ]);
     let out = result(d, "refused", REFUSALS_TASK, json!({"targets": targets}));
     let expect = [
@@ -406,9 +434,29 @@ fn every_spelling_of_a_private_address_is_refused_before_connecting() {
     let p = e.port;
     let d = Daemon::start("egress-ssrf", &["--egress-resolve", "lo.test=127.0.0.1", "--egress-resolve", "mapped.test=::ffff:127.0.0.1"]);
     let spellings = [
-        "127.0.0.1", "2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "127.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
-        "[::127.0.0.1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::]", "0.0.0.0", "0", "[::]", "169.254.169.254", "[::ffff:169.254.169.254]",
-        "[fe80::1]", "[fd00::1]", "10.0.0.1", "192.168.1.1", "lo.test", "mapped.test",
+        "127.0.0.1",
+        "2130706433",
+        "0x7f000001",
+        "0x7f.1",
+        "0177.0.0.1",
+        "127.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::]",
+        "0.0.0.0",
+        "0",
+        "[::]",
+        "169.254.169.254",
+        "[::ffff:169.254.169.254]",
+        "[fe80::1]",
+        "[fd00::1]",
+        "10.0.0.1",
+        "192.168.1.1",
+        "lo.test",
+        "mapped.test",
     ];
     let list: Vec<String> = spellings.iter().map(|h| format!("{h}:{p}")).collect();
     put_list(&d, "ssrf", &list);
@@ -499,13 +547,20 @@ fn every_connection_is_a_log_event_and_metrics_count_them() {
     }
     let allowed = events.iter().find(|e| e["egress"]["allowed"] == true).unwrap_or_else(|| panic!("no allowed event in {events:?}"));
     let eg = &allowed["egress"];
-    assert_eq!((eg["host"].as_str(), eg["port"].as_u64(), eg["address"].as_str()), (Some("api.test"), Some(hp as u64), Some("127.0.0.1")), "{allowed}");
+    assert_eq!(
+        (eg["host"].as_str(), eg["port"].as_u64(), eg["address"].as_str()),
+        (Some("api.test"), Some(hp as u64), Some("127.0.0.1")),
+        "{allowed}"
+    );
     assert!(eg["reason"].is_null(), "{allowed}");
     assert!(eg["bytes_in"].as_u64().unwrap() > 17 && eg["bytes_out"].as_u64().unwrap() > 20, "{allowed}");
     assert_eq!(allowed["tenant"], "logged");
     assert!(allowed["requestId"].is_string(), "{allowed}");
     let refused = events.iter().find(|e| e["egress"]["allowed"] == false).unwrap_or_else(|| panic!("no refused event in {events:?}"));
-    assert_eq!(refused["egress"], json!({"host": "nope.test", "port": hp, "address": null, "allowed": false, "reason": "not_allowed", "bytes_in": 0, "bytes_out": 0}));
+    assert_eq!(
+        refused["egress"],
+        json!({"host": "nope.test", "port": hp, "address": null, "allowed": false, "reason": "not_allowed", "bytes_in": 0, "bytes_out": 0})
+    );
     assert!(refused["message"].as_str().unwrap().contains("not on the allow-list"), "{refused}");
 
     let metrics = d.get("/metrics").text();
@@ -524,7 +579,10 @@ fn every_connection_is_a_log_event_and_metrics_count_them() {
 fn no_connection_survives_its_sandbox() {
     need_root!("no_connection_survives_its_sandbox");
     let e = echo();
-    let d = Daemon::start("egress-death", &["--egress-allow-private", "127.0.0.1/32", "--egress-resolve", "api.test=127.0.0.1", "--timeout-ms", "1500"]);
+    let d = Daemon::start(
+        "egress-death",
+        &["--egress-allow-private", "127.0.0.1/32", "--egress-resolve", "api.test=127.0.0.1", "--timeout-ms", "1500"],
+    );
     put_list(&d, "dies", &[format!("api.test:{}", e.port)]);
     // Three connections held open, and an invocation that never ends: its sandbox is killed at the deadline.
     let code = r#"module.exports = async ({ port }) => {
@@ -585,7 +643,16 @@ fn thousands_of_connections_leave_descriptors_and_memory_flat() {
     let (hp, _) = http_server();
     let d = Daemon::start(
         "egress-leaks",
-        &["--egress-allow-private", "127.0.0.1/32", "--egress-resolve", "api.test=127.0.0.1", "--egress-max-conns", "100000", "--timeout-ms", "30000"],
+        &[
+            "--egress-allow-private",
+            "127.0.0.1/32",
+            "--egress-resolve",
+            "api.test=127.0.0.1",
+            "--egress-max-conns",
+            "100000",
+            "--timeout-ms",
+            "30000",
+        ],
     );
     put_list(&d, "leaky", &[format!("api.test:{}", e.port), format!("api.test:{hp}")]);
     let pid = d.pid();
@@ -607,7 +674,9 @@ fn thousands_of_connections_leave_descriptors_and_memory_flat() {
         assert_eq!(r, json!({"ok": LEAK_PER_ROUND * 3 / 4, "refused": LEAK_PER_ROUND / 4}), "{}", d.log_tail());
     };
     let quiet = |d: &Daemon| {
-        wait_until(Duration::from_secs(20), "egress tunnels closed", || d.get("/metrics").text().contains("taskcell_egress_connections_open 0"));
+        wait_until(Duration::from_secs(20), "egress tunnels closed", || {
+            d.get("/metrics").text().contains("taskcell_egress_connections_open 0")
+        });
         wait_until(Duration::from_secs(20), "echo connections closed", || e.open.load(Ordering::SeqCst) == 0);
     };
     // Warm up (buffers, the slab, the tenant's sandbox), then measure.
@@ -622,7 +691,10 @@ fn thousands_of_connections_leave_descriptors_and_memory_flat() {
     }
     quiet(&d);
     let (fd1, rss1) = (fd_count(pid), rss_kib(pid));
-    println!("RELIABILITY egress leaks: {} connections; fds {fd0} -> {fd1}, RSS {rss0} -> {rss1} KiB; during: {samples:?}", LEAK_ROUNDS * LEAK_PER_ROUND);
+    println!(
+        "RELIABILITY egress leaks: {} connections; fds {fd0} -> {fd1}, RSS {rss0} -> {rss1} KiB; during: {samples:?}",
+        LEAK_ROUNDS * LEAK_PER_ROUND
+    );
     assert!(fd1 <= fd0 + 2, "descriptors: {fd1} after, {fd0} before");
     assert!(rss1 <= rss0 + (8 << 10), "RSS: {rss1} KiB after, {rss0} KiB before");
     let half = samples.len() / 2;

@@ -20,7 +20,12 @@ const SECRET: &str = "host-secret-5f0c3a9e-do-not-leak";
 static SHARED: OnceLock<Daemon> = OnceLock::new();
 
 fn shared() -> &'static Daemon {
-    let d = Daemon::shared_with_env(&SHARED, "hostile", &["--pool-size", "3"], &[("TASKCELL_TEST_SECRET", SECRET), ("NODE_OPTIONS", "--require /etc/evil.js")]);
+    let d = Daemon::shared_with_env(
+        &SHARED,
+        "hostile",
+        &["--pool-size", "3"],
+        &[("TASKCELL_TEST_SECRET", SECRET), ("NODE_OPTIONS", "--require /etc/evil.js")],
+    );
     let secret = d.dir.join("secret.txt");
     if !secret.exists() {
         std::fs::write(&secret, SECRET).unwrap();
@@ -101,12 +106,26 @@ fn host_files_are_out_of_reach() {
         assert!(dev.contains(&needed), "/dev lacks {needed}: {dev:?}");
     }
     for name in &dev {
-        let host_device = ["mem", "kmem", "kmsg", "port", "sda", "vda", "xvda", "nvme", "loop", "fuse", "kvm", "mapper", "disk", "tty0", "console", "cpu"].iter().any(|h| name.starts_with(h));
+        let host_device = [
+            "mem", "kmem", "kmsg", "port", "sda", "vda", "xvda", "nvme", "loop", "fuse", "kvm", "mapper", "disk", "tty0", "console", "cpu",
+        ]
+        .iter()
+        .any(|h| name.starts_with(h));
         assert!(!host_device, "/dev/{name} in a sandbox: {dev:?}");
     }
     assert_ne!(r["hostname"].as_str().unwrap(), host_hostname(), "the sandbox has its own UTS namespace");
     let env_keys: Vec<&String> = r["env"].as_object().unwrap().keys().collect();
-    for leaked in ["TASKCELL_TEST_SECRET", "NODE_OPTIONS", "CARGO", "CARGO_MANIFEST_DIR", "RUST_TEST_THREADS", "SUDO_USER", "SSH_AUTH_SOCK", "USER", "LD_PRELOAD"] {
+    for leaked in [
+        "TASKCELL_TEST_SECRET",
+        "NODE_OPTIONS",
+        "CARGO",
+        "CARGO_MANIFEST_DIR",
+        "RUST_TEST_THREADS",
+        "SUDO_USER",
+        "SSH_AUTH_SOCK",
+        "USER",
+        "LD_PRELOAD",
+    ] {
         assert!(!env_keys.iter().any(|k| k.as_str() == leaked), "{leaked} leaked into the sandbox's environment: {env_keys:?}");
     }
     assert!(env_keys.len() <= 8, "the sandbox's environment is a fixed minimal set: {env_keys:?}");
@@ -214,7 +233,9 @@ fn other_tenants_processes_are_invisible() {
     );
     d.run_ok(&a, &spawn, Value::Null);
     // The child is visible to its own tenant (so the probe works)...
-    wait_until(Duration::from_secs(20), "the child to show in its own sandbox", || d.run_ok(&a, LIST_PROCS, Value::Null)["result"].to_string().contains(&marker));
+    wait_until(Duration::from_secs(20), "the child to show in its own sandbox", || {
+        d.run_ok(&a, LIST_PROCS, Value::Null)["result"].to_string().contains(&marker)
+    });
     // ...and not to another tenant, which sees only its own few processes, none of the host's.
     let seen = d.run_ok(&b, LIST_PROCS, Value::Null);
     let procs: Vec<&str> = seen["result"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
@@ -269,7 +290,9 @@ fn forged_frames_do_not_reach_other_tenants() {
     // B waits in flight while A writes Result and Log frames for every plausible invocation id on fd 3.
     let slow = {
         let b = b.clone();
-        thread::spawn(move || shared().run(&b, "module.exports = () => new Promise((r) => setTimeout(() => r('genuine'), 1500))", Value::Null))
+        thread::spawn(move || {
+            shared().run(&b, "module.exports = () => new Promise((r) => setTimeout(() => r('genuine'), 1500))", Value::Null)
+        })
     };
     wait_until(Duration::from_secs(20), "B's invocation in flight", || d.health()["invocations_in_flight"].as_u64() >= Some(1));
     // For about a second, so that B's invocation is surely in flight while it happens.
@@ -365,7 +388,11 @@ fn kill_all_from_inside() {
         }
         d.assert_healthy();
         let env = d.run_ok(&b, "module.exports = () => globalThis.kept", Value::Null);
-        assert_eq!((env["result"].clone(), env["cold"].clone()), (json!("still here"), json!(false)), "another tenant's sandbox was touched");
+        assert_eq!(
+            (env["result"].clone(), env["cold"].clone()),
+            (json!("still here"), json!(false)),
+            "another tenant's sandbox was touched"
+        );
         d.run_ok(&a, "module.exports = () => 'back'", Value::Null);
     }
 }

@@ -73,9 +73,20 @@ module.exports = function (ctx, req, res) {
   });
 };"#;
     put_ok(d, &t, "form", "?model=webtask", source);
-    let r = http(d, "POST", &t, "form", "/submit", &[("Content-Type", "application/x-www-form-urlencoded")], b"name=Ann+Lee&city=K%C3%B8benhavn");
+    let r = http(
+        d,
+        "POST",
+        &t,
+        "form",
+        "/submit",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"name=Ann+Lee&city=K%C3%B8benhavn",
+    );
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(r.json(), json!({"form": {"name": "Ann Lee", "city": "København"}, "type": "application/x-www-form-urlencoded", "method": "POST"}));
+    assert_eq!(
+        r.json(),
+        json!({"form": {"name": "Ann Lee", "city": "København"}, "type": "application/x-www-form-urlencoded", "method": "POST"})
+    );
 }
 
 #[test]
@@ -88,7 +99,11 @@ fn other_models_answer_200_json_with_the_body_as_input() {
     assert_eq!((r.status, r.header("content-type")), (200, Some("application/json")), "{}", r.text());
     assert_eq!(r.json(), json!({"input": {"a": [1, 2]}, "task": "echo"}), "the result itself, not a run envelope");
     assert_eq!(http(d, "GET", &t, "echo", "", &[], b"").json()["input"], Value::Null, "an empty body is null");
-    assert_eq!(http(d, "PUT", &t, "echo", "/x", &[("Content-Type", "text/plain")], b"hi").json()["input"], "hi", "else the body as a string");
+    assert_eq!(
+        http(d, "PUT", &t, "echo", "/x", &[("Content-Type", "text/plain")], b"hi").json()["input"],
+        "hi",
+        "else the body as a string"
+    );
     http(d, "POST", &t, "echo", "", &[("Content-Type", "application/json")], b"{nope").assert_error(400, "bad_request");
     // webtask (ctx, cb): the query in ctx.query, merged under the body into ctx.data; headers lower-cased.
     let wt = "module.exports = function (ctx, cb) { cb(null, { data: ctx.data, body: ctx.body, query: ctx.query, agent: ctx.headers['x-agent'] }); };";
@@ -97,7 +112,13 @@ fn other_models_answer_200_json_with_the_body_as_input() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), json!({"data": {"a": "1", "b": "body"}, "body": {"b": "body"}, "query": {"a": "1", "b": "2"}, "agent": "test"}));
     // openwhisk: params from the JSON body.
-    put_ok(d, &t, "ow", "?model=openwhisk", "function main(params) { return { payload: 'Hello, ' + params.name, method: params.__ow_method }; }");
+    put_ok(
+        d,
+        &t,
+        "ow",
+        "?model=openwhisk",
+        "function main(params) { return { payload: 'Hello, ' + params.name, method: params.__ow_method }; }",
+    );
     let r = http(d, "POST", &t, "ow", "", &[("Content-Type", "application/json")], br#"{"name":"Ann"}"#);
     assert_eq!(r.json(), json!({"payload": "Hello, Ann", "method": "post"}), "{}", r.text());
     // Errors are the version 1 envelope and statuses.
@@ -158,7 +179,16 @@ fn hop_by_hop_headers_are_dropped_both_ways() {
 };"#;
     put_ok(d, &t, "h", "?model=webtask", source);
     let mut c = d.client();
-    let headers = [("Connection", "keep-alive, X-Private"), ("X-Private", "p"), ("Keep-Alive", "5"), ("TE", "trailers"), ("Proxy-Authorization", "Basic x"), ("Upgrade", "websocket"), ("X-Public", "1"), ("X-Request-Id", "hop-1")];
+    let headers = [
+        ("Connection", "keep-alive, X-Private"),
+        ("X-Private", "p"),
+        ("Keep-Alive", "5"),
+        ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic x"),
+        ("Upgrade", "websocket"),
+        ("X-Public", "1"),
+        ("X-Request-Id", "hop-1"),
+    ];
     let r = c.request("GET", &format!("/v1/tenants/{t}/tasks/h/http"), &headers, b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let seen: Vec<String> = serde_json::from_slice(&r.body).unwrap();
@@ -184,14 +214,26 @@ fn what_a_task_sends_is_checked() {
     let d = daemon();
     let t = unique("check");
     // Through the bootstrap: refused as a task_error naming the header.
-    put_ok(d, &t, "crlf", "?model=webtask", "module.exports = function (ctx, req, res) { res.setHeader('X-Bad', 'a\\r\\nSet-Cookie: evil=1'); res.end('x'); };");
+    put_ok(
+        d,
+        &t,
+        "crlf",
+        "?model=webtask",
+        "module.exports = function (ctx, req, res) { res.setHeader('X-Bad', 'a\\r\\nSet-Cookie: evil=1'); res.end('x'); };",
+    );
     let v = http(d, "GET", &t, "crlf", "", &[], b"").assert_error(500, "task_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("X-Bad"), "{v}");
     put_ok(d, &t, "name", "?model=webtask", "module.exports = function (ctx, req, res) { res.setHeader('Bad Name', 'v'); res.end(); };");
     http(d, "GET", &t, "name", "", &[], b"").assert_error(500, "task_error");
     put_ok(d, &t, "status", "?model=webtask", "module.exports = function (ctx, req, res) { res.statusCode = 99; res.end(); };");
     http(d, "GET", &t, "status", "", &[], b"").assert_error(500, "task_error");
-    put_ok(d, &t, "big", "?model=webtask", "module.exports = function (ctx, req, res) { res.write(Buffer.alloc(1024 * 1024, 97)); res.end('!'); };");
+    put_ok(
+        d,
+        &t,
+        "big",
+        "?model=webtask",
+        "module.exports = function (ctx, req, res) { res.write(Buffer.alloc(1024 * 1024, 97)); res.end('!'); };",
+    );
     let v = http(d, "GET", &t, "big", "", &[], b"").assert_error(500, "task_error");
     assert!(v["error"]["message"].as_str().unwrap().contains("too large"), "{v}");
     // Bypassing the bootstrap: an HttpResponse frame written to the runtime's socket with a CR/LF in a header

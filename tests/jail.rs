@@ -17,8 +17,8 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::os::unix::net::{SocketAddr, UnixListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,14 +48,8 @@ fn have_root(test: &str) -> bool {
         return true;
     }
     // Written to stderr directly, not through eprintln!, which the test harness would capture and hide.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n**********\nSKIPPED: needs root: {test}\n**********\n"
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, and CI is set: jail tests must not be skipped in CI"
-    );
+    let _ = writeln!(std::io::stderr(), "\n**********\nSKIPPED: needs root: {test}\n**********\n");
+    assert!(std::env::var_os("CI").is_none(), "{test} needs root, and CI is set: jail tests must not be skipped in CI");
     false
 }
 
@@ -65,19 +59,12 @@ fn repo() -> PathBuf {
 
 fn rootfs() -> PathBuf {
     let rootfs = repo().join("target/rootfs");
-    assert!(
-        rootfs.join("usr/bin/node").exists(),
-        "{} holds no usr/bin/node: run `make` first, it builds the rootfs",
-        rootfs.display()
-    );
+    assert!(rootfs.join("usr/bin/node").exists(), "{} holds no usr/bin/node: run `make` first, it builds the rootfs", rootfs.display());
     rootfs
 }
 
 fn host_hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .expect("read the hostname")
-        .trim()
-        .to_string()
+    fs::read_to_string("/proc/sys/kernel/hostname").expect("read the hostname").trim().to_string()
 }
 
 // ---------- scratch directories ----------
@@ -90,12 +77,10 @@ impl Scratch {
     fn new(test: &str) -> Scratch {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("taskcell-jail-{test}-{}-{n}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("taskcell-jail-{test}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir(&dir).expect("create a scratch directory");
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
-            .expect("chmod the scratch directory");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod the scratch directory");
         Scratch(dir)
     }
 
@@ -106,8 +91,7 @@ impl Scratch {
     fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.0.join(name);
         fs::write(&path, contents).expect("write a scratch file");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
-            .expect("chmod a scratch file");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod a scratch file");
         path
     }
 
@@ -121,11 +105,7 @@ impl Scratch {
             .arg(&source)
             .output()
             .expect("run cc (gcc and the static glibc are needed to build the probe)");
-        assert!(
-            result.status.success(),
-            "building the probe failed:\n{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        assert!(result.status.success(), "building the probe failed:\n{}", String::from_utf8_lossy(&result.stderr));
         fs::set_permissions(&out, fs::Permissions::from_mode(0o755)).expect("chmod the probe");
     }
 }
@@ -148,12 +128,7 @@ fn marker(test: &str) -> String {
 /// Serialises the test that compares the host's tables against every other jail of these tests.
 fn jail_lock(exclusive: bool) -> File {
     let path = std::env::temp_dir().join("taskcell-jail-tests.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .expect("open the lock file");
+    let file = File::options().create(true).truncate(false).write(true).open(&path).expect("open the lock file");
     if exclusive {
         file.lock().expect("lock exclusively");
     } else {
@@ -185,10 +160,7 @@ impl Outcome {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
+        format!("status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.stdout, self.stderr)
     }
 }
 
@@ -236,11 +208,7 @@ fn run(mut cmd: Command, what: &str) -> Outcome {
     let err = drain(c.stderr.take().expect("stderr"));
     let status = wait_guarded(c, what);
     child.0 = None;
-    Outcome {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
+    Outcome { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
 }
 
 /// Runs `node SCRIPT ARGS...` in a jail, the script bound read-only at `/t/script.js`.
@@ -279,10 +247,7 @@ fn processes_with(marker: &str) -> Vec<(u32, Vec<String>)> {
 fn host_uid_gid(pid: u32) -> (u32, u32) {
     let status = Status::read(pid).expect("read a sandboxed process's status");
     let field = |key: &str| -> u32 {
-        status
-            .ids(key)
-            .and_then(|ids| ids.first().copied())
-            .unwrap_or_else(|| panic!("no {key}: in /proc/{pid}/status"))
+        status.ids(key).and_then(|ids| ids.first().copied()).unwrap_or_else(|| panic!("no {key}: in /proc/{pid}/status"))
     };
     (field("Uid"), field("Gid"))
 }
@@ -313,18 +278,11 @@ fn cgroup_tree(dir: &Path) -> BTreeSet<PathBuf> {
 }
 
 fn own_cgroup_trees() -> Vec<BTreeSet<PathBuf>> {
-    cgroup_dirs(std::process::id())
-        .iter()
-        .map(|(_, d)| cgroup_tree(d))
-        .collect()
+    cgroup_dirs(std::process::id()).iter().map(|(_, d)| cgroup_tree(d)).collect()
 }
 
 fn mount_table() -> BTreeSet<String> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .expect("read mountinfo")
-        .lines()
-        .map(str::to_string)
-        .collect()
+    fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo").lines().map(str::to_string).collect()
 }
 
 /// A jail running `probe --hold`, stopped at "holding" until released.
@@ -342,15 +300,7 @@ impl Held {
         let release = dir.path().join(format!("release-{marker}"));
         let bind = format!("{}:/probe", dir.path().display());
         let inside_release = format!("/probe/release-{marker}");
-        let mut cmd = jail(&[
-            "--bind-ro",
-            &bind,
-            "--",
-            "/probe/probe",
-            "--hold",
-            marker,
-            &inside_release,
-        ]);
+        let mut cmd = jail(&["--bind-ro", &bind, "--", "/probe/probe", "--hold", marker, &inside_release]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = Running(Some(cmd.spawn().expect("spawn taskcell jail")));
         let c = child.0.as_mut().expect("child");
@@ -398,14 +348,7 @@ impl Held {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
-        Held {
-            child,
-            stdout_rest: Some(rest),
-            stderr: Some(stderr),
-            lines,
-            release,
-            marker: marker.to_string(),
-        }
+        Held { child, stdout_rest: Some(rest), stderr: Some(stderr), lines, release, marker: marker.to_string() }
     }
 
     /// The host id that the probe read from its own uid_map or gid_map ("uid_map 1000 HOST 1").
@@ -434,28 +377,15 @@ impl Held {
         self.child.0 = None;
         Outcome {
             status,
-            stdout: self
-                .stdout_rest
-                .take()
-                .expect("stdout")
-                .join()
-                .unwrap_or_default(),
-            stderr: self
-                .stderr
-                .take()
-                .expect("stderr")
-                .join()
-                .unwrap_or_default(),
+            stdout: self.stdout_rest.take().expect("stdout").join().unwrap_or_default(),
+            stderr: self.stderr.take().expect("stderr").join().unwrap_or_default(),
         }
     }
 }
 
 fn assert_no_process_left(marker: &str, what: &str) {
     let left = processes_with(marker);
-    assert!(
-        left.is_empty(),
-        "{what}: processes outlived the sandbox: {left:?}"
-    );
+    assert!(left.is_empty(), "{what}: processes outlived the sandbox: {left:?}");
 }
 
 // ---------- the probe ----------
@@ -502,29 +432,14 @@ fn probe_finds_no_way_out() {
     let _listener = UnixListener::bind_addr(&addr).expect("bind a host abstract socket");
     let bind = format!("{}:/probe", dir.path().display());
     let host = host_hostname();
-    let mut cmd = jail(&[
-        "--bind-ro",
-        &bind,
-        "--",
-        "/probe/probe",
-        &host,
-        &abstract_name,
-    ]);
+    let mut cmd = jail(&["--bind-ro", &bind, "--", "/probe/probe", &host, &abstract_name]);
     with_submount_and_groups(&mut cmd, &dir);
     let out = run(cmd, "probe");
     println!("{}", out.describe());
     for check in ["bind_ro_submount_readonly", "no_supplementary_groups"] {
-        assert!(
-            out.stdout.lines().any(|l| l == format!("ok {check}")),
-            "the probe did not pass {check}:\n{}",
-            out.describe()
-        );
+        assert!(out.stdout.lines().any(|l| l == format!("ok {check}")), "the probe did not pass {check}:\n{}", out.describe());
     }
-    let failed: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("FAIL"))
-        .collect();
+    let failed: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert!(
         out.code() == Some(0) && failed.is_empty() && out.stdout.contains("PASSED"),
         "the probe found holes:\n{}\n\nfull output:\n{}",
@@ -543,26 +458,10 @@ fn forbidden_syscall_is_killed_and_reported_as_seccomp() {
     dir.build_probe();
     let bind = format!("{}:/probe", dir.path().display());
     // syslog(2): no part of Node calls it, so it is not on the allowlist.
-    let out = run(
-        jail(&["--bind-ro", &bind, "--", "/probe/probe", "--forbidden"]),
-        "forbidden",
-    );
-    assert!(
-        out.stdout.contains("calling syscall"),
-        "the probe did not start:\n{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.code(),
-        Some(KILLED_SIGSYS),
-        "expected a kill by SIGSYS:\n{}",
-        out.describe()
-    );
-    assert!(
-        out.stderr.to_lowercase().contains("seccomp"),
-        "stderr does not say seccomp killed it:\n{}",
-        out.describe()
-    );
+    let out = run(jail(&["--bind-ro", &bind, "--", "/probe/probe", "--forbidden"]), "forbidden");
+    assert!(out.stdout.contains("calling syscall"), "the probe did not start:\n{}", out.describe());
+    assert_eq!(out.code(), Some(KILLED_SIGSYS), "expected a kill by SIGSYS:\n{}", out.describe());
+    assert!(out.stderr.to_lowercase().contains("seccomp"), "stderr does not say seccomp killed it:\n{}", out.describe());
 }
 
 // ---------- status and output ----------
@@ -572,10 +471,7 @@ fn exit_status_passes_through() {
     if !have_root("exit_status_passes_through") {
         return;
     }
-    let out = run(
-        jail(&["--", "/usr/bin/node", "-e", "process.exit(7)"]),
-        "exit 7",
-    );
+    let out = run(jail(&["--", "/usr/bin/node", "-e", "process.exit(7)"]), "exit 7");
     assert_eq!(out.code(), Some(7), "{}", out.describe());
 }
 
@@ -584,15 +480,7 @@ fn killed_command_exits_128_plus_signal() {
     if !have_root("killed_command_exits_128_plus_signal") {
         return;
     }
-    let out = run(
-        jail(&[
-            "--",
-            "/usr/bin/node",
-            "-e",
-            "process.kill(process.pid, 'SIGKILL')",
-        ]),
-        "sigkill",
-    );
+    let out = run(jail(&["--", "/usr/bin/node", "-e", "process.kill(process.pid, 'SIGKILL')"]), "sigkill");
     // Exit status 0 here means the signal was ignored: the kernel shields the init (pid 1) of a pid namespace
     // from signals it has no handler for, even its own, so a command run as pid 1 cannot die by its own hand.
     assert_eq!(
@@ -719,11 +607,7 @@ fn node_works_inside() {
         return;
     }
     let out = run_node("node-works", &[], NODE_WORKS, &[]);
-    assert!(
-        out.code() == Some(0) && out.stdout.contains("all ok"),
-        "Node does not work in the jail:\n{}",
-        out.describe()
-    );
+    assert!(out.code() == Some(0) && out.stdout.contains("all ok"), "Node does not work in the jail:\n{}", out.describe());
 }
 
 /// Node's test load (`tests/node/load.js`: HTTP on 127.0.0.1 and ::1, a Unix socket, dgram, dns.lookup,
@@ -737,11 +621,7 @@ fn node_test_load_passes_under_the_policy() {
     }
     let script = fs::read_to_string(repo().join("tests/node/load.js")).expect("read tests/node/load.js");
     let out = run_node("node-load", &[], &script, &[]);
-    assert!(
-        out.code() == Some(0) && out.stdout.lines().any(|l| l == "OK"),
-        "Node's test load failed in the jail:\n{}",
-        out.describe()
-    );
+    assert!(out.code() == Some(0) && out.stdout.lines().any(|l| l == "OK"), "Node's test load failed in the jail:\n{}", out.describe());
 }
 
 /// Node's fs.watch works within the user namespace's inotify limits, and a watch beyond them fails with an
@@ -791,11 +671,7 @@ try {
 }
 "#;
     let out = run_node("tmp-size", &[], js, &[]);
-    assert!(
-        out.stdout.contains("write failed: ENOSPC"),
-        "{}",
-        out.describe()
-    );
+    assert!(out.stdout.contains("write failed: ENOSPC"), "{}", out.describe());
 }
 
 // ---------- limits ----------
@@ -813,17 +689,8 @@ console.log('survived 2 GiB');
 "#;
     let mark = marker("memory");
     let out = run_node("memory", &["--memory", "67108864"], js, &[&mark]);
-    assert!(
-        !out.stdout.contains("survived"),
-        "the memory limit did not stop Node:\n{}",
-        out.describe()
-    );
-    assert_eq!(
-        out.code(),
-        Some(KILLED_SIGKILL),
-        "expected the OOM killer's SIGKILL:\n{}",
-        out.describe()
-    );
+    assert!(!out.stdout.contains("survived"), "the memory limit did not stop Node:\n{}", out.describe());
+    assert_eq!(out.code(), Some(KILLED_SIGKILL), "expected the OOM killer's SIGKILL:\n{}", out.describe());
     assert_no_process_left(&mark, "memory");
 }
 
@@ -885,18 +752,11 @@ fn nothing_left_after_exit() {
 
     let held = Held::start(&dir, &mark);
     let inside = held.inside();
-    assert!(
-        inside.len() >= 2,
-        "expected the probe and its lingering grandchild, found {:?}",
-        processes_with(&mark)
-    );
+    assert!(inside.len() >= 2, "expected the probe and its lingering grandchild, found {:?}", processes_with(&mark));
     let mut sandbox_cgroups = BTreeSet::new();
     for pid in &inside {
         let (uid, gid) = host_uid_gid(*pid);
-        assert!(
-            uid != 0 && gid != 0,
-            "sandboxed pid {pid} runs as host uid {uid} gid {gid}"
-        );
+        assert!(uid != 0 && gid != 0, "sandboxed pid {pid} runs as host uid {uid} gid {gid}");
         for ((ctrl, dir), (_, own_dir)) in cgroup_dirs(*pid).into_iter().zip(&own) {
             assert!(
                 dir.starts_with(own_dir) && dir != *own_dir,
@@ -910,36 +770,21 @@ fn nothing_left_after_exit() {
     }
 
     let out = held.release();
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "the held probe failed:\n{}",
-        out.describe()
-    );
+    assert_eq!(out.code(), Some(0), "the held probe failed:\n{}", out.describe());
     assert_no_process_left(&mark, "held probe");
     let left: Vec<_> = sandbox_cgroups.iter().filter(|d| d.exists()).collect();
-    assert!(
-        left.is_empty(),
-        "the sandbox's cgroups outlived it: {left:?}"
-    );
+    assert!(left.is_empty(), "the sandbox's cgroups outlived it: {left:?}");
     for (before, after) in cgroups_before.iter().zip(own_cgroup_trees()) {
         // A new directory holding processes belongs to someone else's live sandbox; an empty one was leaked.
         let leaked: Vec<_> = after
             .difference(before)
-            .filter(|d| {
-                fs::read_to_string(d.join("cgroup.procs"))
-                    .map(|p| p.trim().is_empty())
-                    .unwrap_or(false)
-            })
+            .filter(|d| fs::read_to_string(d.join("cgroup.procs")).map(|p| p.trim().is_empty()).unwrap_or(false))
             .collect();
         assert!(leaked.is_empty(), "cgroups left behind: {leaked:?}");
     }
     let mounts_after = mount_table();
     let new_mounts: Vec<_> = mounts_after.difference(&mounts_before).collect();
-    assert!(
-        new_mounts.is_empty(),
-        "mounts left behind in the caller's namespace: {new_mounts:?}"
-    );
+    assert!(new_mounts.is_empty(), "mounts left behind in the caller's namespace: {new_mounts:?}");
 }
 
 #[test]
@@ -956,16 +801,9 @@ fn concurrent_jails_get_distinct_host_ids() {
     let (ua, ub) = (a.mapped("uid_map"), b.mapped("uid_map"));
     let (ga, gb) = (a.mapped("gid_map"), b.mapped("gid_map"));
     for (held, uid, gid) in [(&a, ua, ga), (&b, ub, gb)] {
-        assert!(
-            uid != 0 && gid != 0,
-            "a sandbox maps to host uid {uid} gid {gid}"
-        );
+        assert!(uid != 0 && gid != 0, "a sandbox maps to host uid {uid} gid {gid}");
         for pid in held.inside() {
-            assert_eq!(
-                host_uid_gid(pid),
-                (uid, gid),
-                "pid {pid} runs as another host id than its uid_map says"
-            );
+            assert_eq!(host_uid_gid(pid), (uid, gid), "pid {pid} runs as another host id than its uid_map says");
         }
     }
     assert_ne!(ua, ub, "two live sandboxes share host uid {ua}");
@@ -981,10 +819,7 @@ fn concurrent_jails_get_distinct_host_ids() {
 /// one (before Linux 6.12, or without CONFIG_SCHED_DEBUG).
 fn sched_slice(pid: &str) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/sched")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with("se.slice"))
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|v| v.trim().parse().ok())
+    text.lines().find(|l| l.starts_with("se.slice")).and_then(|l| l.rsplit(':').next()).and_then(|v| v.trim().parse().ok())
 }
 
 #[test]

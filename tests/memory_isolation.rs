@@ -107,7 +107,10 @@ fn no_sandbox_holds_what_another_tenant_sent() {
     let in_daemon = memory_holds(daemon, needle).expect("the daemon is running");
     let in_a = sandboxes[&uid_a].iter().any(|p| memory_holds(*p, needle) == Some(true));
     println!("marker found in the daemon's memory: {in_daemon}; in A's sandbox: {in_a}");
-    assert!(in_daemon || in_a, "the control failed: the marker is found neither in the daemon nor in A's sandbox, so its absence elsewhere proves nothing");
+    assert!(
+        in_daemon || in_a,
+        "the control failed: the marker is found neither in the daemon nor in A's sandbox, so its absence elsewhere proves nothing"
+    );
 
     let mut scanned = 0;
     let mut holders = Vec::new();

@@ -74,7 +74,13 @@ fn webtask_samples_of_the_wt_cli_run_unchanged() {
     put_ok(d, &t, "err", "?model=webtask", "return function (ctx, cb) { cb(new Error('nope')); };");
     let r = d.run_task(&t, "err", b"");
     assert!(r.assert_error(500, "task_error")["error"]["message"].as_str().unwrap().contains("nope"));
-    put_ok(d, &t, "ret", "?model=webtask", "var greeting = 'Hi';\nreturn function (ctx, cb) { cb(null, greeting + ' ' + ctx.data.who); };\n");
+    put_ok(
+        d,
+        &t,
+        "ret",
+        "?model=webtask",
+        "var greeting = 'Hi';\nreturn function (ctx, cb) { cb(null, greeting + ' ' + ctx.data.who); };\n",
+    );
     assert_eq!(run_ok(d, &t, "ret", json!({"who": "Bob"})), "Hi Bob");
 }
 
@@ -83,7 +89,8 @@ fn a_webtask_for_req_and_res_is_refused_on_run_saying_why() {
     need_root!("a_webtask_for_req_and_res_is_refused_on_run_saying_why");
     let d = daemon();
     let t = unique("raw");
-    let source = "return function (ctx, req, res) {\n  res.writeHead(200, { 'Content-Type': 'text/html' });\n  res.end('<h1>Hello</h1>');\n};\n";
+    let source =
+        "return function (ctx, req, res) {\n  res.writeHead(200, { 'Content-Type': 'text/html' });\n  res.end('<h1>Hello</h1>');\n};\n";
     put_ok(d, &t, "page", "?model=webtask", source);
     let v = d.run_task(&t, "page", b"").assert_error(400, "bad_request");
     assert!(v["error"]["message"].as_str().unwrap().contains("HTTP endpoint"), "{v}");
@@ -199,7 +206,9 @@ fn bad_settings_are_refused_and_nothing_is_stored() {
     let d = daemon();
     let t = unique("bad");
     let source = "module.exports = () => 1;";
-    for query in ["?model=nosuch", "?model=Webtask", "?timeout_ms=0", "?timeout_ms=20001", "?timeout_ms=x", "?model=webtask&timeout_ms=99999999"] {
+    for query in
+        ["?model=nosuch", "?model=Webtask", "?timeout_ms=0", "?timeout_ms=20001", "?timeout_ms=x", "?model=webtask&timeout_ms=99999999"]
+    {
         let v = put(d, &t, "t", query, source).assert_error(400, "bad_request");
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
         assert_eq!(d.get(&format!("/v1/tenants/{t}/tasks/t")).status, 404, "{query} stored something");
@@ -207,7 +216,12 @@ fn bad_settings_are_refused_and_nothing_is_stored() {
     let v = put(d, &t, "t", "?model=nosuch", source).assert_error(400, "bad_request");
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains("nosuch") && message.contains("webtask") && message.contains("rule"), "names the known models: {message}");
-    for body in [json!({"code": source, "model": "nosuch"}), json!({"code": source, "timeout_ms": 0}), json!({"code": source, "timeout_ms": 20001}), json!({"code": source, "timeout_ms": "5"})] {
+    for body in [
+        json!({"code": source, "model": "nosuch"}),
+        json!({"code": source, "timeout_ms": 0}),
+        json!({"code": source, "timeout_ms": 20001}),
+        json!({"code": source, "timeout_ms": "5"}),
+    ] {
         adhoc(d, &t, body).assert_error(400, "bad_request");
     }
     // A compiler that throws: compile_error, naming what it said; nothing stored.
@@ -264,7 +278,8 @@ fn an_invocation_has_its_own_time_limit() {
     assert!(v["error"]["message"].as_str().unwrap().contains("300 ms"), "{v}");
     let v = adhoc(d, &t, json!({"code": slow, "timeout_ms": 200})).assert_error(504, "timeout");
     assert!(v["error"]["message"].as_str().unwrap().contains("200 ms"), "{v}");
-    let r = adhoc(d, &t, json!({"code": "module.exports = () => new Promise((r) => setTimeout(() => r('done'), 4500));", "timeout_ms": 9000}));
+    let r =
+        adhoc(d, &t, json!({"code": "module.exports = () => new Promise((r) => setTimeout(() => r('done'), 4500));", "timeout_ms": 9000}));
     assert_eq!(r.status, 200, "a run past the daemon's default but within its own limit: {}", r.text());
     assert_eq!(r.json()["result"], "done");
 }

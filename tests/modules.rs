@@ -182,7 +182,8 @@ fn jsonwebtoken_signs_and_verifies_with_its_own_dependencies() {
 #[test]
 fn a_missing_module_is_module_not_found_naming_it_and_the_installed_versions() {
     need_root!("a_missing_module_is_module_not_found_naming_it_and_the_installed_versions");
-    let r = run(r#"const t = (name) => { try { require(name); return 'loaded' } catch (e) { return { code: e.code, message: e.message } } };
+    let r =
+        run(r#"const t = (name) => { try { require(name); return 'loaded' } catch (e) { return { code: e.code, message: e.message } } };
         module.exports = () => ({ none: t('left-pad'), version: t('ms@9.9.9'), scoped: t('@probe/scoped@2.0.0') })"#);
     assert_eq!(r["none"]["code"], "MODULE_NOT_FOUND", "{r}");
     let none = r["none"]["message"].as_str().unwrap_or_default();
@@ -280,7 +281,10 @@ fn remove_removes_one_version() {
     let o = taskcell(&["modules", "remove", "--dir", d, "doomed@1.0.0"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!dir.join("doomed@1.0.0").exists());
-    assert!(fs::read_dir(dir).expect("read").flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")), "a scratch folder is left");
+    assert!(
+        fs::read_dir(dir).expect("read").flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")),
+        "a scratch folder is left"
+    );
 }
 
 #[test]
@@ -289,7 +293,21 @@ fn bad_names_ranges_and_tags_are_refused_before_npm_runs() {
     let dir = std::env::temp_dir().join(format!("taskcell-it-modules-bad-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     let d = dir.to_str().expect("UTF-8");
-    for bad in ["../evil@1.0.0", "a/b@1.0.0", "@scope/../x@1.0.0", "$(touch /tmp/pwned)@1.0.0", "a;b@1.0.0", "x`id`@1.0.0", ".hidden@1.0.0", "git+https://example.com/x@1.0.0", "lodash", "lodash@latest", "lodash@^4.17.21", "lodash@4.x", "lodash@>=4"] {
+    for bad in [
+        "../evil@1.0.0",
+        "a/b@1.0.0",
+        "@scope/../x@1.0.0",
+        "$(touch /tmp/pwned)@1.0.0",
+        "a;b@1.0.0",
+        "x`id`@1.0.0",
+        ".hidden@1.0.0",
+        "git+https://example.com/x@1.0.0",
+        "lodash",
+        "lodash@latest",
+        "lodash@^4.17.21",
+        "lodash@4.x",
+        "lodash@>=4",
+    ] {
         // A good spec beside the bad one: nothing at all is installed.
         let o = taskcell(&["modules", "add", "--dir", d, "ms@2.1.3", bad]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
@@ -298,7 +316,11 @@ fn bad_names_ranges_and_tags_are_refused_before_npm_runs() {
         assert!(!dir.exists(), "{bad}: the directory was made");
     }
     // npm missing: a clear message.
-    let o = Command::new(env!("CARGO_BIN_EXE_taskcell")).args(["modules", "add", "--dir", d, "ms@2.1.3"]).env("PATH", "/nonexistent").output().expect("run taskcell");
+    let o = Command::new(env!("CARGO_BIN_EXE_taskcell"))
+        .args(["modules", "add", "--dir", d, "ms@2.1.3"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run taskcell");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("npm is not on PATH"), "{}", text(&o));
     let _ = fs::remove_dir_all(&dir);
@@ -308,7 +330,8 @@ fn bad_names_ranges_and_tags_are_refused_before_npm_runs() {
 fn without_modules_nothing_is_installed_and_a_bad_dir_stops_serve() {
     need_root!("without_modules_nothing_is_installed_and_a_bad_dir_stops_serve");
     let d = Daemon::start("modules-none", &[]);
-    let r = d.run_ok(&unique("none"), "module.exports = () => { try { require('ms') } catch (e) { return [e.code, e.message] } }", Value::Null);
+    let r =
+        d.run_ok(&unique("none"), "module.exports = () => { try { require('ms') } catch (e) { return [e.code, e.message] } }", Value::Null);
     assert_eq!(r["result"][0], "MODULE_NOT_FOUND", "{r}");
     assert!(r["result"][1].as_str().unwrap_or_default().contains("no version of ms is installed"), "{r}");
     drop(d);

@@ -95,7 +95,8 @@ impl Raw {
             unsafe {
                 cmd.pre_exec(|| {
                     if libc::unshare(libc::CLONE_NEWNS) != 0
-                        || libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0
+                        || libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())
+                            != 0
                     {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -304,7 +305,12 @@ fn sigterm_under_load_drains_in_flight_requests_and_exits_0() {
     println!("RELIABILITY drain: SIGTERM with 8 invocations of 1.5 s in flight: all 200; exit {status} {stop_after:?} after the signal");
     match &late_answer {
         Ok(r) => {
-            println!("RELIABILITY drain: half-sent request completed during the drain: {} {} (Connection: {:?})", r.status, r.text(), r.header("connection"));
+            println!(
+                "RELIABILITY drain: half-sent request completed during the drain: {} {} (Connection: {:?})",
+                r.status,
+                r.text(),
+                r.header("connection")
+            );
             assert_eq!((r.status, error_of(&r.body).0.as_str()), (503, "overloaded"), "{}", r.text());
             assert!(r.header("retry-after").is_some(), "503 without Retry-After");
             assert!(r.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")), "no Connection: close during the drain");
@@ -347,7 +353,12 @@ fn drain_timeout_cuts_off_long_invocations_with_503() {
     let took = t0.elapsed();
     let short = short.join().unwrap().expect("the short invocation got an answer");
     let long = long.join().unwrap().expect("the long invocation got an answer");
-    println!("RELIABILITY drain: drain timeout 2 s: short {} / long {} {}; exit {status} after {took:?}", short.status, long.status, long.text());
+    println!(
+        "RELIABILITY drain: drain timeout 2 s: short {} / long {} {}; exit {status} after {took:?}",
+        short.status,
+        long.status,
+        long.text()
+    );
     assert_eq!(short.status, 200, "{}", short.text());
     assert_eq!((long.status, error_of(&long.body).0.as_str()), (503, "overloaded"), "{}", long.text());
     assert!(long.header("retry-after").is_some());
@@ -525,7 +536,11 @@ fn verify_tasks(d: &Daemon, tenant: &str, sent: &BTreeMap<String, Sent>) {
             200 => {
                 let body = r.text();
                 let Some(i) = s.sources.iter().position(|x| *x == body) else {
-                    panic!("{task}: served a source that was never sent (torn or mixed): {} bytes, starts {:?}", body.len(), &body[..body.len().min(80)]);
+                    panic!(
+                        "{task}: served a source that was never sent (torn or mixed): {} bytes, starts {:?}",
+                        body.len(),
+                        &body[..body.len().min(80)]
+                    );
                 };
                 if let Some(a) = s.acked {
                     assert!(i >= a, "{task}: serves version {i}, older than the acknowledged {a}");
@@ -661,7 +676,8 @@ fn broken_node_case(name: &str, node: impl FnOnce(&Path), expect_in_message: &[&
     let tmp = TempDir::new(name);
     let dir = tmp.0.clone();
     let rootfs = broken_rootfs(&dir, node);
-    let mut d = Raw::start_in(dir.join("daemon"), &["--rootfs", rootfs.to_str().unwrap(), "--pool-size", "2", "--queue-timeout-ms", "3000"]);
+    let mut d =
+        Raw::start_in(dir.join("daemon"), &["--rootfs", rootfs.to_str().unwrap(), "--pool-size", "2", "--queue-timeout-ms", "3000"]);
     d.wait_serving(Duration::from_secs(30));
     let pid = d.pid;
     wait_until(Duration::from_secs(30), "health to report the spawn error", || !d.health()["last_spawn_error"].is_null());
@@ -715,7 +731,9 @@ fn broken_node_case(name: &str, node: impl FnOnce(&Path), expect_in_message: &[&
     // Node repaired (the real one linked back in): the daemon recovers by itself, without a restart.
     let target = rootfs.join("usr/bin/node");
     fs::remove_file(&target).unwrap();
-    fs::hard_link(common::rootfs().join("usr/bin/node"), &target).or_else(|_| fs::copy(common::rootfs().join("usr/bin/node"), &target).map(|_| ())).unwrap();
+    fs::hard_link(common::rootfs().join("usr/bin/node"), &target)
+        .or_else(|_| fs::copy(common::rootfs().join("usr/bin/node"), &target).map(|_| ()))
+        .unwrap();
     let t0 = Instant::now();
     wait_until(Duration::from_secs(60), "the pool to fill once node works again", || {
         let h = d.health();
@@ -774,7 +792,9 @@ fn set_cgroups_read_only(pid: u32, read_only: bool) {
             continue;
         }
         let mut flags = libc::MS_REMOUNT | libc::MS_BIND;
-        for (name, flag) in [("nosuid", libc::MS_NOSUID), ("nodev", libc::MS_NODEV), ("noexec", libc::MS_NOEXEC), ("relatime", libc::MS_RELATIME)] {
+        for (name, flag) in
+            [("nosuid", libc::MS_NOSUID), ("nodev", libc::MS_NODEV), ("noexec", libc::MS_NOEXEC), ("relatime", libc::MS_RELATIME)]
+        {
             if fields[5].split(',').any(|o| o == name) {
                 flags |= flag;
             }
@@ -898,7 +918,12 @@ fn pool_exhausted_is_503_overloaded_with_retry_after() {
     let t0 = Instant::now();
     let r = c.request("POST", "/v1/tenants/hold-c/run", &[], json!({"code": "module.exports = () => 3"}).to_string().as_bytes());
     let waited = t0.elapsed();
-    println!("RELIABILITY exhausted: third tenant: {} after {waited:?}: {} (Retry-After: {:?})", r.status, r.text(), r.header("retry-after"));
+    println!(
+        "RELIABILITY exhausted: third tenant: {} after {waited:?}: {} (Retry-After: {:?})",
+        r.status,
+        r.text(),
+        r.header("retry-after")
+    );
     r.assert_error(503, "overloaded");
     assert!(r.header("retry-after").is_some(), "503 without Retry-After");
     let (a, b) = (a.join().unwrap(), b.join().unwrap());

@@ -60,14 +60,10 @@ impl Daemon {
         let state = ctx.tmp.join(format!("state-{name}"));
         let log = ctx.tmp.join(format!("{name}.log"));
         if socket.as_os_str().len() > 100 {
-            return Err(format!(
-                "socket path too long for a Unix socket: {}",
-                socket.display()
-            ));
+            return Err(format!("socket path too long for a Unix socket: {}", socket.display()));
         }
         fs::create_dir_all(&state).map_err(|e| format!("creating {}: {e}", state.display()))?;
-        let logf =
-            fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let logf = fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg("--socket")
@@ -83,26 +79,19 @@ impl Daemon {
         }
         cmd.args(flags);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
-        let mut child =
-            Child::spawn(cmd, name).map_err(|e| format!("spawning {}: {e}", bin.display()))?;
+        let mut child = Child::spawn(cmd, name).map_err(|e| format!("spawning {}: {e}", bin.display()))?;
         let t0 = Instant::now();
         let mut last_err = String::from("socket never appeared");
         loop {
             if let Some(st) = child.exited() {
-                return Err(format!(
-                    "taskcell serve exited at start ({st}): {}",
-                    tail(&log, 1)
-                ));
+                return Err(format!("taskcell serve exited at start ({st}): {}", tail(&log, 1)));
             }
             if procs::stopping() {
                 return Err("interrupted".into());
             }
             if t0.elapsed() > Duration::from_secs(60) {
                 let how = child.stop(Duration::from_secs(10));
-                return Err(format!(
-                    "not ready after 60 s ({last_err}); {how}; log: {}",
-                    tail(&log, 3)
-                ));
+                return Err(format!("not ready after 60 s ({last_err}); {how}; log: {}", tail(&log, 3)));
             }
             if socket.exists() {
                 match Conn::open(&socket).and_then(|mut c| c.get("/v1/health")) {
@@ -150,40 +139,19 @@ impl Daemon {
 
     /// The pool's state, read from one health response.
     pub fn pool(&self, conn: &mut Conn) -> Result<PoolState, String> {
-        let r = conn
-            .get("/v1/health")
-            .map_err(|e| format!("/v1/health: {e}"))?;
+        let r = conn.get("/v1/health").map_err(|e| format!("/v1/health: {e}"))?;
         if r.status != 200 {
             return Err(format!("/v1/health: {}", r.describe()));
         }
         let v = r.try_json().ok_or("/v1/health: not JSON")?;
-        let ptr = self
-            .idle_ptr
-            .as_deref()
-            .ok_or_else(|| format!("no pool idle count in /v1/health ({})", self.health_sample))?;
-        let idle = v
-            .pointer(ptr)
-            .and_then(Value::as_u64)
-            .ok_or("pool idle count missing")?;
-        let num = |p: &Option<String>| {
-            p.as_deref()
-                .and_then(|p| v.pointer(p))
-                .and_then(Value::as_u64)
-        };
+        let ptr = self.idle_ptr.as_deref().ok_or_else(|| format!("no pool idle count in /v1/health ({})", self.health_sample))?;
+        let idle = v.pointer(ptr).and_then(Value::as_u64).ok_or("pool idle count missing")?;
+        let num = |p: &Option<String>| p.as_deref().and_then(|p| v.pointer(p)).and_then(Value::as_u64);
         let target = num(&self.target_ptr).unwrap_or(self.pool_size as u64);
         let starting = num(&self.starting_ptr);
         let parent = ptr.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-        let raw = if parent.is_empty() {
-            v.to_string()
-        } else {
-            v.pointer(parent).map(Value::to_string).unwrap_or_default()
-        };
-        Ok(PoolState {
-            idle,
-            target,
-            starting,
-            raw: raw.chars().take(160).collect(),
-        })
+        let raw = if parent.is_empty() { v.to_string() } else { v.pointer(parent).map(Value::to_string).unwrap_or_default() };
+        Ok(PoolState { idle, target, starting, raw: raw.chars().take(160).collect() })
     }
 
     /// Polls /v1/health until the pool's idle count reaches its target; returns when it did.
@@ -207,11 +175,7 @@ impl Daemon {
                         return Err(PoolWait::Stuck(format!("nothing starting: {}", st.raw)));
                     }
                     if since.elapsed() > stall {
-                        return Err(PoolWait::Stuck(format!(
-                            "no change for {:.0} s: {}",
-                            stall.as_secs_f64(),
-                            st.raw
-                        )));
+                        return Err(PoolWait::Stuck(format!("no change for {:.0} s: {}", stall.as_secs_f64(), st.raw)));
                     }
                 }
                 _ => last = Some((now, Instant::now())),
@@ -223,19 +187,16 @@ impl Daemon {
     /// SIGTERM and wait; reports anything it left behind (socket, sandbox processes).
     pub fn stop(mut self, warnings: &mut Vec<String>) {
         let sbs = procs::sandboxes(self.pid());
-        let before: Vec<(i32, Option<u64>)> = sbs
-            .iter()
-            .flat_map(|s| s.pids.iter().map(|p| (*p, procfs::start_time(*p as u32))))
-            .collect();
+        let before: Vec<(i32, Option<u64>)> = sbs.iter().flat_map(|s| s.pids.iter().map(|p| (*p, procfs::start_time(*p as u32)))).collect();
         // The sandboxes' cgroups, and the daemon's own parent for them, which it should remove.
-        let own: std::collections::HashSet<PathBuf> =
-            procs::cgroup_dirs(self.pid()).into_iter().collect();
+        let own: std::collections::HashSet<PathBuf> = procs::cgroup_dirs(self.pid()).into_iter().collect();
         let mut cgroups: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
         for s in &sbs {
             for d in procs::cgroup_dirs(s.root) {
                 // A hierarchy's root (a sandbox caught before it joined its own group reads as in the daemon's,
                 // which on a host without systemd is the root) is never the daemon's to remove.
-                let is_root = d.parent().is_none_or(|p| p == std::path::Path::new("/sys/fs/cgroup")) || d == std::path::Path::new("/sys/fs/cgroup");
+                let is_root =
+                    d.parent().is_none_or(|p| p == std::path::Path::new("/sys/fs/cgroup")) || d == std::path::Path::new("/sys/fs/cgroup");
                 if own.contains(&d) || is_root {
                     continue;
                 }
@@ -246,11 +207,7 @@ impl Daemon {
             }
         }
         if let Some(st) = self.child.exited() {
-            warnings.push(format!(
-                "daemon {} had exited during the run ({st}): {}",
-                self.child.name,
-                self.log_tail()
-            ));
+            warnings.push(format!("daemon {} had exited during the run ({st}): {}", self.child.name, self.log_tail()));
         }
         let how = self.child.stop(Duration::from_secs(30));
         if how.contains("killed") {
@@ -265,11 +222,8 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let left: Vec<i32> = before
-            .iter()
-            .filter(|(p, st)| st.is_some() && procfs::start_time(*p as u32) == *st)
-            .map(|(p, _)| *p)
-            .collect();
+        let left: Vec<i32> =
+            before.iter().filter(|(p, st)| st.is_some() && procfs::start_time(*p as u32) == *st).map(|(p, _)| *p).collect();
         if !left.is_empty() {
             warnings.push(format!(
                 "daemon {} left {} sandbox processes running 2 s after it exited (pids {:?}); not killed by the bench",
@@ -290,10 +244,7 @@ impl Daemon {
             ));
         }
         if self.socket.exists() {
-            warnings.push(format!(
-                "daemon {} left its socket behind after SIGTERM",
-                self.child.name
-            ));
+            warnings.push(format!("daemon {} left its socket behind after SIGTERM", self.child.name));
         }
     }
 }
@@ -328,10 +279,7 @@ pub fn find_starting_field(v: &Value) -> Option<String> {
     flatten(v, String::new(), &mut leaves);
     leaves.into_iter().find(|p| {
         let l = p.to_lowercase();
-        l.contains("pool")
-            && ["starting", "booting", "spawning", "pending", "making"]
-                .iter()
-                .any(|w| last(&l).contains(w))
+        l.contains("pool") && ["starting", "booting", "spawning", "pending", "making"].iter().any(|w| last(&l).contains(w))
     })
 }
 
@@ -343,38 +291,16 @@ pub fn find_pool_fields(v: &Value) -> (Option<String>, Option<String>) {
     flatten(v, String::new(), &mut leaves);
     let has = |s: &str, words: &[&str]| words.iter().any(|w| s.contains(w));
     const IDLE: &[&str] = &["idle", "ready", "available", "free", "warm", "waiting"];
-    const TARGET: &[&str] = &[
-        "size",
-        "target",
-        "capacity",
-        "max",
-        "want",
-        "desired",
-        "configured",
-    ];
-    let lower: Vec<(String, String)> = leaves
-        .iter()
-        .map(|p| (p.clone(), p.to_lowercase()))
-        .collect();
+    const TARGET: &[&str] = &["size", "target", "capacity", "max", "want", "desired", "configured"];
+    let lower: Vec<(String, String)> = leaves.iter().map(|p| (p.clone(), p.to_lowercase())).collect();
     let idle = lower
         .iter()
         .find(|(_, l)| l.contains("pool") && has(last(l), IDLE))
-        .or_else(|| {
-            lower
-                .iter()
-                .find(|(_, l)| l.contains("pool") && has(l, IDLE))
-        })
+        .or_else(|| lower.iter().find(|(_, l)| l.contains("pool") && has(l, IDLE)))
         .or_else(|| lower.iter().find(|(_, l)| l == "/pool" || l == "/pooled"))
-        .or_else(|| {
-            lower
-                .iter()
-                .find(|(_, l)| has(last(l), &["idle"]) && !l.contains("tenant"))
-        })
+        .or_else(|| lower.iter().find(|(_, l)| has(last(l), &["idle"]) && !l.contains("tenant")))
         .map(|(p, _)| p.clone());
-    let target = lower
-        .iter()
-        .find(|(p, l)| Some(p) != idle.as_ref() && l.contains("pool") && has(last(l), TARGET))
-        .map(|(p, _)| p.clone());
+    let target = lower.iter().find(|(p, l)| Some(p) != idle.as_ref() && l.contains("pool") && has(last(l), TARGET)).map(|(p, _)| p.clone());
     (idle, target)
 }
 
@@ -386,11 +312,7 @@ fn flatten(v: &Value, path: String, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
-                flatten(
-                    x,
-                    format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")),
-                    out,
-                );
+                flatten(x, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), out);
             }
         }
         Value::Number(n) if n.is_u64() => out.push(path),
@@ -424,10 +346,7 @@ impl NodeServer {
                 return Err(format!("node server exited ({st}): {}", tail(&log, 3)));
             }
             if socket.exists() && Conn::open(&socket).is_ok() {
-                return Ok(NodeServer {
-                    _child: child,
-                    socket,
-                });
+                return Ok(NodeServer { _child: child, socket });
             }
             if t0.elapsed() > Duration::from_secs(20) || procs::stopping() {
                 child.stop(Duration::from_secs(5));
@@ -445,25 +364,13 @@ mod tests {
 
     #[test]
     fn pool_fields_in_common_shapes() {
-        let (i, t) =
-            find_pool_fields(&json!({"status":"ok","pool":{"idle":3,"size":4},"sandboxes":7}));
-        assert_eq!(
-            (i.as_deref(), t.as_deref()),
-            (Some("/pool/idle"), Some("/pool/size"))
-        );
+        let (i, t) = find_pool_fields(&json!({"status":"ok","pool":{"idle":3,"size":4},"sandboxes":7}));
+        assert_eq!((i.as_deref(), t.as_deref()), (Some("/pool/idle"), Some("/pool/size")));
         let (i, t) = find_pool_fields(&json!({"status":"ok","pool_idle":3,"pool_size":4}));
-        assert_eq!(
-            (i.as_deref(), t.as_deref()),
-            (Some("/pool_idle"), Some("/pool_size"))
-        );
-        let (i, t) =
-            find_pool_fields(&json!({"status":"ok","pool":{"ready":1,"target":2},"tenants":1}));
-        assert_eq!(
-            (i.as_deref(), t.as_deref()),
-            (Some("/pool/ready"), Some("/pool/target"))
-        );
-        let (i, _) =
-            find_pool_fields(&json!({"status":"ok","sandboxes":{"idle_pool":2,"tenant":1}}));
+        assert_eq!((i.as_deref(), t.as_deref()), (Some("/pool_idle"), Some("/pool_size")));
+        let (i, t) = find_pool_fields(&json!({"status":"ok","pool":{"ready":1,"target":2},"tenants":1}));
+        assert_eq!((i.as_deref(), t.as_deref()), (Some("/pool/ready"), Some("/pool/target")));
+        let (i, _) = find_pool_fields(&json!({"status":"ok","sandboxes":{"idle_pool":2,"tenant":1}}));
         assert_eq!(i.as_deref(), Some("/sandboxes/idle_pool"));
     }
 }

@@ -145,10 +145,15 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     let r = |name: &str| Row::new(2, name, Unit::Micros);
     let port = match server() {
         Ok(p) => p,
-        Err(e) => return [r(BARE_GET), r(TC_GET).vs(BARE_GET), r(BARE_10MB), r(TC_10MB).vs(BARE_10MB)].into_iter().map(|mut row| {
-            row.set_na(format!("local server: {e}"));
-            row
-        }).collect(),
+        Err(e) => {
+            return [r(BARE_GET), r(TC_GET).vs(BARE_GET), r(BARE_10MB), r(TC_10MB).vs(BARE_10MB)]
+                .into_iter()
+                .map(|mut row| {
+                    row.set_na(format!("local server: {e}"));
+                    row
+                })
+                .collect()
+        }
     };
     let mut bare = Bare::start(ctx, port);
     let daemon = setup(ctx, port);

@@ -12,12 +12,7 @@ pub use testkit::http::Response as Resp;
 
 /// The bytes of one request with a JSON body (an empty one for GET), prepared before it is timed.
 pub fn build(method: &str, target: &str, body: &[u8]) -> Vec<u8> {
-    encode(
-        method,
-        target,
-        &[("Content-Type", "application/json")],
-        body,
-    )
+    encode(method, target, &[("Content-Type", "application/json")], body)
 }
 
 pub struct Conn {
@@ -29,11 +24,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(path: &Path) -> io::Result<Conn> {
-        Ok(Conn {
-            path: path.to_path_buf(),
-            client: Some(Client::try_connect(path)?),
-            reconnects: 0,
-        })
+        Ok(Conn { path: path.to_path_buf(), client: Some(Client::try_connect(path)?), reconnects: 0 })
     }
 
     pub fn get(&mut self, target: &str) -> io::Result<Resp> {
@@ -56,9 +47,7 @@ impl Conn {
     fn try_request(&mut self, req: &[u8]) -> Result<Resp, (io::Error, bool)> {
         let client = match &mut self.client {
             Some(c) => c,
-            None => self
-                .client
-                .insert(Client::try_connect(&self.path).map_err(|e| (e, false))?),
+            None => self.client.insert(Client::try_connect(&self.path).map_err(|e| (e, false))?),
         };
         let before = client.received();
         let r = client.send_raw(req).and_then(|()| client.read_response());
@@ -79,8 +68,5 @@ impl Conn {
 }
 
 fn is_stale(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    )
+    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
 }

@@ -41,9 +41,7 @@ pub fn check_run(r: &Resp, n: u64) -> Result<Option<bool>, String> {
     if r.status != 200 {
         return Err(r.describe());
     }
-    let v: Value = r
-        .try_json()
-        .ok_or_else(|| format!("not JSON: {}", r.describe()))?;
+    let v: Value = r.try_json().ok_or_else(|| format!("not JSON: {}", r.describe()))?;
     if v.pointer("/result/n").and_then(Value::as_u64) != Some(n) {
         return Err(format!("wrong result: {}", r.describe()));
     }
@@ -56,28 +54,18 @@ pub fn first_run(c: &mut Conn, tenant: &str) -> Result<(), String> {
     let req = build("POST", &format!("/v1/tenants/{tenant}/run"), &adhoc_body(0));
     let mut tries = 0;
     loop {
-        let r = c
-            .request(&req)
-            .map_err(|e| format!("first run of tenant {tenant}: {e}"))?;
+        let r = c.request(&req).map_err(|e| format!("first run of tenant {tenant}: {e}"))?;
         if r.status == 503 && tries < 5 && !crate::procs::stopping() {
             tries += 1;
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
-        return check_run(&r, 0)
-            .map(|_| ())
-            .map_err(|e| format!("first run of tenant {tenant}: {e}"));
+        return check_run(&r, 0).map(|_| ()).map_err(|e| format!("first run of tenant {tenant}: {e}"));
     }
 }
 
 /// One timed request on `conn`, checked; counts responses whose `cold` flag is not what was expected.
-fn timed_run(
-    conn: &mut Conn,
-    req: &[u8],
-    n: u64,
-    want_cold: Option<bool>,
-    odd: &Cell<u64>,
-) -> Result<u64, String> {
+fn timed_run(conn: &mut Conn, req: &[u8], n: u64, want_cold: Option<bool>, odd: &Cell<u64>) -> Result<u64, String> {
     let t0 = Instant::now();
     let r = conn.request(req).map_err(|e| e.to_string())?;
     let us = micros_since(t0);
@@ -102,10 +90,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     let r = |name: &str| Row::new(2, name, Unit::Micros);
 
     let bare = NodeServer::start(ctx, "bare-warm");
-    let mut bare_conn = bare
-        .as_ref()
-        .map_err(|e| e.clone())
-        .and_then(|s| Conn::open(&s.socket).map_err(|e| e.to_string()));
+    let mut bare_conn = bare.as_ref().map_err(|e| e.clone()).and_then(|s| Conn::open(&s.socket).map_err(|e| e.to_string()));
     let daemon = Daemon::start(ctx, "warm", ctx.pool_size);
     let setup = |d: &Result<Daemon, String>| -> Result<(Conn, Conn), String> {
         let d = d.as_ref().map_err(|e| e.clone())?;
@@ -113,13 +98,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         // The tenant's first request gives it a sandbox; from then on it is warm.
         d.settle_start();
         first_run(&mut c, "bench-warm")?;
-        let put = c
-            .request(&build(
-                "PUT",
-                "/v1/tenants/bench-warm/tasks/echo",
-                TASK_JS.as_bytes(),
-            ))
-            .map_err(|e| format!("deploy: {e}"))?;
+        let put = c.request(&build("PUT", "/v1/tenants/bench-warm/tasks/echo", TASK_JS.as_bytes())).map_err(|e| format!("deploy: {e}"))?;
         if put.status != 200 && put.status != 201 {
             return Err(format!("deploy: {}", put.describe()));
         }
@@ -234,9 +213,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         ),
     });
     // CGI style: a fresh node per request, the function evaluated, the data on argv, the result on stdout.
-    let script = format!(
-        "{TASK_JS}\n;process.stdout.write(JSON.stringify({{result: module.exports(JSON.parse(process.argv[1]))}}));"
-    );
+    let script = format!("{TASK_JS}\n;process.stdout.write(JSON.stringify({{result: module.exports(JSON.parse(process.argv[1]))}}));");
     let mut m = 0u64;
     let node = ctx.node.clone();
     lanes.push(Lane::new(
@@ -246,14 +223,11 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         Box::new(move || {
             m += 1;
             let data = json!({"n": m}).to_string();
-            let o = Spawn::new(&node, &["-e", &script, &data])
-                .run(Until::Exit, true)
-                .map_err(|e| e.to_string())?;
+            let o = Spawn::new(&node, &["-e", &script, &data]).run(Until::Exit, true).map_err(|e| e.to_string())?;
             if o.status != 0 {
                 return Err(o.describe());
             }
-            let v: Value =
-                serde_json::from_slice(&o.stdout).map_err(|e| format!("stdout not JSON: {e}"))?;
+            let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("stdout not JSON: {e}"))?;
             if v.pointer("/result/n").and_then(Value::as_u64) != Some(m) {
                 return Err(format!("wrong result {v}"));
             }
@@ -266,10 +240,7 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     note_cold(&mut rows, TC_WARM_WEBTASK, &odd_wt, "false");
     if let Ok(c) = &c_adhoc {
         if c.reconnects > 0 {
-            warnings.push(format!(
-                "warm: the daemon closed the idle keep-alive connection {} times",
-                c.reconnects
-            ));
+            warnings.push(format!("warm: the daemon closed the idle keep-alive connection {} times", c.reconnects));
         }
     }
     drop((c_adhoc, c_named, c_wt, c_http, bare_conn));
@@ -322,19 +293,11 @@ impl<'c> ColdDaemon<'c> {
             self.start()?;
         }
         if self.no_idle.is_some() {
-            std::thread::sleep(Duration::from_millis(if self.ctx.quick {
-                300
-            } else {
-                600
-            }));
+            std::thread::sleep(Duration::from_millis(if self.ctx.quick { 300 } else { 600 }));
             return Ok(());
         }
         if self.restarts >= MAX_RESTARTS {
-            std::thread::sleep(Duration::from_millis(if self.ctx.quick {
-                300
-            } else {
-                600
-            }));
+            std::thread::sleep(Duration::from_millis(if self.ctx.quick { 300 } else { 600 }));
             return Ok(());
         }
         let stall = Duration::from_secs(if self.ctx.quick { 3 } else { 5 });
@@ -351,9 +314,7 @@ impl<'c> ColdDaemon<'c> {
                 Err(PoolWait::Error(e)) => return Err(e),
                 Err(PoolWait::Stuck(s)) => {
                     if attempt == 1 || self.restarts + 1 >= MAX_RESTARTS {
-                        return Err(format!(
-                            "a fresh daemon's pool stays short of its size: {s}"
-                        ));
+                        return Err(format!("a fresh daemon's pool stays short of its size: {s}"));
                     }
                     self.last_stuck = Some(s);
                     self.restarts += 1;
@@ -364,13 +325,7 @@ impl<'c> ColdDaemon<'c> {
         Ok(())
     }
 
-    fn run(
-        &mut self,
-        tenant: &str,
-        n: u64,
-        want_cold: bool,
-        odd: &Cell<u64>,
-    ) -> Result<u64, String> {
+    fn run(&mut self, tenant: &str, n: u64, want_cold: bool, odd: &Cell<u64>) -> Result<u64, String> {
         self.settle()?;
         let c = self.client.as_mut().ok_or("no daemon")?;
         let req = build("POST", &format!("/v1/tenants/{tenant}/run"), &adhoc_body(n));
@@ -379,11 +334,7 @@ impl<'c> ColdDaemon<'c> {
 }
 
 pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
-    let (n_pool, n_empty, n_ref) = if ctx.quick {
-        (10, 5, 20)
-    } else {
-        (200, 60, 400)
-    };
+    let (n_pool, n_empty, n_ref) = if ctx.quick { (10, 5, 20) } else { (200, 60, 400) };
     let r = |name: &str| Row::new(3, name, Unit::Micros);
     let pid = std::process::id();
     let cd = RefCell::new(ColdDaemon {
@@ -426,8 +377,7 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
                 1,
                 Box::new(move || {
                     i += 1;
-                    cdr.borrow_mut()
-                        .run(&format!("cold-{pid}-{i}"), i, true, odd)
+                    cdr.borrow_mut().run(&format!("cold-{pid}-{i}"), i, true, odd)
                 }),
             ));
         }
@@ -451,11 +401,7 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
                             cdr.borrow_mut().settle()?;
                         }
                         i += 1;
-                        let req = build(
-                            "POST",
-                            &format!("/v1/tenants/empty-{pid}-{i}/run"),
-                            &adhoc_body(i),
-                        );
+                        let req = build("POST", &format!("/v1/tenants/empty-{pid}-{i}/run"), &adhoc_body(i));
                         timed_run(&mut c, &req, i, Some(true), odd)
                     }),
                 ));
@@ -469,17 +415,12 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     let mut cd = cd.into_inner();
     if let Some(row) = rows.iter_mut().find(|r| r.name == COLD_POOL) {
         if let Some(e) = &cd.no_idle {
-            row.note(format!(
-                "{e}: slept between samples instead of waiting for a full pool"
-            ));
+            row.note(format!("{e}: slept between samples instead of waiting for a full pool"));
         } else if let Some(p) = cd.d.as_ref().and_then(|d| d.idle_ptr.clone()) {
             row.note(format!("pool full before each sample (health {p})"));
         }
         if let Some(s) = &cd.last_stuck {
-            row.note(format!(
-                "daemon restarted {} times because its pool stopped refilling: {s}",
-                cd.restarts
-            ));
+            row.note(format!("daemon restarted {} times because its pool stopped refilling: {s}", cd.restarts));
             if cd.restarts >= MAX_RESTARTS {
                 row.note("then slept between samples instead");
             }

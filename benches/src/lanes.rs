@@ -17,25 +17,13 @@ pub struct Lane<'a> {
 
 impl<'a> Lane<'a> {
     pub fn new(row: Row, n: usize, warmup: usize, f: SampleFn<'a>) -> Lane<'a> {
-        Lane {
-            row,
-            n,
-            warmup,
-            f: Some(f),
-            failing: 0,
-        }
+        Lane { row, n, warmup, f: Some(f), failing: 0 }
     }
 
     /// A row that cannot be measured in this run.
     pub fn na(mut row: Row, reason: impl Into<String>) -> Lane<'a> {
         row.set_na(reason);
-        Lane {
-            row,
-            n: 0,
-            warmup: 0,
-            f: None,
-            failing: 0,
-        }
+        Lane { row, n: 0, warmup: 0, f: None, failing: 0 }
     }
 }
 
@@ -59,9 +47,7 @@ fn sample(lane: &mut Lane, keep: bool) {
                     let first = lane.row.first_error.clone().unwrap_or_default();
                     lane.row.set_na(format!("failed: {first}"));
                 } else {
-                    lane.row.note(format!(
-                        "stopped sampling after {GIVE_UP} failures in a row"
-                    ));
+                    lane.row.note(format!("stopped sampling after {GIVE_UP} failures in a row"));
                 }
                 lane.f = None;
             }

@@ -84,26 +84,15 @@ fn parse_args() -> Result<Args, String> {
             "--node" => a.node = PathBuf::from(val("--node")?),
             "--out" => a.out = PathBuf::from(val("--out")?),
             "--pool-size" => {
-                a.pool_size = val("--pool-size")?
-                    .parse()
-                    .map_err(|_| "--pool-size needs a number")?;
+                a.pool_size = val("--pool-size")?.parse().map_err(|_| "--pool-size needs a number")?;
                 if a.pool_size == 0 {
-                    return Err(
-                        "--pool-size must be at least 1 (the pool-empty row uses 0 by itself)"
-                            .into(),
-                    );
+                    return Err("--pool-size must be at least 1 (the pool-empty row uses 0 by itself)".into());
                 }
             }
             "--only" => {
                 a.only = val("--only")?
                     .split(',')
-                    .map(|g| {
-                        g.trim()
-                            .parse::<u8>()
-                            .ok()
-                            .filter(|g| (1..=5).contains(g))
-                            .ok_or(format!("bad group {g:?}"))
-                    })
+                    .map(|g| g.trim().parse::<u8>().ok().filter(|g| (1..=5).contains(g)).ok_or(format!("bad group {g:?}")))
                     .collect::<Result<_, _>>()?;
             }
             "-h" | "--help" => {
@@ -118,10 +107,7 @@ fn parse_args() -> Result<Args, String> {
 
 fn first_line(path: &str, key: &str) -> Option<String> {
     let s = fs::read_to_string(path).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
+    s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
 }
 
 fn version_of(prog: &Path, arg: &str) -> String {
@@ -132,14 +118,7 @@ fn version_of(prog: &Path, arg: &str) -> String {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
         .unwrap_or_else(|| "not found".into())
 }
 
@@ -148,21 +127,9 @@ fn machine(ctx: &Ctx) -> Vec<(String, String)> {
     let nproc = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     let mut m = vec![
         ("nproc".to_string(), nproc.to_string()),
-        (
-            "cpu".into(),
-            first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into()),
-        ),
-        (
-            "kernel".into(),
-            fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        ),
-        (
-            "memory".into(),
-            first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into()),
-        ),
+        ("cpu".into(), first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into())),
+        ("kernel".into(), fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
+        ("memory".into(), first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into())),
         ("node".into(), version_of(&ctx.node, "--version")),
         (
             "taskcell".into(),
@@ -171,18 +138,10 @@ fn machine(ctx: &Ctx) -> Vec<(String, String)> {
                 Err(e) => e.clone(),
             },
         ),
-        (
-            "load average at start".into(),
-            fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        ),
+        ("load average at start".into(), fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()),
     ];
     for tool in ["unshare", "bwrap", "crun"] {
-        let v = procs::which(tool)
-            .map(|p| version_of(&p, "--version"))
-            .unwrap_or_else(|| "not installed".into());
+        let v = procs::which(tool).map(|p| version_of(&p, "--version")).unwrap_or_else(|| "not installed".into());
         m.push((tool.into(), v));
     }
     m
@@ -198,10 +157,7 @@ fn goals(r: &Report) -> Vec<String> {
     let mut g = Vec::new();
     let verdict = |x: f64, limit: f64| if x <= limit { "met" } else { "NOT met" };
     if let Some(x) = ratio(r, invoke::TC_WARM, invoke::BARE_WARM, 0.5) {
-        g.push(format!(
-            "warm p50 / bare node server p50 = {x:.2} (goal <= 1.5: {})",
-            verdict(x, 1.5)
-        ));
+        g.push(format!("warm p50 / bare node server p50 = {x:.2} (goal <= 1.5: {})", verdict(x, 1.5)));
     }
     for (row, what) in [(invoke::TC_WARM_WEBTASK, "webtask (ctx, cb)"), (invoke::TC_WARM_HTTP, "HTTP endpoint")] {
         if let Some(x) = ratio(r, row, invoke::TC_WARM_NAMED, 0.5) {
@@ -225,33 +181,25 @@ fn goals(r: &Report) -> Vec<String> {
         ));
     }
     if let Some(x) = ratio(r, egress::BARE_10MB, egress::TC_10MB, 0.5) {
-        g.push(format!("10 MB download through egress, rate / bare node's rate = {x:.2} (goal >= 0.8: {})", if x >= 0.8 { "met" } else { "NOT met" }));
+        g.push(format!(
+            "10 MB download through egress, rate / bare node's rate = {x:.2} (goal >= 0.8: {})",
+            if x >= 0.8 { "met" } else { "NOT met" }
+        ));
     }
     if let Some(x) = ratio(r, invoke::COLD_POOL, invoke::BARE_WARM, 0.99) {
-        g.push(format!(
-            "cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})",
-            verdict(x, 20.0)
-        ));
+        g.push(format!("cold pool-hit p99 / bare node server p50 = {x:.1} (goal <= 20: {})", verdict(x, 20.0)));
     }
     if let Some(x) = ratio(r, sandbox::JAIL_NOOP, sandbox::UNSHARE, 0.5) {
-        g.push(format!(
-            "jail no-op p50 / unshare p50 = {x:.2} (goal <= 1: {})",
-            verdict(x, 1.0)
-        ));
+        g.push(format!("jail no-op p50 / unshare p50 = {x:.2} (goal <= 1: {})", verdict(x, 1.0)));
     }
-    if let (Some(a), Some(b)) = (
-        r.row(sandbox::JAIL_NODE).and_then(|x| x.p50()),
-        r.row(sandbox::BARE_NODE).and_then(|x| x.p50()),
-    ) {
+    if let (Some(a), Some(b)) = (r.row(sandbox::JAIL_NODE).and_then(|x| x.p50()), r.row(sandbox::BARE_NODE).and_then(|x| x.p50())) {
         g.push(format!(
             "jail node start p50 - bare node start p50 = {:+.1} ms (isolation on top of Node's own start-up)",
             (a as f64 - b as f64) / 1e3
         ));
     }
     if let Some(x) = ratio(r, "idle pool sandbox: PSS", "idle bare node: PSS", 0.5) {
-        g.push(format!(
-            "idle sandbox PSS / idle bare node PSS = {x:.2} (goal: close to 1)"
-        ));
+        g.push(format!("idle sandbox PSS / idle bare node PSS = {x:.2} (goal: close to 1)"));
     }
     g
 }
@@ -290,10 +238,7 @@ fn main() {
     let taskcell = if args.taskcell.is_file() {
         Ok(fs::canonicalize(&args.taskcell).unwrap_or(args.taskcell.clone()))
     } else {
-        Err(format!(
-            "taskcell binary not found at {}",
-            args.taskcell.display()
-        ))
+        Err(format!("taskcell binary not found at {}", args.taskcell.display()))
     };
     let ctx = Ctx {
         quick: args.quick,
@@ -314,10 +259,7 @@ fn main() {
         warnings: Vec::new(),
         goals: Vec::new(),
     };
-    eprintln!(
-        "taskcell-bench: {} run, groups {:?}",
-        report.mode, args.only
-    );
+    eprintln!("taskcell-bench: {} run, groups {:?}", report.mode, args.only);
     for g in &args.only {
         if procs::stopping() {
             break;
@@ -340,31 +282,17 @@ fn main() {
             4 => throughput::run(&ctx, &mut report.warnings),
             _ => pool::run(&ctx, &mut report.warnings),
         };
-        eprintln!(
-            "taskcell-bench: group {g} done in {:.1} s",
-            t0.elapsed().as_secs_f64()
-        );
+        eprintln!("taskcell-bench: group {g} done in {:.1} s", t0.elapsed().as_secs_f64());
         report.rows.extend(rows);
     }
     let interrupted = procs::stopping();
     if interrupted {
-        report
-            .warnings
-            .push("interrupted: the table holds what was measured before the signal".into());
+        report.warnings.push("interrupted: the table holds what was measured before the signal".into());
     }
     report.finish();
     report.goals = goals(&report);
-    report.machine.push((
-        "bench wall time".into(),
-        format!("{:.1} s", started.elapsed().as_secs_f64()),
-    ));
-    report.machine.push((
-        "load average at end".into(),
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-    ));
+    report.machine.push(("bench wall time".into(), format!("{:.1} s", started.elapsed().as_secs_f64())));
+    report.machine.push(("load average at end".into(), fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()));
     procs::remove_tmpdirs();
 
     print!("{}", report.table());

@@ -93,14 +93,24 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     };
     let (mut i, mut j) = (0, 0);
     let rows = lanes::run(vec![
-        Lane::new(plain, n, w, Box::new(|| {
-            i += 1;
-            call(&mut c, "plain", i)
-        })),
-        Lane::new(lodash, n, w, Box::new(|| {
-            j += 1;
-            call(&mut c2, "lodash", j)
-        })),
+        Lane::new(
+            plain,
+            n,
+            w,
+            Box::new(|| {
+                i += 1;
+                call(&mut c, "plain", i)
+            }),
+        ),
+        Lane::new(
+            lodash,
+            n,
+            w,
+            Box::new(|| {
+                j += 1;
+                call(&mut c2, "lodash", j)
+            }),
+        ),
     ]);
     daemon.stop(warnings);
     rows

@@ -34,12 +34,7 @@ struct Mem {
 }
 
 fn measure(sbs: &[procs::Sandbox]) -> Mem {
-    let mut m = Mem {
-        rss: Vec::new(),
-        pss: Vec::new(),
-        cgroup: Vec::new(),
-        procs: Vec::new(),
-    };
+    let mut m = Mem { rss: Vec::new(), pss: Vec::new(), cgroup: Vec::new(), procs: Vec::new() };
     for s in sbs {
         let (mut rss, mut pss, mut n) = (0, 0, 0);
         for p in &s.pids {
@@ -105,9 +100,7 @@ fn bare_rows(names: (&str, &str), nodes: &Result<Vec<Child>, String>) -> (Row, R
                     pss.record(p);
                 }
             }
-            rss.note(
-                "benches/js/idle.js, as many as the pool holds, alive alongside the sandboxes",
-            );
+            rss.note("benches/js/idle.js, as many as the pool holds, alive alongside the sandboxes");
         }
     }
     (rss, pss)
@@ -118,19 +111,10 @@ fn idle_nodes(ctx: &Ctx, n: usize) -> Result<Vec<Child>, String> {
     let mut out = Vec::new();
     for i in 0..n {
         let mut cmd = Command::new(&ctx.node);
-        cmd.arg(ctx.tmp.join("js/idle.js"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.arg(ctx.tmp.join("js/idle.js")).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         let mut c = Child::spawn(cmd, &format!("idle-node-{i}")).map_err(|e| e.to_string())?;
         let mut b = [0u8; 1];
-        let got = c
-            .inner
-            .stdout
-            .as_mut()
-            .map(|o| o.read(&mut b))
-            .transpose()
-            .map_err(|e| e.to_string())?;
+        let got = c.inner.stdout.as_mut().map(|o| o.read(&mut b)).transpose().map_err(|e| e.to_string())?;
         if got != Some(1) {
             return Err("idle node did not start".into());
         }
@@ -145,17 +129,11 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     let mut rows = Vec::new();
     let daemon = Daemon::start(ctx, "pool", ctx.pool_size);
     let nodes = idle_nodes(ctx, ctx.pool_size.max(1));
-    let mut health = daemon
-        .as_ref()
-        .ok()
-        .and_then(|d| Conn::open(&d.socket).ok());
+    let mut health = daemon.as_ref().ok().and_then(|d| Conn::open(&d.socket).ok());
 
     // The pool full and untouched: every sandbox below the daemon is an idle pool sandbox.
     let pool_ready = match (&daemon, health.as_mut()) {
-        (Ok(d), Some(h)) => d
-            .wait_pool_full(h, Duration::from_secs(10))
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        (Ok(d), Some(h)) => d.wait_pool_full(h, Duration::from_secs(10)).map(|_| ()).map_err(|e| e.to_string()),
         (Err(e), _) => Err(e.clone()),
         (_, None) => Err("cannot connect to the daemon".into()),
     };
@@ -167,11 +145,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     };
     let own_cgroup = {
         let mine = procs::cgroup_memory(std::process::id() as i32).map(|x| x.1);
-        let d = daemon
-            .as_ref()
-            .ok()
-            .and_then(|d| procs::cgroup_memory(d.pid()))
-            .map(|x| x.1);
+        let d = daemon.as_ref().ok().and_then(|d| procs::cgroup_memory(d.pid())).map(|x| x.1);
         s0.first()
             .and_then(|s| procs::cgroup_memory(s.root))
             .map(|x| x.1)
@@ -179,11 +153,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     };
     match (&daemon, &pool_ready) {
         (Err(e), _) => {
-            for name in [
-                "idle pool sandbox: RSS",
-                "idle pool sandbox: PSS",
-                "idle pool sandbox: cgroup charge",
-            ] {
+            for name in ["idle pool sandbox: RSS", "idle pool sandbox: PSS", "idle pool sandbox: cgroup charge"] {
                 let mut r = Row::new(5, name, Unit::KiB);
                 r.set_na(e.clone());
                 rows.push(r);
@@ -191,13 +161,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         }
         (Ok(_), ready) => {
             let before = rows.len();
-            mem_rows(
-                "idle pool sandbox",
-                &measure(&s0),
-                own_cgroup,
-                (BARE_RSS, BARE_PSS),
-                &mut rows,
-            );
+            mem_rows("idle pool sandbox", &measure(&s0), own_cgroup, (BARE_RSS, BARE_PSS), &mut rows);
             if let Err(e) = ready {
                 for r in &mut rows[before..] {
                     r.note(format!("pool not confirmed full: {e}"));
@@ -216,9 +180,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         (Ok(_), Err(e)) => refill.set_na(e.clone()),
         (Ok(d), Ok(())) => {
             let mut c = Conn::open(&d.socket);
-            let h = health
-                .as_mut()
-                .expect("health connection exists when the pool was seen full");
+            let h = health.as_mut().expect("health connection exists when the pool was seen full");
             'drains: for round in 0..drains {
                 if procs::stopping() {
                     break;
@@ -233,16 +195,8 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
                 };
                 let t0 = Instant::now();
                 for i in 0..target {
-                    let req = build(
-                        "POST",
-                        &format!("/v1/tenants/refill-{pid}-{round}-{i}/run"),
-                        &adhoc_body(i),
-                    );
-                    match c
-                        .request(&req)
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| check_run(&r, i))
-                    {
+                    let req = build("POST", &format!("/v1/tenants/refill-{pid}-{round}-{i}/run"), &adhoc_body(i));
+                    match c.request(&req).map_err(|e| e.to_string()).and_then(|r| check_run(&r, i)) {
                         Ok(_) => {}
                         Err(e) => {
                             refill.error(e);
@@ -276,18 +230,10 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         Ok(d) if !s0.is_empty() => {
             std::thread::sleep(settle);
             let live: HashSet<i32> = procs::sandboxes(d.pid()).iter().map(|s| s.root).collect();
-            let used: Vec<procs::Sandbox> = procs::sandboxes(d.pid())
-                .into_iter()
-                .filter(|s| s0.iter().any(|x| x.root == s.root) && live.contains(&s.root))
-                .collect();
+            let used: Vec<procs::Sandbox> =
+                procs::sandboxes(d.pid()).into_iter().filter(|s| s0.iter().any(|x| x.root == s.root) && live.contains(&s.root)).collect();
             let before = rows.len();
-            mem_rows(
-                "idle tenant sandbox after 1 run",
-                &measure(&used),
-                own_cgroup,
-                (BARE_RSS_END, BARE_PSS_END),
-                &mut rows,
-            );
+            mem_rows("idle tenant sandbox after 1 run", &measure(&used), own_cgroup, (BARE_RSS_END, BARE_PSS_END), &mut rows);
             if used.is_empty() {
                 for r in &mut rows[before..] {
                     r.set_na("the first pool sandboxes were gone by the end of the refill rounds");
@@ -296,18 +242,8 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         }
         _ => {
             for name in ["RSS", "PSS", "cgroup charge"] {
-                let mut r = Row::new(
-                    5,
-                    format!("idle tenant sandbox after 1 run: {name}"),
-                    Unit::KiB,
-                );
-                r.set_na(
-                    daemon
-                        .as_ref()
-                        .err()
-                        .cloned()
-                        .unwrap_or_else(|| "no pool sandboxes found below the daemon".into()),
-                );
+                let mut r = Row::new(5, format!("idle tenant sandbox after 1 run: {name}"), Unit::KiB);
+                r.set_na(daemon.as_ref().err().cloned().unwrap_or_else(|| "no pool sandboxes found below the daemon".into()));
                 rows.push(r);
             }
         }

@@ -50,10 +50,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
         let p = PathBuf::from(name);
         return p.is_file().then_some(p);
     }
-    CLEAN_PATH
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    CLEAN_PATH.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
 /// What the child does between fork and execve, besides wiring stdio.
@@ -90,12 +87,7 @@ pub struct Outcome {
 impl Outcome {
     pub fn describe(&self) -> String {
         let err = String::from_utf8_lossy(&self.stderr);
-        let line = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let line = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
         let line: String = line.chars().take(200).collect();
         if line.is_empty() {
             format!("exit status {}", self.status)
@@ -134,12 +126,7 @@ fn read_to_end(fd: &OwnedFd, out: &mut Vec<u8>) {
 }
 
 /// Drains stdout and stderr together (so that neither can fill and stall the child) until both end.
-fn drain(
-    out: Option<&OwnedFd>,
-    err: Option<&OwnedFd>,
-    out_buf: &mut Vec<u8>,
-    err_buf: &mut Vec<u8>,
-) {
+fn drain(out: Option<&OwnedFd>, err: Option<&OwnedFd>, out_buf: &mut Vec<u8>, err_buf: &mut Vec<u8>) {
     match (out, err) {
         (None, None) => {}
         (Some(o), None) => read_to_end(o, out_buf),
@@ -149,16 +136,8 @@ fn drain(
             let mut buf = [0u8; 16 * 1024];
             while open[0] || open[1] {
                 let mut pfds = [
-                    libc::pollfd {
-                        fd: if open[0] { o.as_raw_fd() } else { -1 },
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: if open[1] { e.as_raw_fd() } else { -1 },
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
+                    libc::pollfd { fd: if open[0] { o.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+                    libc::pollfd { fd: if open[1] { e.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
                 ];
                 // SAFETY: pfds is a valid array of two pollfd structs.
                 let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
@@ -168,20 +147,13 @@ fn drain(
                     }
                     return;
                 }
-                for (i, (fd, dst)) in [(o, &mut *out_buf), (e, &mut *err_buf)]
-                    .into_iter()
-                    .enumerate()
-                {
+                for (i, (fd, dst)) in [(o, &mut *out_buf), (e, &mut *err_buf)].into_iter().enumerate() {
                     if open[i] && pfds[i].revents != 0 {
                         // SAFETY: buf is a writable buffer of the length passed.
-                        let n = unsafe {
-                            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                        };
+                        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                         if n > 0 {
                             dst.extend_from_slice(&buf[..n as usize]);
-                        } else if n == 0
-                            || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
-                        {
+                        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
                             open[i] = false;
                         }
                     }
@@ -218,11 +190,7 @@ impl Spawn {
     pub fn new(prog: &Path, args: &[&str]) -> Spawn {
         let mut argv = vec![cstr(&prog.to_string_lossy())];
         argv.extend(args.iter().map(|a| cstr(a)));
-        Spawn {
-            argv,
-            envp: vec![cstr(&format!("PATH={CLEAN_PATH}"))],
-            pre: Pre::None,
-        }
+        Spawn { argv, envp: vec![cstr(&format!("PATH={CLEAN_PATH}"))], pre: Pre::None }
     }
 
     pub fn with_pre(mut self, pre: Pre) -> Spawn {
@@ -238,15 +206,8 @@ impl Spawn {
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
-        let devnull = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")?;
-        let out = if capture || until == Until::FirstByte {
-            Some(pipe()?)
-        } else {
-            None
-        };
+        let devnull = fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+        let out = if capture || until == Until::FirstByte { Some(pipe()?) } else { None };
         let err = if capture { Some(pipe()?) } else { None };
         let null_fd = devnull.as_raw_fd();
         let out_w = out.as_ref().map(|p| p.1.as_raw_fd()).unwrap_or(null_fd);
@@ -265,10 +226,7 @@ impl Spawn {
         if pid == 0 {
             // SAFETY: see the fork above: syscalls only, then execve or _exit.
             unsafe {
-                if libc::dup2(null_fd, 0) < 0
-                    || libc::dup2(out_w, 1) < 0
-                    || libc::dup2(err_w, 2) < 0
-                {
+                if libc::dup2(null_fd, 0) < 0 || libc::dup2(out_w, 1) < 0 || libc::dup2(err_w, 2) < 0 {
                     libc::_exit(125);
                 }
                 if pre == Pre::HideUnifiedCgroup {
@@ -318,20 +276,10 @@ impl Spawn {
             (Until::Exit, _) => t0.elapsed().as_micros() as u64,
             (Until::FirstByte, Some(m)) => m,
             (Until::FirstByte, None) => {
-                return Ok(Outcome {
-                    micros: 0,
-                    status: if status == 0 { -2 } else { status },
-                    stdout,
-                    stderr,
-                });
+                return Ok(Outcome { micros: 0, status: if status == 0 { -2 } else { status }, stdout, stderr });
             }
         };
-        Ok(Outcome {
-            micros,
-            status,
-            stdout,
-            stderr,
-        })
+        Ok(Outcome { micros, status, stdout, stderr })
     }
 }
 
@@ -342,10 +290,7 @@ static LIVE: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 static TMPDIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 pub fn register_tmpdir(p: &Path) {
-    TMPDIRS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(p.to_path_buf());
+    TMPDIRS.lock().unwrap_or_else(|e| e.into_inner()).push(p.to_path_buf());
 }
 
 /// A child that runs in the background while rows are measured: own process group (so a ^C at the
@@ -367,14 +312,8 @@ impl Child {
             });
         }
         let inner = cmd.spawn()?;
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(inner.id() as libc::pid_t);
-        Ok(Child {
-            inner,
-            name: name.to_string(),
-            done: false,
-        })
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(inner.id() as libc::pid_t);
+        Ok(Child { inner, name: name.to_string(), done: false })
     }
 
     pub fn pid(&self) -> libc::pid_t {
@@ -392,9 +331,7 @@ impl Child {
         }
         self.done = true;
         let pid = self.pid();
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|p| *p != pid);
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
         if let Some(st) = self.exited() {
             return format!("had already exited ({st})");
         }
@@ -421,10 +358,7 @@ impl Drop for Child {
 
 /// Last resort (panic hook): SIGTERM whatever is still registered, wait briefly, remove temp dirs.
 pub fn emergency_cleanup() {
-    let pids: Vec<_> = LIVE
-        .lock()
-        .map(|mut l| std::mem::take(&mut *l))
-        .unwrap_or_default();
+    let pids: Vec<_> = LIVE.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
     for pid in &pids {
         // SAFETY: these are our own unreaped children.
         unsafe { libc::kill(*pid, libc::SIGTERM) };
@@ -445,10 +379,7 @@ pub fn emergency_cleanup() {
 }
 
 pub fn remove_tmpdirs() {
-    let dirs: Vec<_> = TMPDIRS
-        .lock()
-        .map(|mut l| std::mem::take(&mut *l))
-        .unwrap_or_default();
+    let dirs: Vec<_> = TMPDIRS.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
     for d in dirs {
         let _ = fs::remove_dir_all(&d);
     }
@@ -459,10 +390,7 @@ pub fn remove_tmpdirs() {
 
 /// The children of `pid` (see `testkit::procfs::children`).
 fn children(pid: i32) -> Vec<i32> {
-    procfs::children(pid as u32)
-        .into_iter()
-        .map(|c| c as i32)
-        .collect()
+    procfs::children(pid as u32).into_iter().map(|c| c as i32).collect()
 }
 
 pub fn pid_ns(pid: i32) -> Option<PathBuf> {
@@ -506,12 +434,8 @@ pub fn sandboxes(daemon: i32) -> Vec<Sandbox> {
 /// (Rss, Pss) in KiB from /proc/PID/smaps_rollup.
 pub fn rss_pss(pid: i32) -> Option<(u64, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let field =
+        |name: &str| s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok());
     Some((field("Rss:")?, field("Pss:")?))
 }
 
@@ -524,18 +448,12 @@ pub fn cgroup_memory(pid: i32) -> Option<(u64, String)> {
         let candidates: Vec<PathBuf> = if e.has("memory") {
             vec![root.join("memory").join(rel).join("memory.usage_in_bytes")]
         } else if e.is_unified() {
-            vec![
-                root.join(rel).join("memory.current"),
-                root.join("unified").join(rel).join("memory.current"),
-            ]
+            vec![root.join(rel).join("memory.current"), root.join("unified").join(rel).join("memory.current")]
         } else {
             continue;
         };
         for c in candidates {
-            if let Some(v) = fs::read_to_string(&c)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
+            if let Some(v) = fs::read_to_string(&c).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
                 return Some((v / 1024, e.path));
             }
         }
@@ -545,8 +463,5 @@ pub fn cgroup_memory(pid: i32) -> Option<(u64, String)> {
 
 /// The cgroup directories `pid` is in, in every mounted hierarchy.
 pub fn cgroup_dirs(pid: i32) -> Vec<PathBuf> {
-    cgroup::hierarchy_dirs(pid as u32)
-        .into_iter()
-        .filter(|d| d.join("cgroup.procs").exists())
-        .collect()
+    cgroup::hierarchy_dirs(pid as u32).into_iter().filter(|d| d.join("cgroup.procs").exists()).collect()
 }

@@ -161,11 +161,7 @@ const GROUP_TITLES: [&str; 6] = [
 impl Report {
     /// Ratios against baselines, once every row is in.
     pub fn finish(&mut self) {
-        let p50s: Vec<(String, Option<u64>, Option<f64>)> = self
-            .rows
-            .iter()
-            .map(|r| (r.name.clone(), r.p50(), r.rate))
-            .collect();
+        let p50s: Vec<(String, Option<u64>, Option<f64>)> = self.rows.iter().map(|r| (r.name.clone(), r.p50(), r.rate)).collect();
         for row in &mut self.rows {
             if let (Some(b), Some(mine)) = (&row.baseline, row.p50()) {
                 if let Some((_, Some(base), _)) = p50s.iter().find(|(n, _, _)| n == b) {
@@ -192,13 +188,7 @@ impl Report {
         for (k, v) in &self.machine {
             out.push_str(&format!("  {k}: {v}\n"));
         }
-        let w = self
-            .rows
-            .iter()
-            .map(|r| r.name.len())
-            .max()
-            .unwrap_or(20)
-            .max(20);
+        let w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(20).max(20);
         out.push_str(&format!(
             "\n  {:<w$} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}\n",
             "row", "n", "p50", "p90", "p99", "max", "ratio", "rate"
@@ -209,10 +199,7 @@ impl Report {
             if r.group != group {
                 group = r.group;
                 last_base = None;
-                out.push_str(&format!(
-                    "{}\n",
-                    GROUP_TITLES.get(group as usize).copied().unwrap_or("")
-                ));
+                out.push_str(&format!("{}\n", GROUP_TITLES.get(group as usize).copied().unwrap_or("")));
             }
             if let Some(reason) = &r.na {
                 out.push_str(&format!("  {:<w$} n/a ({reason})\n", r.name));
@@ -247,19 +234,11 @@ impl Report {
                 Some(_) => {}
             }
             if let (Some(b), Some(x)) = (&r.rate_baseline, r.rate_ratio) {
-                let b = if Some(b.as_str()) == last_base {
-                    "base"
-                } else {
-                    b.as_str()
-                };
+                let b = if Some(b.as_str()) == last_base { "base" } else { b.as_str() };
                 notes.push(format!("rate {x:.2}x {b}"));
             }
             if r.errors > 0 {
-                notes.push(format!(
-                    "{} errors, first: {}",
-                    r.errors,
-                    r.first_error.as_deref().unwrap_or("?")
-                ));
+                notes.push(format!("{} errors, first: {}", r.errors, r.first_error.as_deref().unwrap_or("?")));
             }
             notes.extend(r.notes.iter().cloned());
             if !notes.is_empty() {
@@ -319,11 +298,7 @@ impl Report {
                 v
             })
             .collect();
-        let machine: serde_json::Map<String, Value> = self
-            .machine
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
+        let machine: serde_json::Map<String, Value> = self.machine.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         json!({
             "mode": self.mode,
             "date": self.date,

@@ -25,9 +25,7 @@ fn build_noop(ctx: &Ctx) -> Result<PathBuf, String> {
     let src = ctx.tmp.join("noop.c");
     fs::write(&src, "int main(void) { return 0; }\n").map_err(|e| e.to_string())?;
     let bin = dir.join("noop");
-    let gcc = which("gcc")
-        .or_else(|| which("cc"))
-        .ok_or("no gcc or cc to build the static no-op")?;
+    let gcc = which("gcc").or_else(|| which("cc")).ok_or("no gcc or cc to build the static no-op")?;
     let out = Command::new(gcc)
         .env_clear()
         .env("PATH", CLEAN_PATH)
@@ -37,10 +35,7 @@ fn build_noop(ctx: &Ctx) -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("running gcc: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "gcc -static failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("gcc -static failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(bin)
 }
@@ -90,14 +85,11 @@ fn crun_bundle(ctx: &Ctx, crun: &Path, noop: &Path) -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("crun spec: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "crun spec: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("crun spec: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     let path = bundle.join("config.json");
-    let mut c: Value = serde_json::from_slice(&fs::read(&path).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("crun spec wrote bad JSON: {e}"))?;
+    let mut c: Value =
+        serde_json::from_slice(&fs::read(&path).map_err(|e| e.to_string())?).map_err(|e| format!("crun spec wrote bad JSON: {e}"))?;
     c["process"]["args"] = json!(["/noop"]);
     c["process"]["terminal"] = json!(false);
     c["root"]["readonly"] = json!(true);
@@ -111,11 +103,7 @@ fn crun_bundle(ctx: &Ctx, crun: &Path, noop: &Path) -> Result<PathBuf, String> {
     // As root, a user namespace needs explicit maps: an unprivileged host range, as taskcell uses.
     c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
     c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-    fs::write(
-        &path,
-        serde_json::to_vec_pretty(&c).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    fs::write(&path, serde_json::to_vec_pretty(&c).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     Ok(bundle)
 }
 
@@ -134,14 +122,7 @@ fn crun_lane<'a>(ctx: &Ctx, row: Row, n: usize, warmup: usize, noop: &Path) -> L
     let mk = move |i: usize, pre: Pre| {
         Spawn::new(
             &crun,
-            &[
-                "--root",
-                &state.to_string_lossy(),
-                "run",
-                "--bundle",
-                &bundle.to_string_lossy(),
-                &format!("tcbench-{pid}-{i}"),
-            ],
+            &["--root", &state.to_string_lossy(), "run", "--bundle", &bundle.to_string_lossy(), &format!("tcbench-{pid}-{i}")],
         )
         .with_pre(pre)
     };
@@ -165,9 +146,7 @@ fn crun_lane<'a>(ctx: &Ctx, row: Row, n: usize, warmup: usize, noop: &Path) -> L
         warmup,
         Box::new(move || {
             i += 1;
-            let o = mk(i, pre)
-                .run(Until::Exit, false)
-                .map_err(|e| e.to_string())?;
+            let o = mk(i, pre).run(Until::Exit, false).map_err(|e| e.to_string())?;
             if o.status != 0 {
                 return Err(format!("exit status {}", o.status));
             }
@@ -182,34 +161,18 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
     let mut rows = Vec::new();
 
     let noop = build_noop(ctx);
-    let noop_dir = noop
-        .as_ref()
-        .ok()
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf);
+    let noop_dir = noop.as_ref().ok().and_then(|p| p.parent()).map(Path::to_path_buf);
     let mut lanes: Vec<Lane> = Vec::new();
     let r = |name: &str| Row::new(1, name, Unit::Micros);
     match &noop {
         Err(e) => {
-            for name in [
-                FORK_EXEC,
-                UNSHARE,
-                "bwrap --unshare-all no-op",
-                "crun run no-op",
-                JAIL_NOOP,
-            ] {
+            for name in [FORK_EXEC, UNSHARE, "bwrap --unshare-all no-op", "crun run no-op", JAIL_NOOP] {
                 lanes.push(Lane::na(r(name), format!("no static no-op: {e}")));
             }
         }
         Ok(noop) => {
             let noop_dir = noop_dir.clone().expect("noop has a parent");
-            lanes.push(lane_for(
-                r(FORK_EXEC),
-                n_noop,
-                w_noop,
-                Spawn::new(noop, &[]),
-                Until::Exit,
-            ));
+            lanes.push(lane_for(r(FORK_EXEC), n_noop, w_noop, Spawn::new(noop, &[]), Until::Exit));
             match which("unshare") {
                 Some(u) => lanes.push(lane_for(
                     r(UNSHARE).vs(FORK_EXEC),
@@ -217,24 +180,11 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
                     w_noop,
                     Spawn::new(
                         &u,
-                        &[
-                            "--user",
-                            "--map-root-user",
-                            "--mount",
-                            "--net",
-                            "--pid",
-                            "--ipc",
-                            "--uts",
-                            "--fork",
-                            &noop.to_string_lossy(),
-                        ],
+                        &["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", &noop.to_string_lossy()],
                     ),
                     Until::Exit,
                 )),
-                None => lanes.push(Lane::na(
-                    r(UNSHARE).vs(FORK_EXEC),
-                    "unshare (util-linux) not installed",
-                )),
+                None => lanes.push(Lane::na(r(UNSHARE).vs(FORK_EXEC), "unshare (util-linux) not installed")),
             }
             let bw = r("bwrap --unshare-all no-op").vs(FORK_EXEC);
             match which("bwrap") {
@@ -242,27 +192,12 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
                     bw,
                     n_noop,
                     w_noop,
-                    Spawn::new(
-                        &b,
-                        &[
-                            "--unshare-all",
-                            "--ro-bind",
-                            &noop_dir.to_string_lossy(),
-                            "/bench",
-                            "/bench/noop",
-                        ],
-                    ),
+                    Spawn::new(&b, &["--unshare-all", "--ro-bind", &noop_dir.to_string_lossy(), "/bench", "/bench/noop"]),
                     Until::Exit,
                 )),
                 None => lanes.push(Lane::na(bw, "bwrap (bubblewrap) not installed")),
             }
-            lanes.push(crun_lane(
-                ctx,
-                r("crun run no-op").vs(FORK_EXEC),
-                n_noop,
-                w_noop,
-                noop,
-            ));
+            lanes.push(crun_lane(ctx, r("crun run no-op").vs(FORK_EXEC), n_noop, w_noop, noop));
             let jr = r(JAIL_NOOP).vs(FORK_EXEC);
             match &ctx.taskcell {
                 Err(e) => lanes.push(Lane::na(jr, e.clone())),
@@ -285,13 +220,7 @@ pub fn run(ctx: &Ctx) -> Vec<Row> {
     // Time to a ready Node: spawn until the first byte it writes.
     let script = "process.stdout.write('x')";
     let mut lanes: Vec<Lane> = Vec::new();
-    lanes.push(lane_for(
-        r(BARE_NODE),
-        n_node,
-        w_node,
-        Spawn::new(&ctx.node, &["-e", script]),
-        Until::FirstByte,
-    ));
+    lanes.push(lane_for(r(BARE_NODE), n_node, w_node, Spawn::new(&ctx.node, &["-e", script]), Until::FirstByte));
     let jr = r(JAIL_NODE).vs(BARE_NODE);
     match &ctx.taskcell {
         Err(e) => lanes.push(Lane::na(jr, e.clone())),

@@ -31,14 +31,7 @@ struct Load {
 /// C threads against `socket` for `dur`; client k's m-th request goes to tenant (k + m*C) mod T.
 fn load(socket: &std::path::Path, reqs: &[Vec<u8>], clients: usize, dur: Duration) -> Load {
     let barrier = Barrier::new(clients + 1);
-    let mut total = Load {
-        hist: new_hist(),
-        ok: 0,
-        cold: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut total = Load { hist: new_hist(), ok: 0, cold: 0, errors: 0, first_error: None, elapsed: Duration::ZERO };
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|k| {
@@ -64,9 +57,7 @@ fn load(socket: &std::path::Path, reqs: &[Vec<u8>], clients: usize, dur: Duratio
                                 let t0 = Instant::now();
                                 match c.request(req) {
                                     Ok(r) if r.status == 200 => {
-                                        h.saturating_record(
-                                            (t0.elapsed().as_micros() as u64).max(1),
-                                        );
+                                        h.saturating_record((t0.elapsed().as_micros() as u64).max(1));
                                         ok += 1;
                                         if r.body.windows(COLD.len()).any(|w| w == COLD) {
                                             cold += 1;
@@ -122,11 +113,7 @@ fn bare_name(c: usize) -> String {
 }
 
 fn tc_name(c: usize, t: usize) -> String {
-    format!(
-        "taskcell, {} x {}",
-        plural(c, "client"),
-        plural(t, "tenant")
-    )
+    format!("taskcell, {} x {}", plural(c, "client"), plural(t, "tenant"))
 }
 
 /// Gives each tenant its sandbox before the clock runs (cold starts are group 3's business).
@@ -155,17 +142,10 @@ fn warm_tenants(d: &Daemon, tenants: usize) -> Result<Duration, String> {
 }
 
 pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
-    let (slices, slice) = if ctx.quick {
-        (1, Duration::from_millis(300))
-    } else {
-        (3, Duration::from_millis(1500))
-    };
+    let (slices, slice) = if ctx.quick { (1, Duration::from_millis(300)) } else { (3, Duration::from_millis(1500)) };
     let bare = NodeServer::start(ctx, "bare-tp");
     let daemon = Daemon::start(ctx, "tp", ctx.pool_size);
-    let warm = daemon
-        .as_ref()
-        .map_err(|e| e.clone())
-        .and_then(|d| warm_tenants(d, *TENANTS.iter().max().unwrap_or(&1)));
+    let warm = daemon.as_ref().map_err(|e| e.clone()).and_then(|d| warm_tenants(d, *TENANTS.iter().max().unwrap_or(&1)));
 
     struct Cfg {
         row: Row,
@@ -198,9 +178,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
                     None
                 }
             };
-            let reqs = (0..t)
-                .map(|i| build("POST", &format!("/v1/tenants/tp-{i}/run"), &adhoc_body(1)))
-                .collect();
+            let reqs = (0..t).map(|i| build("POST", &format!("/v1/tenants/tp-{i}/run"), &adhoc_body(1))).collect();
             cfgs.push(cfg(row, socket, reqs));
         }
     }
@@ -230,11 +208,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     for mut cfg in cfgs {
         if cfg.row.na.is_none() {
             if cfg.ok == 0 {
-                let e = cfg
-                    .row
-                    .first_error
-                    .clone()
-                    .unwrap_or_else(|| "no successful request".into());
+                let e = cfg.row.first_error.clone().unwrap_or_else(|| "no successful request".into());
                 cfg.row.set_na(format!("failed: {e}"));
             } else if cfg.elapsed > Duration::ZERO {
                 cfg.row.rate = Some(cfg.ok as f64 / cfg.elapsed.as_secs_f64());
@@ -249,10 +223,7 @@ pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         rows.push(cfg.row);
     }
     if let (Ok(w), Some(row)) = (&warm, rows.iter_mut().find(|r| r.name == tc_name(1, 100))) {
-        row.note(format!(
-            "giving the 100 tenants their sandboxes took {:.1} s before the clock ran",
-            w.as_secs_f64()
-        ));
+        row.note(format!("giving the 100 tenants their sandboxes took {:.1} s before the clock ran", w.as_secs_f64()));
     }
     if let Ok(d) = daemon {
         d.stop(warnings);

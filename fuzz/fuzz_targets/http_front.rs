@@ -49,7 +49,9 @@ fn name_matches_pattern(name: &str) -> bool {
 /// `^[A-Za-z_][A-Za-z0-9_]{0,63}$`, written out independently of `secrets::valid_name`.
 fn secret_name_matches(name: &str) -> bool {
     let b = name.as_bytes();
-    (1..=64).contains(&b.len()) && matches!(b[0], b'A'..=b'Z' | b'a'..=b'z' | b'_') && b.iter().all(|c| matches!(c, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_'))
+    (1..=64).contains(&b.len())
+        && matches!(b[0], b'A'..=b'Z' | b'a'..=b'z' | b'_')
+        && b.iter().all(|c| matches!(c, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_'))
 }
 
 fn check_name(name: &str) -> bool {
@@ -117,7 +119,14 @@ fn route_request(req: &Request, request_id: &str) {
         Endpoint::Health => assert_eq!(segments, ["v1", "health"]),
         Endpoint::Metrics => assert_eq!(segments, ["metrics"]),
         Endpoint::Logs => assert_eq!(segments, ["v1", "logs"]),
-        Endpoint::RunAdhoc | Endpoint::Tasks | Endpoint::Task | Endpoint::RunTask | Endpoint::Http | Endpoint::Secrets | Endpoint::Secret | Endpoint::Egress => {
+        Endpoint::RunAdhoc
+        | Endpoint::Tasks
+        | Endpoint::Task
+        | Endpoint::RunTask
+        | Endpoint::Http
+        | Endpoint::Secrets
+        | Endpoint::Secret
+        | Endpoint::Egress => {
             assert_eq!(&segments[..2], ["v1", "tenants"]);
             assert_eq!(route.tenant, Some(segments[2]));
         }
@@ -175,11 +184,16 @@ fn route_request(req: &Request, request_id: &str) {
                     // Hop-by-hop headers never reach a task.
                     for (n, _) in &http.headers {
                         let n = n.to_ascii_lowercase();
-                        assert!(!matches!(n.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te" | "trailer"), "{n}");
+                        assert!(
+                            !matches!(n.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "te" | "trailer"),
+                            "{n}"
+                        );
                     }
                 }
                 ApiRequest::Logs { tenant: Some(t) } => assert!(check_name(t)),
-                ApiRequest::ListTasks { tenant } | ApiRequest::GetTask { tenant, .. } | ApiRequest::DeleteTask { tenant, .. } => assert!(check_name(tenant)),
+                ApiRequest::ListTasks { tenant } | ApiRequest::GetTask { tenant, .. } | ApiRequest::DeleteTask { tenant, .. } => {
+                    assert!(check_name(tenant))
+                }
                 ApiRequest::GetEgress { tenant } => assert!(check_name(tenant)),
                 // Every entry of an accepted allow-list is a rule the daemon can use.
                 ApiRequest::PutEgress { tenant, allow } => {

@@ -220,12 +220,7 @@ impl Cgroup {
         if !self.v2 {
             return None;
         }
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY)
-            .open(&self.dirs[0])
-            .ok()
-            .map(std::os::fd::OwnedFd::from)
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(&self.dirs[0]).ok().map(std::os::fd::OwnedFd::from)
     }
 
     /// Move `pid` (and so everything it will start) into this cgroup.
@@ -240,10 +235,7 @@ impl Cgroup {
     pub fn oom_kills(&self) -> u64 {
         let (file, key) = if self.v2 { ("memory.events", "oom_kill") } else { ("memory.oom_control", "oom_kill") };
         let text = fs::read_to_string(self.dirs[0].join(file)).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.strip_prefix(key)?.trim().parse().ok())
-            .next()
-            .unwrap_or(0)
+        text.lines().filter_map(|l| l.strip_prefix(key)?.trim().parse().ok()).next().unwrap_or(0)
     }
 
     /// Memory charged to this cgroup now, in bytes.
@@ -435,7 +427,8 @@ cgroup /sys/fs/cgroup/pids cgroup rw,nosuid,nodev,noexec,relatime,pids 0 0
 cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0
 ";
     const HYBRID_OWN: &str = "12:pids:/user.slice/u\n11:cpuset:/\n4:memory:/user.slice/m\n3:cpu,cpuacct:/user.slice/c\n1:name=systemd:/user.slice/s\n0::/user.slice/v2\n";
-    const V2_MOUNTS: &str = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0\n";
+    const V2_MOUNTS: &str =
+        "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,memory_recursiveprot 0 0\n";
     const ALL: &str = "cpuset cpu io memory hugetlb pids rdma misc\n";
 
     fn layout(mounts: &str, own: &str, controllers: &str) -> Result<Layout, CgroupError> {
@@ -448,12 +441,15 @@ cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpu
     #[test]
     fn a_hybrid_host_uses_its_v1_hierarchies() {
         let got = layout(HYBRID_MOUNTS, HYBRID_OWN, ALL).expect("v1");
-        assert_eq!(got, Layout::V1 {
-            memory: "/sys/fs/cgroup/memory/user.slice/m".into(),
-            pids: "/sys/fs/cgroup/pids/user.slice/u".into(),
-            // cpu,cpuacct holds cpu; cpuset is another controller.
-            cpu: "/sys/fs/cgroup/cpu,cpuacct/user.slice/c".into(),
-        });
+        assert_eq!(
+            got,
+            Layout::V1 {
+                memory: "/sys/fs/cgroup/memory/user.slice/m".into(),
+                pids: "/sys/fs/cgroup/pids/user.slice/u".into(),
+                // cpu,cpuacct holds cpu; cpuset is another controller.
+                cpu: "/sys/fs/cgroup/cpu,cpuacct/user.slice/c".into(),
+            }
+        );
     }
 
     #[test]

@@ -81,10 +81,22 @@ pub(crate) enum Op {
     Mkdir(CString),
     /// An empty file as a mount point.
     Touch(CString),
-    Symlink { target: CString, link: CString },
-    Mount { source: CString, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
     /// mount_setattr(AT_RECURSIVE): these attributes set on the mount at `target` and on every mount below it.
-    SetAttrTree { target: CString, set: u64 },
+    SetAttrTree {
+        target: CString,
+        set: u64,
+    },
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -115,14 +127,20 @@ impl MountPlan {
         let at = |inside: &str| root.join(inside.trim_start_matches('/'));
         let mut steps = Vec::new();
         // No mount event of ours may reach the host, and none of the host's may reach us.
-        steps.push((MountStep::Private, Op::Mount { source: c("none")?, target: c("/")?, fstype: None, flags: libc::MS_REC | libc::MS_PRIVATE, data: None }));
-        steps.push((MountStep::RootTmpfs, Op::Mount {
-            source: c("tmpfs")?,
-            target: cpath(&root)?,
-            fstype: Some(c("tmpfs")?),
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-            data: Some(c("size=1m,nr_inodes=4096,mode=0755")?),
-        }));
+        steps.push((
+            MountStep::Private,
+            Op::Mount { source: c("none")?, target: c("/")?, fstype: None, flags: libc::MS_REC | libc::MS_PRIVATE, data: None },
+        ));
+        steps.push((
+            MountStep::RootTmpfs,
+            Op::Mount {
+                source: c("tmpfs")?,
+                target: cpath(&root)?,
+                fstype: Some(c("tmpfs")?),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(c("size=1m,nr_inodes=4096,mode=0755")?),
+            },
+        ));
         for entry in entries {
             match entry {
                 Entry::Dir(name) => {
@@ -139,40 +157,52 @@ impl MountPlan {
         }
         let proc_dir = cpath(&at("proc"))?;
         steps.push((MountStep::Proc, Op::Mkdir(proc_dir.clone())));
-        steps.push((MountStep::Proc, Op::Mount {
-            source: c("proc")?,
-            target: proc_dir,
-            fstype: Some(c("proc")?),
-            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data: None,
-        }));
+        steps.push((
+            MountStep::Proc,
+            Op::Mount {
+                source: c("proc")?,
+                target: proc_dir,
+                fstype: Some(c("proc")?),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: None,
+            },
+        ));
         let tmp_dir = cpath(&at("tmp"))?;
         steps.push((MountStep::Tmp, Op::Mkdir(tmp_dir.clone())));
-        steps.push((MountStep::Tmp, Op::Mount {
-            source: c("tmpfs")?,
-            target: tmp_dir,
-            fstype: Some(c("tmpfs")?),
-            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data: Some(CString::new(format!("size={tmp_bytes},nr_inodes=16384,mode=1777")).expect("no NUL")),
-        }));
+        steps.push((
+            MountStep::Tmp,
+            Op::Mount {
+                source: c("tmpfs")?,
+                target: tmp_dir,
+                fstype: Some(c("tmpfs")?),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: Some(CString::new(format!("size={tmp_bytes},nr_inodes=16384,mode=1777")).expect("no NUL")),
+            },
+        ));
         steps.push((MountStep::Dev, Op::Mkdir(cpath(&at("dev"))?)));
         for dev in DEVICES {
             let target = cpath(&at(&format!("dev/{dev}")))?;
             steps.push((MountStep::Dev, Op::Touch(target.clone())));
             steps.push((MountStep::Dev, bind(cpath(&PathBuf::from(format!("/dev/{dev}")))?, target, 0)));
         }
-        for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        for (name, target) in
+            [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+        {
             steps.push((MountStep::Dev, Op::Symlink { target: c(target)?, link: cpath(&at(&format!("dev/{name}")))? }));
         }
         for b in binds {
             let inside = &b.inside;
-            if !inside.is_absolute() || inside.components().any(|c| matches!(c, std::path::Component::ParentDir)) || inside == Path::new("/") {
+            if !inside.is_absolute()
+                || inside.components().any(|c| matches!(c, std::path::Component::ParentDir))
+                || inside == Path::new("/")
+            {
                 return Err(MountError::BadTarget(inside.clone()));
             }
             let is_dir = std::fs::metadata(&b.host).map_err(|source| MountError::Open { path: b.host.clone(), source })?.is_dir();
             let target = at(&inside.to_string_lossy());
             // Parents first, as mkdir -p would.
-            let mut parents: Vec<PathBuf> = target.ancestors().skip(1).take_while(|p| *p != root.as_path()).map(Path::to_path_buf).collect();
+            let mut parents: Vec<PathBuf> =
+                target.ancestors().skip(1).take_while(|p| *p != root.as_path()).map(Path::to_path_buf).collect();
             parents.reverse();
             for p in parents {
                 steps.push((MountStep::BindRo, Op::Mkdir(cpath(&p)?)));
@@ -183,13 +213,16 @@ impl MountPlan {
             steps.push((MountStep::BindRo, read_only_tree(ctarget)));
         }
         // Last: the tmpfs holding the mount points becomes read-only too.
-        steps.push((MountStep::RootReadOnly, Op::Mount {
-            source: c("tmpfs")?,
-            target: cpath(&root)?,
-            fstype: None,
-            flags: libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            data: None,
-        }));
+        steps.push((
+            MountStep::RootReadOnly,
+            Op::Mount {
+                source: c("tmpfs")?,
+                target: cpath(&root)?,
+                fstype: None,
+                flags: libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                data: None,
+            },
+        ));
         Ok(MountPlan { new_root: cpath(&root)?, steps })
     }
 }
@@ -260,7 +293,10 @@ mod tests {
         let no_exec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         let mut want: Vec<(MountStep, String)> = vec![
             (MountStep::Private, format!("mount none / - {:#x} -", libc::MS_REC | libc::MS_PRIVATE)),
-            (MountStep::RootTmpfs, format!("mount tmpfs /r/tmp tmpfs {:#x} size=1m,nr_inodes=4096,mode=0755", libc::MS_NOSUID | libc::MS_NODEV)),
+            (
+                MountStep::RootTmpfs,
+                format!("mount tmpfs /r/tmp tmpfs {:#x} size=1m,nr_inodes=4096,mode=0755", libc::MS_NOSUID | libc::MS_NODEV),
+            ),
             (MountStep::RootfsDir, "mkdir /r/tmp/etc".into()),
             (MountStep::RootfsDir, format!("mount /r/etc /r/tmp/etc - {bind_rec:#x} -")),
             (MountStep::RootfsDir, format!("setattr /r/tmp/etc {READ_ONLY:#x}")),
@@ -278,7 +314,9 @@ mod tests {
             want.push((MountStep::Dev, format!("touch /r/tmp/dev/{dev}")));
             want.push((MountStep::Dev, format!("mount /dev/{dev} /r/tmp/dev/{dev} - {:#x} -", libc::MS_BIND)));
         }
-        for (name, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        for (name, target) in
+            [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+        {
             want.push((MountStep::Dev, format!("symlink /r/tmp/dev/{name} -> {target}")));
         }
         let last = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
@@ -298,17 +336,20 @@ mod tests {
         let binds: Vec<&str> = steps.iter().filter(|(m, _)| *m == MountStep::BindRo).map(|(_, t)| t.as_str()).collect();
         let host = dir.display();
         let bind_rec = libc::MS_BIND | libc::MS_REC;
-        assert_eq!(binds, [
-            "mkdir /r/tmp/opt".to_string(),
-            "mkdir /r/tmp/opt/data".into(),
-            "mkdir /r/tmp/opt/data/src".into(),
-            format!("mount {host} /r/tmp/opt/data/src - {bind_rec:#x} -"),
-            format!("setattr /r/tmp/opt/data/src {READ_ONLY:#x}"),
-            "mkdir /r/tmp/etc".into(),
-            "touch /r/tmp/etc/blank".into(),
-            format!("mount /dev/null /r/tmp/etc/blank - {bind_rec:#x} -"),
-            format!("setattr /r/tmp/etc/blank {READ_ONLY:#x}"),
-        ]);
+        assert_eq!(
+            binds,
+            [
+                "mkdir /r/tmp/opt".to_string(),
+                "mkdir /r/tmp/opt/data".into(),
+                "mkdir /r/tmp/opt/data/src".into(),
+                format!("mount {host} /r/tmp/opt/data/src - {bind_rec:#x} -"),
+                format!("setattr /r/tmp/opt/data/src {READ_ONLY:#x}"),
+                "mkdir /r/tmp/etc".into(),
+                "touch /r/tmp/etc/blank".into(),
+                format!("mount /dev/null /r/tmp/etc/blank - {bind_rec:#x} -"),
+                format!("setattr /r/tmp/etc/blank {READ_ONLY:#x}"),
+            ]
+        );
         // After /dev's links, before the root goes read-only.
         let first_bind = steps.iter().position(|(m, _)| *m == MountStep::BindRo).expect("binds");
         assert_eq!(steps[first_bind - 1], (MountStep::Dev, "symlink /r/tmp/dev/stderr -> /proc/self/fd/2".into()));
@@ -323,7 +364,9 @@ mod tests {
         for inside in ["relative/path", "/a/../b", "/", ""] {
             assert!(matches!(plan("/dev/null", inside), Some(MountError::BadTarget(p)) if p == Path::new(inside)), "{inside}");
         }
-        assert!(matches!(plan("/nonexistent/taskcell-test", "/x"), Some(MountError::Open { path, .. }) if path == Path::new("/nonexistent/taskcell-test")));
+        assert!(
+            matches!(plan("/nonexistent/taskcell-test", "/x"), Some(MountError::Open { path, .. }) if path == Path::new("/nonexistent/taskcell-test"))
+        );
         let nul = MountPlan::new(Path::new("/r"), &[Entry::Dir("e\0vil".into())], 4096, &[]).err();
         assert!(matches!(nul, Some(MountError::Nul(_))), "{nul:?}");
     }

@@ -19,9 +19,7 @@ use nix::sys::stat::{fchmod, Mode};
 pub fn signal(pidfd: BorrowedFd<'_>, sig: i32) -> std::io::Result<()> {
     // Raw: nix has no pidfd_send_signal.
     // SAFETY: pidfd_send_signal with a pidfd borrowed for the call, a null siginfo and flags 0.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
     if rc < 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::ESRCH) {

@@ -69,9 +69,23 @@ impl Step {
 
     fn from_code(code: u32, sub: u32) -> Step {
         const ALL: [Step; 17] = [
-            Step::DeathSignal, Step::AwaitParent, Step::BecomeUser, Step::CgroupNamespace, Step::Hostname,
-            Step::Loopback, Step::Rlimits, Step::NamespaceLimits, Step::Descriptors, Step::Session, Step::Signals, Step::DropCapabilities,
-            Step::NoNewPrivs, Step::Seccomp, Step::Init, Step::InitExec, Step::Exec,
+            Step::DeathSignal,
+            Step::AwaitParent,
+            Step::BecomeUser,
+            Step::CgroupNamespace,
+            Step::Hostname,
+            Step::Loopback,
+            Step::Rlimits,
+            Step::NamespaceLimits,
+            Step::Descriptors,
+            Step::Session,
+            Step::Signals,
+            Step::DropCapabilities,
+            Step::NoNewPrivs,
+            Step::Seccomp,
+            Step::Init,
+            Step::InitExec,
+            Step::Exec,
         ];
         if code == 5 {
             return Step::Mount(sub);

@@ -45,10 +45,7 @@ pub fn programs() -> &'static [Program] {
 /// The name of syscall `nr` on this architecture, e.g. to report which call a SIGSYS kill was for
 /// (`si_syscall`, or the `syscall` field of the audit record).
 pub fn syscall_name(nr: u32) -> Option<&'static str> {
-    SYSCALL_NAMES
-        .binary_search_by_key(&nr, |&(n, _)| n)
-        .ok()
-        .map(|i| SYSCALL_NAMES[i].1)
+    SYSCALL_NAMES.binary_search_by_key(&nr, |&(n, _)| n).ok().map(|i| SYSCALL_NAMES[i].1)
 }
 
 /// (number, name) of every syscall the `allow` filter lists, sorted by number.
@@ -134,10 +131,7 @@ mod tests {
     /// The sandbox's state before the filters: no_new_privs set, and no core dump on SIGSYS (RLIMIT_CORE 1, as
     /// in a sandbox: the one value for which the kernel also skips a `core_pattern` pipe to a crash handler).
     fn sandbox_prelude() -> Result<(), i32> {
-        let no_core = libc::rlimit {
-            rlim_cur: 1,
-            rlim_max: 1,
-        };
+        let no_core = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
         // SAFETY: `no_core` is a local rlimit read by the kernel.
         if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
             return Err(errno());
@@ -188,10 +182,7 @@ mod tests {
     /// set to the value it has...). The sockets are of protocols built into the kernel: no module is loaded.
     fn probe_all() -> [Seen; PROBES.len()] {
         let mut seen = [Seen::default(); PROBES.len()];
-        let record = |rc: libc::c_long| Seen {
-            rc,
-            errno: if rc < 0 { i64::from(errno()) } else { 0 },
-        };
+        let record = |rc: libc::c_long| Seen { rc, errno: if rc < 0 { i64::from(errno()) } else { 0 } };
         // SAFETY: raw syscalls with constant arguments, NUL-terminated literals, null pointers the kernel
         // rejects, or pointers to locals of the right type (`pair`, `one`, `old`, `on`) that outlive the calls.
         unsafe {
@@ -204,16 +195,8 @@ mod tests {
                 std::ptr::null::<libc::c_void>(),
             ));
             seen[1] = record(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER));
-            seen[2] = record(libc::syscall(
-                libc::SYS_clone3,
-                std::ptr::null::<libc::c_void>(),
-                0,
-            ));
-            seen[3] = record(libc::syscall(
-                libc::SYS_io_uring_setup,
-                0,
-                std::ptr::null::<libc::c_void>(),
-            ));
+            seen[2] = record(libc::syscall(libc::SYS_clone3, std::ptr::null::<libc::c_void>(), 0));
+            seen[3] = record(libc::syscall(libc::SYS_io_uring_setup, 0, std::ptr::null::<libc::c_void>()));
             // Route netlink is allowed (os.networkInterfaces()); every other protocol is refused.
             let netlink = libc::syscall(libc::SYS_socket, libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_AUDIT);
             seen[4] = record(netlink);
@@ -241,19 +224,8 @@ mod tests {
                 }
             }
             let mut pair = [-1; 2];
-            seen[8] = record(libc::syscall(
-                libc::SYS_socketpair,
-                libc::AF_NETLINK,
-                libc::SOCK_RAW,
-                0,
-                pair.as_mut_ptr(),
-            ));
-            seen[9] = record(libc::syscall(
-                libc::SYS_ioctl,
-                -1,
-                libc::TIOCSTI,
-                c"x".as_ptr(),
-            ));
+            seen[8] = record(libc::syscall(libc::SYS_socketpair, libc::AF_NETLINK, libc::SOCK_RAW, 0, pair.as_mut_ptr()));
+            seen[9] = record(libc::syscall(libc::SYS_ioctl, -1, libc::TIOCSTI, c"x".as_ptr()));
             seen[10] = record(libc::syscall(libc::SYS_memfd_create, c"probe".as_ptr(), 0));
             seen[11] = record(libc::syscall(libc::SYS_personality, 0xffff_ffff_u32));
             let stream = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
@@ -327,18 +299,10 @@ mod tests {
         let n = unsafe { libc::read(read_end.as_raw_fd(), seen.as_mut_ptr().cast(), size) };
         let status = wait(pid);
         assert!(libc::WIFEXITED(status), "child died: status {status:#x}");
-        assert_eq!(
-            libc::WEXITSTATUS(status),
-            0,
-            "child failed (100 + errno: install_all)"
-        );
+        assert_eq!(libc::WEXITSTATUS(status), 0, "child failed (100 + errno: install_all)");
         assert_eq!(n, size as isize);
 
-        let report: Vec<String> = PROBES
-            .iter()
-            .zip(&seen)
-            .map(|(p, s)| format!("{p}: {s:?}"))
-            .collect();
+        let report: Vec<String> = PROBES.iter().zip(&seen).map(|(p, s)| format!("{p}: {s:?}")).collect();
         let refused = |s: Seen, errno: i32| s.rc == -1 && s.errno == i64::from(errno);
         for (i, expected) in [
             (0, libc::EPERM),
@@ -361,19 +325,12 @@ mod tests {
             (20, libc::EPERM),
             (21, libc::EPERM),
         ] {
-            assert!(
-                refused(seen[i], expected),
-                "{} should fail with errno {expected}:\n{report:#?}",
-                PROBES[i]
-            );
+            assert!(refused(seen[i], expected), "{} should fail with errno {expected}:\n{report:#?}", PROBES[i]);
         }
         for i in [5, 14, 19, 22] {
             assert!(seen[i].rc >= 0, "{} should work:\n{report:#?}", PROBES[i]);
         }
-        assert!(
-            seen[7].rc > 0,
-            "clone without namespace flags should work:\n{report:#?}"
-        );
+        assert!(seen[7].rc > 0, "clone without namespace flags should work:\n{report:#?}");
     }
 
     /// Forks a filtered child that makes `syscall(nr)` and returns its wait status.
@@ -456,17 +413,9 @@ const { Worker } = require('worker_threads');
         let path = CString::new("/usr/bin/node").unwrap();
         let script = CString::new(NODE_SCRIPT).unwrap();
         let argv_owned = [path.clone(), CString::new("-e").unwrap(), script];
-        let argv: Vec<*const libc::c_char> = argv_owned
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
+        let argv: Vec<*const libc::c_char> = argv_owned.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
         let env_owned = [CString::new("PATH=/usr/bin").unwrap()];
-        let envp: Vec<*const libc::c_char> = env_owned
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
+        let envp: Vec<*const libc::c_char> = env_owned.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect();
         let (read_end, write_end) = pipe();
 
         let pid = fork_child(|| {
@@ -498,11 +447,7 @@ const { Worker } = require('worker_threads');
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "node under the filters: status {status:#x} (signal {}), stdout {output:?}",
-            if libc::WIFSIGNALED(status) {
-                libc::WTERMSIG(status)
-            } else {
-                0
-            }
+            if libc::WIFSIGNALED(status) { libc::WTERMSIG(status) } else { 0 }
         );
         assert_eq!(output, "node-under-seccomp-ok");
     }
@@ -512,11 +457,7 @@ const { Worker } = require('worker_threads');
         let names: Vec<&str> = programs().iter().map(Program::name).collect();
         assert_eq!(names, ["refuse", "enosys", "allow"]);
         for program in programs() {
-            assert!(
-                !program.filter().is_empty() && program.filter().len() <= 4096,
-                "{}",
-                program.name()
-            );
+            assert!(!program.filter().is_empty() && program.filter().len() <= 4096, "{}", program.name());
         }
     }
 
@@ -531,18 +472,8 @@ const { Worker } = require('worker_threads');
         assert_eq!(syscall_name(libc::SYS_clone3 as u32), Some("clone3"));
         assert_eq!(syscall_name(libc::SYS_syslog as u32), Some("syslog"));
         assert_eq!(syscall_name(100_000), None);
-        for needed in [
-            "execve",
-            "clone",
-            "exit_group",
-            "mount",
-            "clone3",
-            "io_uring_setup",
-        ] {
-            assert!(
-                allowed_syscalls().iter().any(|&(_, n)| n == needed),
-                "{needed} not in allow"
-            );
+        for needed in ["execve", "clone", "exit_group", "mount", "clone3", "io_uring_setup"] {
+            assert!(allowed_syscalls().iter().any(|&(_, n)| n == needed), "{needed} not in allow");
         }
     }
 }

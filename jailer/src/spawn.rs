@@ -223,7 +223,8 @@ impl Jailer {
         }
         // Release the child, then learn whether it reached execve.
         write_byte(go_w.as_fd()).map_err(|source| JailError::Os { what: "releasing the sandbox", source })?;
-        read_failure(status_r.as_fd(), Instant::now() + SETUP_TIMEOUT).map_err(|source| JailError::Os { what: "reading the sandbox's setup status", source })?
+        read_failure(status_r.as_fd(), Instant::now() + SETUP_TIMEOUT)
+            .map_err(|source| JailError::Os { what: "reading the sandbox's setup status", source })?
             .map_or(Ok(()), |(step, errno)| Err(JailError::Child { step, errno }))
     }
 }
@@ -274,7 +275,6 @@ fn read_failure(fd: BorrowedFd<'_>, deadline: Instant) -> std::io::Result<Option
     }
     Ok(Some(record::decode(&record)))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -17,8 +17,8 @@ pub mod protocol;
 pub mod signals;
 
 pub use protocol::{
-    encode, encode_to_vec, CompileMeta, DecodeError, Decoder, EncodeError, ErrorKind, Frame, FrameType, HttpRequestMeta, LogLevel, RunMeta, SecretValues, HEADER_LEN,
-    MAX_FRAME,
+    encode, encode_to_vec, CompileMeta, DecodeError, Decoder, EncodeError, ErrorKind, Frame, FrameType, HttpRequestMeta, LogLevel, RunMeta,
+    SecretValues, HEADER_LEN, MAX_FRAME,
 };
 
 /// The runtime's JavaScript, to be installed in the rootfs as `/taskcell/bootstrap.js`.

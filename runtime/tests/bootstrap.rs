@@ -66,11 +66,7 @@ impl Runtime {
         unsafe {
             cmd.pre_exec(move || {
                 // dup2 onto itself would leave close-on-exec set, so clear the flag instead.
-                let ok = if fd == 3 {
-                    libc::fcntl(3, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(fd, 3)
-                };
+                let ok = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
                 if ok < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -79,16 +75,8 @@ impl Runtime {
         }
         let child = cmd.spawn().unwrap();
         drop(theirs);
-        ours.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut rt = Runtime {
-            child,
-            sock: ours,
-            decoder: Decoder::new(),
-            inbox: Vec::new(),
-            pid: 0,
-            node: String::new(),
-        };
+        ours.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rt = Runtime { child, sock: ours, decoder: Decoder::new(), inbox: Vec::new(), pid: 0, node: String::new() };
         match rt.recv() {
             Frame::Ready { pid, node } => {
                 rt.pid = pid;
@@ -150,12 +138,7 @@ impl Runtime {
         let mut seen = 0;
         while seen < upto && i < self.inbox.len() {
             seen += 1;
-            if let Frame::Log {
-                id: log_id,
-                level,
-                message,
-            } = &self.inbox[i]
-            {
+            if let Frame::Log { id: log_id, level, message } = &self.inbox[i] {
                 if *log_id == id {
                     logs.push((*level, String::from_utf8(message.to_vec()).unwrap()));
                     self.inbox.remove(i);
@@ -170,11 +153,7 @@ impl Runtime {
     /// Waits for `n` more logs of `id`, written after its answer.
     fn late_logs(&mut self, id: u32, n: usize) -> Vec<(LogLevel, String)> {
         loop {
-            let count = self
-                .inbox
-                .iter()
-                .filter(|f| matches!(f, Frame::Log { id: i, .. } if *i == id))
-                .count();
+            let count = self.inbox.iter().filter(|f| matches!(f, Frame::Log { id: i, .. } if *i == id)).count();
             if count >= n {
                 let len = self.inbox.len();
                 return self.take_logs(id, len);
@@ -198,12 +177,7 @@ impl Runtime {
     fn compile_asking(&mut self, id: u32, task: &str, source: &str, cache: bool) -> Answer {
         self.send(&Frame::Compile {
             id,
-            meta: CompileMeta {
-                tenant: "acme".into(),
-                task: Some(task.into()),
-                cache,
-                ..Default::default()
-            },
+            meta: CompileMeta { tenant: "acme".into(), task: Some(task.into()), cache, ..Default::default() },
             source: Bytes::copy_from_slice(source.as_bytes()),
         });
         self.answer(id)
@@ -213,18 +187,8 @@ impl Runtime {
     fn close(mut self) -> (std::process::ExitStatus, String, String) {
         self.sock.shutdown(std::net::Shutdown::Both).unwrap();
         let (mut out, mut err) = (String::new(), String::new());
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         (self.child.wait().unwrap(), out, err)
     }
 }
@@ -262,64 +226,22 @@ fn says_ready_with_its_pid_and_node_version() {
 #[test]
 fn runs_ad_hoc_code_and_passes_data_and_ctx() {
     let mut rt = Runtime::start();
-    let answer = rt.run(
-        1,
-        "module.exports = (data, ctx) => ({ sum: data.a + data.b, ctx });",
-        r#"{"a":2,"b":3}"#,
-    );
-    assert_eq!(
-        answer.result(),
-        json!({"sum": 5, "ctx": {"tenant": "acme", "task": null, "requestId": "req-1", "secrets": {}}})
-    );
+    let answer = rt.run(1, "module.exports = (data, ctx) => ({ sum: data.a + data.b, ctx });", r#"{"a":2,"b":3}"#);
+    assert_eq!(answer.result(), json!({"sum": 5, "ctx": {"tenant": "acme", "task": null, "requestId": "req-1", "secrets": {}}}));
 
     // Empty data is null, and undefined becomes null.
-    assert_eq!(
-        rt.run(2, "module.exports = (d) => d === null;", "")
-            .result(),
-        json!(true)
-    );
-    assert_eq!(
-        rt.run(3, "module.exports = () => {};", "").result(),
-        Value::Null
-    );
-    assert_eq!(
-        rt.run(4, "module.exports = async () => undefined;", "")
-            .result(),
-        Value::Null
-    );
+    assert_eq!(rt.run(2, "module.exports = (d) => d === null;", "").result(), json!(true));
+    assert_eq!(rt.run(3, "module.exports = () => {};", "").result(), Value::Null);
+    assert_eq!(rt.run(4, "module.exports = async () => undefined;", "").result(), Value::Null);
 
     // A named task sees its name, and its stack traces name its file.
-    rt.send_run(
-        5,
-        "task:hello:abc",
-        Some("hello"),
-        "module.exports = (d, ctx) => ctx;",
-        "1",
-    );
-    assert_eq!(
-        rt.answer(5).result(),
-        json!({"tenant": "acme", "task": "hello", "requestId": "req-5", "secrets": {}})
-    );
-    rt.send_run(
-        6,
-        "task:oops:def",
-        Some("oops"),
-        "module.exports = () => { null.x; };",
-        "",
-    );
+    rt.send_run(5, "task:hello:abc", Some("hello"), "module.exports = (d, ctx) => ctx;", "1");
+    assert_eq!(rt.answer(5).result(), json!({"tenant": "acme", "task": "hello", "requestId": "req-5", "secrets": {}}));
+    rt.send_run(6, "task:oops:def", Some("oops"), "module.exports = () => { null.x; };", "");
     let message = rt.answer(6).error(ErrorKind::TaskError).to_owned();
-    assert!(
-        message.starts_with("TypeError: Cannot read properties of null"),
-        "{message}"
-    );
-    assert!(
-        message.contains("at module.exports (/tasks/oops.js:1:"),
-        "{message}"
-    );
-    assert!(
-        !message.contains("bootstrap.js"),
-        "runtime frames leak into: {message}"
-    );
+    assert!(message.starts_with("TypeError: Cannot read properties of null"), "{message}");
+    assert!(message.contains("at module.exports (/tasks/oops.js:1:"), "{message}");
+    assert!(!message.contains("bootstrap.js"), "runtime frames leak into: {message}");
 }
 
 #[test]
@@ -328,8 +250,7 @@ fn awaits_promises_and_honours_callbacks() {
     let source = "module.exports = async (d) => { await new Promise((r) => setTimeout(r, 10)); return d * 2; };";
     assert_eq!(rt.run(1, source, "21").result(), json!(42));
 
-    let source =
-        "module.exports = function (d, ctx, cb) { setTimeout(() => cb(null, 'cb:' + d), 5); };";
+    let source = "module.exports = function (d, ctx, cb) { setTimeout(() => cb(null, 'cb:' + d), 5); };";
     assert_eq!(rt.run(2, source, "7").result(), json!("cb:7"));
 
     // An arrow returning setTimeout's timer: the timer is not the result, the callback's value is.
@@ -343,142 +264,62 @@ fn awaits_promises_and_honours_callbacks() {
     // Only the first settlement counts: a callback called twice, a callback then a promise.
     let source = "module.exports = (d, ctx, cb) => { cb(null, 'first'); cb(null, 'second'); cb(new Error('third')); };";
     assert_eq!(rt.run(5, source, "").result(), json!("first"));
-    let source =
-        "module.exports = async (d, ctx, cb) => { cb(null, 'callback'); return 'promise'; };";
+    let source = "module.exports = async (d, ctx, cb) => { cb(null, 'callback'); return 'promise'; };";
     assert_eq!(rt.run(6, source, "").result(), json!("callback"));
     let source = "module.exports = async (d, ctx, cb) => { throw new Error('rejected first'); };";
-    assert!(rt
-        .run(7, source, "")
-        .error(ErrorKind::TaskError)
-        .starts_with("Error: rejected first"));
+    assert!(rt.run(7, source, "").error(ErrorKind::TaskError).starts_with("Error: rejected first"));
     // Nothing more was said about any of them.
-    assert_eq!(
-        rt.run(8, "module.exports = () => 'next';", "").result(),
-        json!("next")
-    );
+    assert_eq!(rt.run(8, "module.exports = () => 'next';", "").result(), json!("next"));
     assert!(rt.inbox.is_empty(), "{:?}", rt.inbox);
 }
 
 #[test]
 fn throws_and_rejections_are_task_errors() {
     let mut rt = Runtime::start();
-    let message = rt
-        .run(
-            1,
-            "module.exports = () => { throw new Error('boom'); };",
-            "",
-        )
-        .error(ErrorKind::TaskError)
-        .to_owned();
-    assert!(
-        message.starts_with("Error: boom\n    at module.exports (/adhoc/1.js:1:"),
-        "{message}"
-    );
+    let message = rt.run(1, "module.exports = () => { throw new Error('boom'); };", "").error(ErrorKind::TaskError).to_owned();
+    assert!(message.starts_with("Error: boom\n    at module.exports (/adhoc/1.js:1:"), "{message}");
 
-    let message = rt
-        .run(
-            2,
-            "module.exports = async () => { throw new TypeError('bad'); };",
-            "",
-        )
-        .error(ErrorKind::TaskError)
-        .to_owned();
+    let message = rt.run(2, "module.exports = async () => { throw new TypeError('bad'); };", "").error(ErrorKind::TaskError).to_owned();
     assert!(message.starts_with("TypeError: bad"), "{message}");
 
-    assert_eq!(
-        rt.run(3, "module.exports = () => { throw 'plain'; };", "")
-            .error(ErrorKind::TaskError),
-        "plain"
-    );
-    assert_eq!(
-        rt.run(4, "module.exports = () => Promise.reject(404);", "")
-            .error(ErrorKind::TaskError),
-        "404"
-    );
-    let message = rt
-        .run(5, "module.exports = () => { throw { code: 7 }; };", "")
-        .error(ErrorKind::TaskError)
-        .to_owned();
+    assert_eq!(rt.run(3, "module.exports = () => { throw 'plain'; };", "").error(ErrorKind::TaskError), "plain");
+    assert_eq!(rt.run(4, "module.exports = () => Promise.reject(404);", "").error(ErrorKind::TaskError), "404");
+    let message = rt.run(5, "module.exports = () => { throw { code: 7 }; };", "").error(ErrorKind::TaskError).to_owned();
     assert!(message.contains("code: 7"), "{message}");
 
     // A huge message is cut to 16 KiB.
-    let message = rt
-        .run(
-            6,
-            "module.exports = () => { throw new Error('x'.repeat(100000)); };",
-            "",
-        )
-        .error(ErrorKind::TaskError)
-        .to_owned();
-    assert!(
-        message.len() <= 16 * 1024 && message.ends_with("[truncated]"),
-        "{}",
-        message.len()
-    );
+    let message = rt.run(6, "module.exports = () => { throw new Error('x'.repeat(100000)); };", "").error(ErrorKind::TaskError).to_owned();
+    assert!(message.len() <= 16 * 1024 && message.ends_with("[truncated]"), "{}", message.len());
 
-    let message = rt
-        .run(7, "module.exports = 42;", "")
-        .error(ErrorKind::TaskError)
-        .to_owned();
-    assert!(
-        message.starts_with("module.exports is not a function (it is number)"),
-        "{message}"
-    );
-    assert!(rt
-        .run(8, "", "")
-        .error(ErrorKind::TaskError)
-        .starts_with("module.exports is not a function (it is object)"));
+    let message = rt.run(7, "module.exports = 42;", "").error(ErrorKind::TaskError).to_owned();
+    assert!(message.starts_with("module.exports is not a function (it is number)"), "{message}");
+    assert!(rt.run(8, "", "").error(ErrorKind::TaskError).starts_with("module.exports is not a function (it is object)"));
 }
 
 #[test]
 fn results_must_be_json_and_at_most_one_mib() {
     let mut rt = Runtime::start();
-    let message = rt
-        .run(1, "module.exports = () => 10n;", "")
-        .error(ErrorKind::TaskError)
-        .to_owned();
-    assert_eq!(
-        message,
-        "result is not JSON-serialisable: Do not know how to serialize a BigInt"
-    );
-    let message = rt
-        .run(
-            2,
-            "module.exports = () => { const a = {}; a.self = a; return a; };",
-            "",
-        )
-        .error(ErrorKind::TaskError)
-        .to_owned();
-    assert!(
-        message
-            .starts_with("result is not JSON-serialisable: Converting circular structure to JSON"),
-        "{message}"
-    );
-    let message = rt
-        .run(3, "module.exports = () => () => 1;", "")
-        .error(ErrorKind::TaskError)
-        .to_owned();
+    let message = rt.run(1, "module.exports = () => 10n;", "").error(ErrorKind::TaskError).to_owned();
+    assert_eq!(message, "result is not JSON-serialisable: Do not know how to serialize a BigInt");
+    let message = rt.run(2, "module.exports = () => { const a = {}; a.self = a; return a; };", "").error(ErrorKind::TaskError).to_owned();
+    assert!(message.starts_with("result is not JSON-serialisable: Converting circular structure to JSON"), "{message}");
+    let message = rt.run(3, "module.exports = () => () => 1;", "").error(ErrorKind::TaskError).to_owned();
     assert_eq!(message, "result is not JSON-serialisable: a function");
-    let message = rt
-        .run(4, "module.exports = async () => Symbol('s');", "")
-        .error(ErrorKind::TaskError)
-        .to_owned();
+    let message = rt.run(4, "module.exports = async () => Symbol('s');", "").error(ErrorKind::TaskError).to_owned();
     assert_eq!(message, "result is not JSON-serialisable: a symbol");
 
     // 1 MiB of JSON exactly is fine; two bytes more is not.
     let at_limit = rt.run(5, "module.exports = () => 'x'.repeat(1024 * 1024 - 2);", "");
     assert_eq!(at_limit.result().as_str().unwrap().len(), 1024 * 1024 - 2);
-    let message = rt
-        .run(6, "module.exports = () => 'x'.repeat(1024 * 1024);", "")
-        .error(ErrorKind::TaskError)
-        .to_owned();
+    let message = rt.run(6, "module.exports = () => 'x'.repeat(1024 * 1024);", "").error(ErrorKind::TaskError).to_owned();
     assert_eq!(message, "result too large (1048578 bytes, limit 1048576)");
 }
 
 #[test]
 fn module_scope_persists_per_key_and_globals_are_shared() {
     let mut rt = Runtime::start();
-    let counter = "let n = 0; module.exports = () => { globalThis.shared = (globalThis.shared || 0) + 1; return [++n, globalThis.shared]; };";
+    let counter =
+        "let n = 0; module.exports = () => { globalThis.shared = (globalThis.shared || 0) + 1; return [++n, globalThis.shared]; };";
     rt.send_run(1, "adhoc:counter", None, counter, "");
     assert_eq!(rt.answer(1).result(), json!([1, 1]));
     // Once compiled, the daemon sends the key alone.
@@ -491,22 +332,13 @@ fn module_scope_persists_per_key_and_globals_are_shared() {
     // The same code under another key is another module, over the same global object.
     rt.send_run(4, "task:count:abc", Some("count"), counter, "");
     assert_eq!(rt.answer(4).result(), json!([1, 4]));
-    rt.send_run(
-        5,
-        "adhoc:other",
-        None,
-        "module.exports = () => globalThis.shared;",
-        "",
-    );
+    rt.send_run(5, "adhoc:other", None, "module.exports = () => globalThis.shared;", "");
     assert_eq!(rt.answer(5).result(), json!(4));
 
     // A module body that throws is run again next time, as Node re-runs a failed require.
     let flaky = "globalThis.tries = (globalThis.tries || 0) + 1; if (globalThis.tries < 2) throw new Error('init'); module.exports = () => globalThis.tries;";
     rt.send_run(6, "adhoc:flaky", None, flaky, "");
-    assert!(rt
-        .answer(6)
-        .error(ErrorKind::TaskError)
-        .starts_with("Error: init"));
+    assert!(rt.answer(6).error(ErrorKind::TaskError).starts_with("Error: init"));
     rt.send_run(7, "adhoc:flaky", None, "", "");
     assert_eq!(rt.answer(7).result(), json!(2));
 }
@@ -514,57 +346,28 @@ fn module_scope_persists_per_key_and_globals_are_shared() {
 #[test]
 fn compile_errors_name_line_and_column() {
     let mut rt = Runtime::start();
-    let answer = rt.compile(
-        1,
-        "broken",
-        "let a = 1;\nfunction f() {\n  return 1 +;\n}\n",
-    );
-    assert_eq!(
-        answer.error(ErrorKind::CompileError),
-        "SyntaxError: Unexpected token ';' at line 3, column 13"
-    );
+    let answer = rt.compile(1, "broken", "let a = 1;\nfunction f() {\n  return 1 +;\n}\n");
+    assert_eq!(answer.error(ErrorKind::CompileError), "SyntaxError: Unexpected token ';' at line 3, column 13");
     let answer = rt.compile(2, "broken", "module.exports = () => {\n\tfoo(}\n");
-    assert_eq!(
-        answer.error(ErrorKind::CompileError),
-        "SyntaxError: Unexpected token '}' at line 2, column 6"
-    );
+    assert_eq!(answer.error(ErrorKind::CompileError), "SyntaxError: Unexpected token '}' at line 2, column 6");
     let answer = rt.compile(3, "dup", "const a = 1;\nconst a = 2;");
-    assert_eq!(
-        answer.error(ErrorKind::CompileError),
-        "SyntaxError: Identifier 'a' has already been declared at line 2, column 7"
-    );
+    assert_eq!(answer.error(ErrorKind::CompileError), "SyntaxError: Identifier 'a' has already been declared at line 2, column 7");
     let answer = rt.compile(4, "unicode", "const s = '\u{e9}\u{1F600}'; let = ;");
-    assert_eq!(
-        answer.error(ErrorKind::CompileError),
-        "SyntaxError: Unexpected token ';' at line 1, column 24"
-    );
+    assert_eq!(answer.error(ErrorKind::CompileError), "SyntaxError: Unexpected token ';' at line 1, column 24");
 
     // Compiling runs nothing: this would log and throw if it ran.
-    let answer = rt.compile(
-        5,
-        "fine",
-        "console.log('ran'); throw new Error('ran'); module.exports = () => 1;",
-    );
-    assert!(
-        matches!(&answer.frame, Frame::Compiled { id: 5, cache } if cache.is_empty()),
-        "{answer:?}"
-    );
+    let answer = rt.compile(5, "fine", "console.log('ran'); throw new Error('ran'); module.exports = () => 1;");
+    assert!(matches!(&answer.frame, Frame::Compiled { id: 5, cache } if cache.is_empty()), "{answer:?}");
     assert!(answer.logs.is_empty());
     // A top-level return is allowed, as in a CommonJS module.
-    assert!(matches!(
-        rt.compile(6, "ret", "return;").frame,
-        Frame::Compiled { .. }
-    ));
+    assert!(matches!(rt.compile(6, "ret", "return;").frame, Frame::Compiled { .. }));
 
     // Ad-hoc code that does not compile fails its Run with compile_error, and so do the Runs of its key
     // that the daemon sent on without the source before hearing of the failure.
     rt.send_run(7, "adhoc:bad", None, "module.exports = (d) => {", "");
     rt.send_run(8, "adhoc:bad", None, "", "");
     let message = rt.answer(7).error(ErrorKind::CompileError).to_owned();
-    assert!(
-        message.starts_with("SyntaxError: Unexpected end of input at line 1"),
-        "{message}"
-    );
+    assert!(message.starts_with("SyntaxError: Unexpected end of input at line 1"), "{message}");
     assert_eq!(rt.answer(8).error(ErrorKind::CompileError), message);
 }
 
@@ -596,11 +399,7 @@ fn logs_carry_the_id_of_the_invocation_that_wrote_them() {
     let second_logs = rt.take_logs(2, rt.inbox.len());
     assert_eq!(
         second_logs,
-        vec![
-            (LogLevel::Log, "start 5".to_owned()),
-            (LogLevel::Warn, "timer 5".to_owned()),
-            (LogLevel::Error, "{ d: 5 }".to_owned()),
-        ]
+        vec![(LogLevel::Log, "start 5".to_owned()), (LogLevel::Warn, "timer 5".to_owned()), (LogLevel::Error, "{ d: 5 }".to_owned()),]
     );
 
     // Every level, and the other console methods.
@@ -620,27 +419,14 @@ fn logs_carry_the_id_of_the_invocation_that_wrote_them() {
     );
 
     // console.trace shows the tenant's frames only.
-    let answer = rt.run(
-        5,
-        "module.exports = () => { console.trace('here %d', 1); };",
-        "",
-    );
-    let [(level, trace)] = &answer.logs[..] else {
-        panic!("{:?}", answer.logs)
-    };
+    let answer = rt.run(5, "module.exports = () => { console.trace('here %d', 1); };", "");
+    let [(level, trace)] = &answer.logs[..] else { panic!("{:?}", answer.logs) };
     assert_eq!(*level, LogLevel::Error);
-    assert!(
-        trace.starts_with("Trace: here 1\n    at module.exports (/adhoc/5.js:1:"),
-        "{trace}"
-    );
+    assert!(trace.starts_with("Trace: here 1\n    at module.exports (/adhoc/5.js:1:"), "{trace}");
     assert_eq!(trace.lines().count(), 2, "{trace}");
 
     // A timer that outlives its invocation still logs under its id.
-    let answer = rt.run(
-        4,
-        "module.exports = () => { setTimeout(() => console.log('late'), 20); return 'done'; };",
-        "",
-    );
+    let answer = rt.run(4, "module.exports = () => { setTimeout(() => console.log('late'), 20); return 'done'; };", "");
     assert_eq!(answer.result(), json!("done"));
     assert_eq!(rt.late_logs(4, 1), vec![(LogLevel::Log, "late".to_owned())]);
 }
@@ -665,54 +451,33 @@ fn stray_exceptions_and_rejections_do_not_kill_the_runtime() {
     // An exception thrown from a timer fails the invocation it belongs to.
     let source = "module.exports = () => new Promise(() => { setTimeout(() => { throw new Error('from a timer'); }, 1); });";
     let message = rt.run(1, source, "").error(ErrorKind::TaskError).to_owned();
-    assert!(
-        message.starts_with("Uncaught exception: Error: from a timer"),
-        "{message}"
-    );
+    assert!(message.starts_with("Uncaught exception: Error: from a timer"), "{message}");
 
     // A rejection nobody handles, during the invocation.
     let source = "module.exports = () => new Promise(() => { setTimeout(() => { Promise.reject(new Error('unhandled')); }, 1); });";
     let message = rt.run(2, source, "").error(ErrorKind::TaskError).to_owned();
-    assert!(
-        message.starts_with("Unhandled rejection: Error: unhandled"),
-        "{message}"
-    );
+    assert!(message.starts_with("Unhandled rejection: Error: unhandled"), "{message}");
 
     // After the invocation has answered, they are logged under its id.
     let source = "module.exports = () => { setTimeout(() => { throw new Error('too late'); }, 5); Promise.reject(new Error('ignored')); return 1; };";
     assert_eq!(rt.run(3, source, "").result(), json!(1));
     let logs = rt.late_logs(3, 2);
     assert!(logs.iter().all(|(level, _)| *level == LogLevel::Error));
-    assert!(
-        logs[0].1.starts_with("Unhandled rejection: Error: ignored"),
-        "{logs:?}"
-    );
-    assert!(
-        logs[1].1.starts_with("Uncaught exception: Error: too late"),
-        "{logs:?}"
-    );
+    assert!(logs[0].1.starts_with("Unhandled rejection: Error: ignored"), "{logs:?}");
+    assert!(logs[1].1.starts_with("Uncaught exception: Error: too late"), "{logs:?}");
 
-    assert_eq!(
-        rt.run(4, "module.exports = () => 'alive';", "").result(),
-        json!("alive")
-    );
+    assert_eq!(rt.run(4, "module.exports = () => 'alive';", "").result(), json!("alive"));
 }
 
 #[test]
 fn built_in_modules_can_be_required_and_imported() {
     let mut rt = Runtime::start();
     let source = "const crypto = require('crypto'); module.exports = () => crypto.createHash('sha256').update('abc').digest('hex');";
-    assert_eq!(
-        rt.run(1, source, "").result(),
-        json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-    );
+    assert_eq!(rt.run(1, source, "").result(), json!("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"));
     let source = "module.exports = async () => (await import('node:path')).sep;";
     assert_eq!(rt.run(2, source, "").result(), json!("/"));
     let source = "module.exports = () => [typeof require('fs').readFileSync, __filename, __dirname, typeof module.exports];";
-    assert_eq!(
-        rt.run(3, source, "").result(),
-        json!(["function", "/adhoc/3.js", "/adhoc", "function"])
-    );
+    assert_eq!(rt.run(3, source, "").result(), json!(["function", "/adhoc/3.js", "/adhoc", "function"]));
 }
 
 #[test]
@@ -722,21 +487,14 @@ fn tenant_code_cannot_reach_the_socket_or_break_the_framing() {
     let source = "module.exports = () => { JSON.stringify = () => 'forged'; Buffer.from = () => Buffer.alloc(3); \
                   Promise.prototype.then = function () {}; return Object.keys(globalThis).filter((k) => /sock|frame|send/i.test(k)); };";
     assert_eq!(rt.run(1, source, "").result(), json!([]));
-    assert_eq!(
-        rt.run(2, "module.exports = async () => ({ still: 'framed' });", "")
-            .result(),
-        json!({"still": "framed"})
-    );
+    assert_eq!(rt.run(2, "module.exports = async () => ({ still: 'framed' });", "").result(), json!({"still": "framed"}));
 }
 
 #[test]
 fn big_frames_and_bursts_of_frames_are_read_whole() {
     let mut rt = Runtime::start();
     // A Run of about 2 MiB (source and data) arrives in many pieces.
-    let source = format!(
-        "const pad = '{}'; module.exports = (d) => [pad.length, d.length];",
-        "p".repeat(1 << 20)
-    );
+    let source = format!("const pad = '{}'; module.exports = (d) => [pad.length, d.length];", "p".repeat(1 << 20));
     let data = serde_json::to_string(&"d".repeat(1 << 20)).unwrap();
     rt.send_run(1, "adhoc:big", None, &source, &data);
     assert_eq!(rt.answer(1).result(), json!([1 << 20, 1 << 20]));
@@ -744,16 +502,8 @@ fn big_frames_and_bursts_of_frames_are_read_whole() {
     // Many small frames in one write.
     let mut burst = Vec::new();
     for id in 10..60 {
-        let source = if id == 10 {
-            "module.exports = (d) => d + 1;"
-        } else {
-            ""
-        };
-        runtime::encode(
-            &run_frame(id, "adhoc:inc", None, source, &id.to_string()),
-            &mut burst,
-        )
-        .unwrap();
+        let source = if id == 10 { "module.exports = (d) => d + 1;" } else { "" };
+        runtime::encode(&run_frame(id, "adhoc:inc", None, source, &id.to_string()), &mut burst).unwrap();
     }
     rt.sock.write_all(&burst).unwrap();
     for id in 10..60 {
@@ -764,15 +514,7 @@ fn big_frames_and_bursts_of_frames_are_read_whole() {
 #[test]
 fn exits_quietly_when_the_daemon_goes_away() {
     let mut rt = Runtime::start();
-    assert_eq!(
-        rt.run(
-            1,
-            "module.exports = () => { console.log('to the daemon only'); return 1; };",
-            ""
-        )
-        .result(),
-        json!(1)
-    );
+    assert_eq!(rt.run(1, "module.exports = () => { console.log('to the daemon only'); return 1; };", "").result(), json!(1));
     let (status, stdout, stderr) = rt.close();
     assert!(status.success(), "{status:?}");
     assert_eq!(stdout, "");
@@ -782,13 +524,7 @@ fn exits_quietly_when_the_daemon_goes_away() {
 #[test]
 fn tenant_code_may_exit_the_process() {
     let mut rt = Runtime::start();
-    rt.send_run(
-        1,
-        "adhoc:exit",
-        None,
-        "module.exports = () => process.exit(3);",
-        "",
-    );
+    rt.send_run(1, "adhoc:exit", None, "module.exports = () => process.exit(3);", "");
     assert!(rt.try_recv().is_none());
     assert_eq!(rt.child.wait().unwrap().code(), Some(3));
 }
@@ -796,20 +532,11 @@ fn tenant_code_may_exit_the_process() {
 #[test]
 fn garbage_from_the_daemon_stops_the_runtime() {
     let mut rt = Runtime::start();
-    rt.sock
-        .write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
-        .unwrap();
+    rt.sock.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
     // It says why (under id 0) and exits.
     match rt.recv() {
-        Frame::Log {
-            id: 0,
-            level: LogLevel::Error,
-            message,
-        } => {
-            assert!(
-                String::from_utf8_lossy(&message).contains("protocol error"),
-                "{message:?}"
-            )
+        Frame::Log { id: 0, level: LogLevel::Error, message } => {
+            assert!(String::from_utf8_lossy(&message).contains("protocol error"), "{message:?}")
         }
         other => panic!("expected a Log, got {other:?}"),
     }

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use runtime::{
-    encode, encode_to_vec, CompileMeta, DecodeError, Decoder, EncodeError, ErrorKind, Frame,
-    FrameType, HttpRequestMeta, LogLevel, RunMeta, HEADER_LEN, MAX_FRAME,
+    encode, encode_to_vec, CompileMeta, DecodeError, Decoder, EncodeError, ErrorKind, Frame, FrameType, HttpRequestMeta, LogLevel, RunMeta,
+    HEADER_LEN, MAX_FRAME,
 };
 
 fn samples() -> Vec<Frame> {
@@ -37,22 +37,12 @@ fn samples() -> Vec<Frame> {
         },
         Frame::Compile {
             id: 7,
-            meta: CompileMeta {
-                tenant: "acme".into(),
-                task: Some("t".into()),
-                cache: true,
-                ..Default::default()
-            },
+            meta: CompileMeta { tenant: "acme".into(), task: Some("t".into()), cache: true, ..Default::default() },
             source: Bytes::from_static(b"let x = ;"),
         },
         Frame::Compile {
             id: 8,
-            meta: CompileMeta {
-                tenant: "acme".into(),
-                task: None,
-                cache: false,
-                model: Some("rule".into()),
-            },
+            meta: CompileMeta { tenant: "acme".into(), task: None, cache: false, model: Some("rule".into()) },
             source: Bytes::new(),
         },
         Frame::Run {
@@ -73,64 +63,27 @@ fn samples() -> Vec<Frame> {
             cache: Bytes::new(),
             data: Bytes::from_static(b"name=ann&x=\xff"),
         },
-        Frame::Ready {
-            pid: 4242,
-            node: "v20.20.2".into(),
-        },
-        Frame::Result {
-            id: 3,
-            json: Bytes::from_static(b"{\"ok\":true}"),
-        },
-        Frame::Result {
-            id: 3,
-            json: Bytes::from_static(b"null"),
-        },
-        Frame::Error {
-            id: 4,
-            kind: ErrorKind::TaskError,
-            message: "Error: boom\n    at x".into(),
-        },
-        Frame::Error {
-            id: 5,
-            kind: ErrorKind::CompileError,
-            message: "SyntaxError at line 1, column 9".into(),
-        },
-        Frame::Log {
-            id: 0,
-            level: LogLevel::Log,
-            message: Bytes::from_static(b"outside"),
-        },
-        Frame::Log {
-            id: 9,
-            level: LogLevel::Info,
-            message: Bytes::new(),
-        },
-        Frame::Log {
-            id: 9,
-            level: LogLevel::Warn,
-            message: Bytes::from_static(b"w"),
-        },
-        Frame::Log {
-            id: 9,
-            level: LogLevel::Error,
-            message: Bytes::from_static(b"\xff not utf-8"),
-        },
-        Frame::Log {
-            id: 9,
-            level: LogLevel::Debug,
-            message: Bytes::from_static(b"d"),
-        },
+        Frame::Ready { pid: 4242, node: "v20.20.2".into() },
+        Frame::Result { id: 3, json: Bytes::from_static(b"{\"ok\":true}") },
+        Frame::Result { id: 3, json: Bytes::from_static(b"null") },
+        Frame::Error { id: 4, kind: ErrorKind::TaskError, message: "Error: boom\n    at x".into() },
+        Frame::Error { id: 5, kind: ErrorKind::CompileError, message: "SyntaxError at line 1, column 9".into() },
+        Frame::Log { id: 0, level: LogLevel::Log, message: Bytes::from_static(b"outside") },
+        Frame::Log { id: 9, level: LogLevel::Info, message: Bytes::new() },
+        Frame::Log { id: 9, level: LogLevel::Warn, message: Bytes::from_static(b"w") },
+        Frame::Log { id: 9, level: LogLevel::Error, message: Bytes::from_static(b"\xff not utf-8") },
+        Frame::Log { id: 9, level: LogLevel::Debug, message: Bytes::from_static(b"d") },
         Frame::Compiled { id: 6, cache: Bytes::new() },
         Frame::Compiled { id: 6, cache: Bytes::from_static(b"\xc0\xde") },
-        Frame::Error {
-            id: 10,
-            kind: ErrorKind::BadRequest,
-            message: "this webtask answers HTTP requests".into(),
-        },
+        Frame::Error { id: 10, kind: ErrorKind::BadRequest, message: "this webtask answers HTTP requests".into() },
         Frame::HttpResponse {
             id: 11,
             status: 302,
-            headers: vec![("Location".into(), "https://example.com/x?y=1".into()), ("Set-Cookie".into(), "a=1".into()), ("Set-Cookie".into(), "b=2".into())],
+            headers: vec![
+                ("Location".into(), "https://example.com/x?y=1".into()),
+                ("Set-Cookie".into(), "a=1".into()),
+                ("Set-Cookie".into(), "b=2".into()),
+            ],
             body: Bytes::new(),
         },
         Frame::HttpResponse { id: 11, status: 200, headers: Vec::new(), body: Bytes::from_static(b"<p>\xff binary is fine</p>") },
@@ -192,38 +145,22 @@ fn every_variant_round_trips() {
 
 #[test]
 fn layout_matches_the_protocol_document() {
-    let frame = Frame::Result {
-        id: 0x0102_0304,
-        json: Bytes::from_static(b"[1]"),
-    };
+    let frame = Frame::Result { id: 0x0102_0304, json: Bytes::from_static(b"[1]") };
     let bytes = encode_to_vec(&frame).unwrap();
     // len = 1 + 4 + 4 + meta_len (0: Result's meta is {}) + body_len
-    assert_eq!(
-        bytes,
-        [&[0, 0, 0, 12, 17, 1, 2, 3, 4, 0, 0, 0, 0][..], b"[1]"].concat()
-    );
+    assert_eq!(bytes, [&[0, 0, 0, 12, 17, 1, 2, 3, 4, 0, 0, 0, 0][..], b"[1]"].concat());
 
     let run = Frame::Run {
         id: 1,
-        meta: RunMeta {
-            tenant: "t".into(),
-            task: None,
-            request_id: "r".into(),
-            key: "adhoc:k".into(),
-            ..Default::default()
-        },
+        meta: RunMeta { tenant: "t".into(), task: None, request_id: "r".into(), key: "adhoc:k".into(), ..Default::default() },
         source: Bytes::from_static(b"SRC"),
         cache: Bytes::new(),
         data: Bytes::from_static(b"42"),
     };
     let bytes = encode_to_vec(&run).unwrap();
     let meta_len = u32::from_be_bytes(bytes[9..13].try_into().unwrap()) as usize;
-    let meta: serde_json::Value =
-        serde_json::from_slice(&bytes[HEADER_LEN..HEADER_LEN + meta_len]).unwrap();
-    assert_eq!(
-        meta,
-        serde_json::json!({"tenant": "t", "task": null, "requestId": "r", "key": "adhoc:k", "sourceLen": 3})
-    );
+    let meta: serde_json::Value = serde_json::from_slice(&bytes[HEADER_LEN..HEADER_LEN + meta_len]).unwrap();
+    assert_eq!(meta, serde_json::json!({"tenant": "t", "task": null, "requestId": "r", "key": "adhoc:k", "sourceLen": 3}));
     assert_eq!(&bytes[HEADER_LEN + meta_len..], b"SRC42");
 }
 
@@ -267,24 +204,11 @@ fn frames_split_anywhere_decode_the_same() {
 
 #[test]
 fn empty_meta_means_an_empty_object() {
-    assert_eq!(
-        decode_all(&raw(20, 1, b"", b"")).unwrap(),
-        vec![Frame::Compiled { id: 1, cache: Bytes::new() }]
-    );
-    assert_eq!(
-        decode_all(&raw(20, 1, b" {} ", b"")).unwrap(),
-        vec![Frame::Compiled { id: 1, cache: Bytes::new() }]
-    );
+    assert_eq!(decode_all(&raw(20, 1, b"", b"")).unwrap(), vec![Frame::Compiled { id: 1, cache: Bytes::new() }]);
+    assert_eq!(decode_all(&raw(20, 1, b" {} ", b"")).unwrap(), vec![Frame::Compiled { id: 1, cache: Bytes::new() }]);
     // Unknown meta fields are ignored.
     let log = raw(19, 2, br#"{"level":"warn","extra":[1]}"#, b"m");
-    assert_eq!(
-        decode_all(&log).unwrap(),
-        vec![Frame::Log {
-            id: 2,
-            level: LogLevel::Warn,
-            message: Bytes::from_static(b"m")
-        }]
-    );
+    assert_eq!(decode_all(&log).unwrap(), vec![Frame::Log { id: 2, level: LogLevel::Warn, message: Bytes::from_static(b"m") }]);
 }
 
 #[test]
@@ -307,32 +231,17 @@ fn oversized_lengths_are_refused_from_the_length_field_alone() {
 
 #[test]
 fn the_encoder_refuses_what_the_decoder_would() {
-    let big = Frame::Result {
-        id: 1,
-        json: Bytes::from(vec![b' '; MAX_FRAME]),
-    };
+    let big = Frame::Result { id: 1, json: Bytes::from(vec![b' '; MAX_FRAME]) };
     let mut out = b"keep".to_vec();
-    assert!(matches!(
-        encode(&big, &mut out),
-        Err(EncodeError::FrameTooLarge {
-            ty: FrameType::Result,
-            ..
-        })
-    ));
+    assert!(matches!(encode(&big, &mut out), Err(EncodeError::FrameTooLarge { ty: FrameType::Result, .. })));
     assert_eq!(out, b"keep");
 
     // The largest frame that fits does round trip.
     let body_len = MAX_FRAME - (HEADER_LEN - 4) - 2;
     let mut json = vec![b' '; body_len];
     json[0] = b'0';
-    let fits = Frame::Result {
-        id: 1,
-        json: Bytes::from(json),
-    };
-    assert_eq!(
-        decode_all(&encode_to_vec(&fits).unwrap()).unwrap(),
-        vec![fits]
-    );
+    let fits = Frame::Result { id: 1, json: Bytes::from(json) };
+    assert_eq!(decode_all(&encode_to_vec(&fits).unwrap()).unwrap(), vec![fits]);
 }
 
 #[test]
@@ -342,37 +251,15 @@ fn malformed_headers_are_refused_before_the_body_arrives() {
         decoder.feed(&frame[..HEADER_LEN]);
         decoder.next().unwrap_err()
     };
-    assert!(matches!(
-        header_only(raw(4, 1, b"{}", b"xxxx")),
-        DecodeError::UnknownType { ty: 4 }
-    ));
-    assert!(matches!(
-        header_only(raw(0, 1, b"{}", b"")),
-        DecodeError::UnknownType { ty: 0 }
-    ));
-    assert!(matches!(
-        header_only(raw(16, 5, br#"{"pid":1,"node":"v"}"#, b"")),
-        DecodeError::BadId {
-            ty: FrameType::Ready,
-            id: 5
-        }
-    ));
+    assert!(matches!(header_only(raw(4, 1, b"{}", b"xxxx")), DecodeError::UnknownType { ty: 4 }));
+    assert!(matches!(header_only(raw(0, 1, b"{}", b"")), DecodeError::UnknownType { ty: 0 }));
+    assert!(matches!(header_only(raw(16, 5, br#"{"pid":1,"node":"v"}"#, b"")), DecodeError::BadId { ty: FrameType::Ready, id: 5 }));
     for ty in [1, 2, 17, 18, 20] {
-        assert!(matches!(
-            header_only(raw(ty, 0, b"{}", b"")),
-            DecodeError::BadId { id: 0, .. }
-        ));
+        assert!(matches!(header_only(raw(ty, 0, b"{}", b"")), DecodeError::BadId { id: 0, .. }));
     }
     let mut overrun = raw(17, 1, b"{}", b"1");
     overrun[9..13].copy_from_slice(&100u32.to_be_bytes());
-    assert!(matches!(
-        header_only(overrun),
-        DecodeError::MetaOverrun {
-            meta_len: 100,
-            len: 12,
-            ..
-        }
-    ));
+    assert!(matches!(header_only(overrun), DecodeError::MetaOverrun { meta_len: 100, len: 12, .. }));
 
     for len in 0..9u32 {
         let mut decoder = Decoder::new();
@@ -392,18 +279,9 @@ fn bad_metas_and_bodies_are_refused() {
         (raw(16, 0, br#"{"pid":-1,"node":"v"}"#, b""), "BadMeta"),
         (raw(16, 0, br#"{"pid":1}"#, b""), "BadMeta"),
         (raw(16, 0, br#"{"pid":1,"node":"v"} x"#, b""), "BadMeta"),
-        (
-            raw(16, 0, br#"{"pid":1,"node":"v"}"#, b"body"),
-            "UnexpectedBody",
-        ),
-        (
-            raw(18, 1, br#"{"kind":"panic","message":"m"}"#, b""),
-            "BadMeta",
-        ),
-        (
-            raw(18, 1, br#"{"kind":"task_error","message":"m"}"#, b"x"),
-            "UnexpectedBody",
-        ),
+        (raw(16, 0, br#"{"pid":1,"node":"v"}"#, b"body"), "UnexpectedBody"),
+        (raw(18, 1, br#"{"kind":"panic","message":"m"}"#, b""), "BadMeta"),
+        (raw(18, 1, br#"{"kind":"task_error","message":"m"}"#, b"x"), "UnexpectedBody"),
         (raw(19, 1, br#"{"level":"fatal"}"#, b"m"), "BadMeta"),
         (raw(19, 1, b"", b"m"), "BadMeta"),
         (raw(20, 1, b"null", b""), "MetaNotObject"),
@@ -411,43 +289,14 @@ fn bad_metas_and_bodies_are_refused() {
         (raw(17, 1, b"", b"{\"a\":1}, \"b\": 2"), "ResultNotJson"),
         (raw(17, 1, b"", b"[[[["), "ResultNotJson"),
         (raw(17, 1, b"", b"\"\xff\""), "ResultNotUtf8"),
-        (
-            raw(
-                1,
-                1,
-                br#"{"tenant":"t","task":null,"requestId":"r","key":"k","sourceLen":5}"#,
-                b"abc",
-            ),
-            "SourceOverrun",
-        ),
+        (raw(1, 1, br#"{"tenant":"t","task":null,"requestId":"r","key":"k","sourceLen":5}"#, b"abc"), "SourceOverrun"),
         (
             // Each fits; together they do not (nor may their sum wrap around).
-            raw(
-                1,
-                1,
-                br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":2,"cacheLen":2}"#,
-                b"abc",
-            ),
+            raw(1, 1, br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":2,"cacheLen":2}"#, b"abc"),
             "SourceOverrun",
         ),
-        (
-            raw(
-                1,
-                1,
-                br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":4294967295,"cacheLen":4294967295}"#,
-                b"abc",
-            ),
-            "SourceOverrun",
-        ),
-        (
-            raw(
-                1,
-                1,
-                br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":-1}"#,
-                b"",
-            ),
-            "BadMeta",
-        ),
+        (raw(1, 1, br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":4294967295,"cacheLen":4294967295}"#, b"abc"), "SourceOverrun"),
+        (raw(1, 1, br#"{"tenant":"t","requestId":"r","key":"k","sourceLen":-1}"#, b""), "BadMeta"),
     ];
     for (bytes, want) in cases {
         let err = decode_err(&bytes);
@@ -521,10 +370,7 @@ fn the_decoder_survives_mutated_frames() {
                         if let Frame::Result { json, .. } = &frame {
                             serde_json::from_slice::<serde_json::Value>(json).unwrap();
                         }
-                        assert_eq!(
-                            decode_all(&encode_to_vec(&frame).unwrap()).unwrap(),
-                            vec![frame]
-                        );
+                        assert_eq!(decode_all(&encode_to_vec(&frame).unwrap()).unwrap(), vec![frame]);
                     }
                     Ok(None) => break,
                     Err(_) => break 'feed,
@@ -539,16 +385,9 @@ fn frame_ids_and_types() {
     for frame in samples() {
         let bytes = encode_to_vec(&frame).unwrap();
         assert_eq!(FrameType::from_u8(bytes[4]), Some(frame.frame_type()));
-        assert_eq!(
-            u32::from_be_bytes(bytes[5..9].try_into().unwrap()),
-            frame.id()
-        );
+        assert_eq!(u32::from_be_bytes(bytes[5..9].try_into().unwrap()), frame.id());
     }
-    let from_sandbox: Vec<u8> = (0..=255)
-        .filter_map(FrameType::from_u8)
-        .filter(|t| t.sent_by_sandbox())
-        .map(|t| t as u8)
-        .collect();
+    let from_sandbox: Vec<u8> = (0..=255).filter_map(FrameType::from_u8).filter(|t| t.sent_by_sandbox()).map(|t| t as u8).collect();
     assert_eq!(from_sandbox, [16, 17, 18, 19, 20, 21]);
     assert_eq!(ErrorKind::BadRequest.as_str(), "bad_request");
     assert_eq!(ErrorKind::CompileError.as_str(), "compile_error");
@@ -587,9 +426,21 @@ fn http_responses_that_could_split_a_head_are_refused() {
     assert!(matches!(refused(r#"{"headers":[]}"#), DecodeError::BadMeta { .. }));
     assert!(matches!(refused(r#"{"status":200,"headers":[["a","b","c"]]}"#), DecodeError::BadMeta { .. }));
     let many: Vec<String> = (0..101).map(|i| format!("[\"X-{i}\",\"v\"]")).collect();
-    assert!(matches!(refused(&format!("{{\"status\":200,\"headers\":[{}]}}", many.join(","))), DecodeError::TooManyHeaders { count: 101, .. }));
+    assert!(matches!(
+        refused(&format!("{{\"status\":200,\"headers\":[{}]}}", many.join(","))),
+        DecodeError::TooManyHeaders { count: 101, .. }
+    ));
     // Tabs, UTF-8 and obs-text-like characters in a value are fine; HttpResponse never has id 0.
-    let ok = decode_all(&raw(FrameType::HttpResponse as u8, 1, r#"{"status":200,"headers":[["X-A","a\tb \u00e9"]]}"#.as_bytes(), b"x")).unwrap();
-    assert_eq!(ok, vec![Frame::HttpResponse { id: 1, status: 200, headers: vec![("X-A".into(), "a\tb \u{e9}".into())], body: Bytes::from_static(b"x") }]);
+    let ok =
+        decode_all(&raw(FrameType::HttpResponse as u8, 1, r#"{"status":200,"headers":[["X-A","a\tb \u00e9"]]}"#.as_bytes(), b"x")).unwrap();
+    assert_eq!(
+        ok,
+        vec![Frame::HttpResponse {
+            id: 1,
+            status: 200,
+            headers: vec![("X-A".into(), "a\tb \u{e9}".into())],
+            body: Bytes::from_static(b"x")
+        }]
+    );
     assert!(matches!(decode_err(&raw(FrameType::HttpResponse as u8, 0, br#"{"status":200}"#, b"")), DecodeError::BadId { .. }));
 }

@@ -67,7 +67,12 @@ enum Framing {
 pub fn send(socket: &Path, req: &Request) -> Result<Response, HttpError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| HttpError::Connect { socket: socket.into(), source })?;
     let io_err = |source| HttpError::Io { socket: socket.into(), source };
-    let mut head = format!("{} {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: taskcell/{}\r\nConnection: close\r\n", req.method, req.target, env!("CARGO_PKG_VERSION"));
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: taskcell/{}\r\nConnection: close\r\n",
+        req.method,
+        req.target,
+        env!("CARGO_PKG_VERSION")
+    );
     if let Some(ct) = req.content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -286,7 +291,8 @@ mod tests {
 
     #[test]
     fn chunked_body_piece_by_piece() {
-        let (path, server) = serve(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nTrailer: t\r\n\r\n");
+        let (path, server) =
+            serve(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nTrailer: t\r\n\r\n");
         let mut r = send(&path, &Request { method: "GET", target: "/v1/logs", content_type: None, body: b"" }).unwrap();
         assert_eq!(r.next_piece().unwrap(), Some(b"abc".to_vec()));
         assert_eq!(r.next_piece().unwrap(), Some(b"de".to_vec()));
@@ -328,7 +334,10 @@ mod tests {
     #[test]
     fn posts_carry_their_length() {
         let (path, server) = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        let r = send(&path, &Request { method: "POST", target: "/v1/t", content_type: Some("application/json"), body: b"" }).unwrap().whole().unwrap();
+        let r = send(&path, &Request { method: "POST", target: "/v1/t", content_type: Some("application/json"), body: b"" })
+            .unwrap()
+            .whole()
+            .unwrap();
         assert_eq!(r.status, 200);
         let req = String::from_utf8(server.join().unwrap()).unwrap();
         assert!(req.contains("Content-Length: 0\r\n") && req.contains("Content-Type: application/json\r\n"), "{req}");

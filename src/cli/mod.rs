@@ -44,10 +44,24 @@ const COMMANDS: &[Command] = &[
         about: "deploy a task's source (FILE - reads stdin) with its model (default taskcell) and time limit",
         run: deploy,
     },
-    Command { name: "call", args: "TENANT TASK [JSON|-]", min: 2, max: 3, about: "run a task with this input (none: null; -: stdin)", run: call },
+    Command {
+        name: "call",
+        args: "TENANT TASK [JSON|-]",
+        min: 2,
+        max: 3,
+        about: "run a task with this input (none: null; -: stdin)",
+        run: call,
+    },
     Command { name: "tasks", args: "TENANT", min: 1, max: 1, about: "list a tenant's tasks", run: tasks },
     Command { name: "rm", args: "TENANT TASK", min: 2, max: 2, about: "remove a task", run: rm },
-    Command { name: "logs", args: "[TENANT]", min: 0, max: 1, about: "follow the log events of every tenant, or of one, until Ctrl-C", run: logs },
+    Command {
+        name: "logs",
+        args: "[TENANT]",
+        min: 0,
+        max: 1,
+        about: "follow the log events of every tenant, or of one, until Ctrl-C",
+        run: logs,
+    },
     Command { name: "health", args: "", min: 0, max: 0, about: "the daemon's state: pool, sandboxes, work in flight, uptime", run: health },
     Command {
         name: "secrets",
@@ -296,9 +310,15 @@ fn egress(o: &Options) -> Result<(), CliError> {
     };
     if !o.json {
         let v = json_body(&r)?;
-        let list = |key: &str| v[key].as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default();
+        let list = |key: &str| {
+            v[key].as_array().map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>()).unwrap_or_default()
+        };
         let own = list("allow");
-        let mut text = if own.is_empty() { format!("{tenant}: no egress allowed of its own") } else { format!("{tenant} may connect to:\n  {}", own.join("\n  ")) };
+        let mut text = if own.is_empty() {
+            format!("{tenant}: no egress allowed of its own")
+        } else {
+            format!("{tenant} may connect to:\n  {}", own.join("\n  "))
+        };
         let operator = list("operator");
         if !operator.is_empty() {
             text.push_str(&format!("\nand, for every tenant (--egress-allow):\n  {}", operator.join("\n  ")));
@@ -334,7 +354,8 @@ fn secrets(o: &Options) -> Result<(), CliError> {
                 }
             }
             let target = format!("/v1/tenants/{tenant}/secrets/{name}");
-            let r = exchange(o, &Request { method: "PUT", target: &target, content_type: Some("text/plain; charset=utf-8"), body: &value })?;
+            let r =
+                exchange(o, &Request { method: "PUT", target: &target, content_type: Some("text/plain; charset=utf-8"), body: &value })?;
             if !o.json {
                 out(&format!("{} secret {name} of {tenant}", if r.status == 201 { "set" } else { "replaced" }))?;
             }
@@ -420,7 +441,11 @@ fn event(stdout: &mut impl Write, paint: Paint, line: &[u8]) -> Result<(), CliEr
     let text = match serde_json::from_slice::<Value>(line) {
         Ok(v) if v.get("dropped").is_some() && v.get("message").is_none() => {
             let warn = Paint::for_stream(io::stderr().is_terminal());
-            note(&warn.warning(&format!("{} taskcell: {} log events dropped: this stream fell behind", v["time"].as_str().unwrap_or("-"), v["dropped"])));
+            note(&warn.warning(&format!(
+                "{} taskcell: {} log events dropped: this stream fell behind",
+                v["time"].as_str().unwrap_or("-"),
+                v["dropped"]
+            )));
             return Ok(());
         }
         Ok(v) => render::stream_event(paint, &v),

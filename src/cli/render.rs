@@ -263,7 +263,8 @@ mod tests {
         assert_eq!(envelope_log(PLAIN, &json!({"level": "warn", "message": "careful"})), "[warn] careful");
         assert_eq!(envelope_log(PLAIN, &json!({"level": "log", "message": "a\nb\n"})), "[log] a\n      b");
         assert_eq!(envelope_log(Paint { on: true }, &json!({"level": "error", "message": "x"})), "\x1b[31m[error]\x1b[0m x");
-        let e = json!({"time": "2026-11-29T15:30:00.123Z", "tenant": "acme", "task": null, "requestId": "r", "level": "info", "message": "hi"});
+        let e =
+            json!({"time": "2026-11-29T15:30:00.123Z", "tenant": "acme", "task": null, "requestId": "r", "level": "info", "message": "hi"});
         assert_eq!(stream_event(PLAIN, &e), "2026-11-29T15:30:00.123Z acme/- info  hi");
         let e = json!({"time": "T", "tenant": "acme", "task": "greet", "level": "log", "message": "m", "node": "n1"});
         assert_eq!(stream_event(PLAIN, &e), "T acme/greet log   m {\"node\":\"n1\"}");
@@ -282,7 +283,10 @@ mod tests {
     #[test]
     fn tables_and_health() {
         let list = json!({"tasks": [{"task": "greet", "model": "webtask", "timeout_ms": 5000, "size": 123, "sha256": "0123456789abcdef", "updated": "2026-01-01T00:00:00Z"}]});
-        assert_eq!(tasks("acme", &list), "TASK   MODEL    TIMEOUT  SIZE   SHA256         UPDATED\ngreet  webtask  5000 ms  123 B  0123456789ab…  2026-01-01T00:00:00Z");
+        assert_eq!(
+            tasks("acme", &list),
+            "TASK   MODEL    TIMEOUT  SIZE   SHA256         UPDATED\ngreet  webtask  5000 ms  123 B  0123456789ab…  2026-01-01T00:00:00Z"
+        );
         assert_eq!(tasks("acme", &json!({"tasks": []})), "no tasks deployed for acme");
         let h = json!({"status": "ok", "pool": {"size": 2, "idle": 1, "starting": 1}, "sandboxes": {"tenants": 3, "total": 4},
             "invocations_in_flight": 0, "queued": 0, "uptime_s": 12, "last_spawn_error": null});

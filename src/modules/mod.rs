@@ -201,7 +201,8 @@ fn install(o: &Options, npm: &Path, path: &str, spec: &Spec, target: &Path) -> R
         .env("NODE_OPTIONS", "--use-openssl-ca");
     for (k, v) in std::env::vars_os() {
         let key = k.to_string_lossy();
-        let npm_setting = (key.starts_with("npm_config_") || key.starts_with("NPM_CONFIG_")) && !key.eq_ignore_ascii_case("npm_config_cache");
+        let npm_setting =
+            (key.starts_with("npm_config_") || key.starts_with("NPM_CONFIG_")) && !key.eq_ignore_ascii_case("npm_config_cache");
         if PASSED_ENV.contains(&key.as_ref()) || npm_setting {
             cmd.env(&k, v);
         }
@@ -221,7 +222,8 @@ fn install(o: &Options, npm: &Path, path: &str, spec: &Spec, target: &Path) -> R
     // npm was asked for exactly this version; make sure that is what the folder holds.
     let manifest = prefix.join("node_modules").join(&spec.name).join("package.json");
     let text = fs::read_to_string(&manifest).map_err(io_err("read", &manifest))?;
-    let found = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["version"].as_str().map(String::from)).unwrap_or_default();
+    let found =
+        serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["version"].as_str().map(String::from)).unwrap_or_default();
     if found != spec.version.text {
         return Err(ModulesError::WrongVersion { spec: spec.to_string(), found });
     }
@@ -284,9 +286,8 @@ fn list(o: &Options) -> Result<(), ModulesError> {
         return Err(ModulesError::Usage("list takes no arguments".into()));
     }
     let all = installed(&o.dir)?;
-    let is_default = |i: &Installed| {
-        default_of(all.iter().filter(|j| j.spec.name == i.spec.name).map(|j| &j.spec.version)) == Some(&i.spec.version)
-    };
+    let is_default =
+        |i: &Installed| default_of(all.iter().filter(|j| j.spec.name == i.spec.name).map(|j| &j.spec.version)) == Some(&i.spec.version);
     if o.json {
         let rows: Vec<serde_json::Value> = all
             .iter()
@@ -345,8 +346,13 @@ fn remove(o: &Options) -> Result<(), ModulesError> {
     let spec = Spec::parse(arg)?;
     let target = o.dir.join(spec.folder());
     if !target.is_dir() {
-        let others: Vec<String> = installed(&o.dir).unwrap_or_default().into_iter().filter(|i| i.spec.name == spec.name).map(|i| i.spec.version.text).collect();
-        let installed = if others.is_empty() { format!(" (no version of {} is)", spec.name) } else { format!(" (installed versions of {}: {})", spec.name, others.join(", ")) };
+        let others: Vec<String> =
+            installed(&o.dir).unwrap_or_default().into_iter().filter(|i| i.spec.name == spec.name).map(|i| i.spec.version.text).collect();
+        let installed = if others.is_empty() {
+            format!(" (no version of {} is)", spec.name)
+        } else {
+            format!(" (installed versions of {}: {})", spec.name, others.join(", "))
+        };
         return Err(ModulesError::NotInstalled { spec: spec.to_string(), dir: o.dir.clone(), installed });
     }
     // Out of readers' sight in one rename, then deleted: a sandbox never sees half a version.

@@ -39,7 +39,8 @@ impl Spec {
         };
         let (name, version) = (&text[..at], &text[at + 1..]);
         check_name(text, name)?;
-        let version = Version::parse(version).ok_or_else(|| SpecError::NotExact { spec: text.into(), name: name.into(), version: version.into() })?;
+        let version =
+            Version::parse(version).ok_or_else(|| SpecError::NotExact { spec: text.into(), name: name.into(), version: version.into() })?;
         Ok(Spec { name: name.into(), version })
     }
 
@@ -192,10 +193,40 @@ mod tests {
 
     #[test]
     fn ranges_tags_and_tricks_are_refused() {
-        for bad in ["lodash", "lodash@", "lodash@latest", "lodash@^4.17.21", "lodash@~4.17", "lodash@4", "lodash@4.x", "lodash@>=4.0.0", "lodash@4.17.21 || 5", "lodash@v4.17.21", "lodash@04.17.21", "lodash@4.17.21;rm"] {
+        for bad in [
+            "lodash",
+            "lodash@",
+            "lodash@latest",
+            "lodash@^4.17.21",
+            "lodash@~4.17",
+            "lodash@4",
+            "lodash@4.x",
+            "lodash@>=4.0.0",
+            "lodash@4.17.21 || 5",
+            "lodash@v4.17.21",
+            "lodash@04.17.21",
+            "lodash@4.17.21;rm",
+        ] {
             assert!(matches!(Spec::parse(bad), Err(SpecError::NoVersion { .. } | SpecError::NotExact { .. })), "{bad} was taken");
         }
-        for bad in ["../x@1.0.0", "..@1.0.0", "a/b@1.0.0", "@scope@1.0.0", "@/x@1.0.0", "@scope/@1.0.0", "@a/b/c@1.0.0", ".hidden@1.0.0", "_x@1.0.0", "a;b@1.0.0", "$(id)@1.0.0", "a b@1.0.0", "git+https://x@1.0.0", "file:x@1.0.0", "@sc/../x@1.0.0", "x\n@1.0.0"] {
+        for bad in [
+            "../x@1.0.0",
+            "..@1.0.0",
+            "a/b@1.0.0",
+            "@scope@1.0.0",
+            "@/x@1.0.0",
+            "@scope/@1.0.0",
+            "@a/b/c@1.0.0",
+            ".hidden@1.0.0",
+            "_x@1.0.0",
+            "a;b@1.0.0",
+            "$(id)@1.0.0",
+            "a b@1.0.0",
+            "git+https://x@1.0.0",
+            "file:x@1.0.0",
+            "@sc/../x@1.0.0",
+            "x\n@1.0.0",
+        ] {
             assert!(matches!(Spec::parse(bad), Err(SpecError::BadName { .. })), "{bad}: {:?}", Spec::parse(bad));
         }
     }

@@ -67,7 +67,13 @@ impl Response {
 
     /// Assert the status and error kind, and the error body's shape: a message, and an `X-Request-Id`.
     pub fn assert_error(&self, status: u16, kind: &str) -> Value {
-        assert_eq!((self.status, self.text().contains(kind)), (status, true), "expected {status} {kind}, got {} {}", self.status, self.text());
+        assert_eq!(
+            (self.status, self.text().contains(kind)),
+            (status, true),
+            "expected {status} {kind}, got {} {}",
+            self.status,
+            self.text()
+        );
         let v = self.json();
         assert_eq!(v["error"]["kind"], kind, "body: {v}");
         assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {v}");
@@ -370,7 +376,11 @@ mod tests {
 
     #[test]
     fn response_helpers() {
-        let r = Response { status: 404, headers: vec![("X-Request-Id".into(), "1".into()), ("Connection".into(), "close".into())], body: br#"{"error":{"kind":"not_found","message":"no such task"}}"#.to_vec() };
+        let r = Response {
+            status: 404,
+            headers: vec![("X-Request-Id".into(), "1".into()), ("Connection".into(), "close".into())],
+            body: br#"{"error":{"kind":"not_found","message":"no such task"}}"#.to_vec(),
+        };
         assert_eq!(r.header("x-request-id"), Some("1"));
         assert!(r.closes());
         assert_eq!(r.kind(), "not_found");

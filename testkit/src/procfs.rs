@@ -228,10 +228,7 @@ mod tests {
         let line = "4242 (a) (b c)) S 17 4242 4242 0 -1 4194560 120 0 0 0 31 7 0 0 30 10 3 0 987654 12345678 400 \
                     18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 2 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
         let s = Stat::parse(line).expect("parses");
-        assert_eq!(
-            s,
-            Stat { comm: "a) (b c)".into(), state: 'S', ppid: 17, utime: 31, stime: 7, nice: 10, threads: 3, starttime: 987654 }
-        );
+        assert_eq!(s, Stat { comm: "a) (b c)".into(), state: 'S', ppid: 17, utime: 31, stime: 7, nice: 10, threads: 3, starttime: 987654 });
         assert!(!s.is_dead());
     }
 

@@ -119,7 +119,14 @@ impl Daemon {
         fs::create_dir_all(&dir).expect("create the test's temporary directory");
         // The secrets key in the test's own directory, never the host's /etc/taskcell.
         let key = dir.join("secrets.key").display().to_string();
-        let mut all = vec!["--pool-size".to_string(), "2".to_string(), "--rootfs".to_string(), rootfs().display().to_string(), "--secrets-key".to_string(), key];
+        let mut all = vec![
+            "--pool-size".to_string(),
+            "2".to_string(),
+            "--rootfs".to_string(),
+            rootfs().display().to_string(),
+            "--secrets-key".to_string(),
+            key,
+        ];
         all.extend(flags.iter().map(|s| s.to_string()));
         let d = Daemon {
             socket: dir.join("s.sock"),
@@ -128,7 +135,13 @@ impl Daemon {
             dir,
             flags: all,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            inner: Mutex::new(Inner { child: None, pids: Vec::new(), descendants: HashSet::new(), cgroup_dirs: Vec::new(), stopped: false }),
+            inner: Mutex::new(Inner {
+                child: None,
+                pids: Vec::new(),
+                descendants: HashSet::new(),
+                cgroup_dirs: Vec::new(),
+                stopped: false,
+            }),
         };
         d.spawn();
         d
@@ -193,7 +206,10 @@ impl Daemon {
                     let (idle, size) = (h["pool"]["idle"].as_u64().unwrap_or(0), h["pool"]["size"].as_u64().unwrap_or(0));
                     if idle >= size || (idle >= 1 && start.elapsed() > POOL_GUARD) {
                         if idle < size {
-                            eprintln!("\n**********\nWARNING: the pool of {} is not full after {POOL_GUARD:?}: {h}\n**********", self.dir.display());
+                            eprintln!(
+                                "\n**********\nWARNING: the pool of {} is not full after {POOL_GUARD:?}: {h}\n**********",
+                                self.dir.display()
+                            );
                         }
                         self.snapshot_descendants();
                         return;
@@ -473,7 +489,11 @@ extern "C" fn stop_shared() {
         let problems = d.stop_and_check();
         if !problems.is_empty() {
             eprintln!("{}", d.log_tail());
-            eprintln!("\n**********\nFAILED: after stopping the shared daemon of {}:\n  {}\n**********", d.dir.display(), problems.join("\n  "));
+            eprintln!(
+                "\n**********\nFAILED: after stopping the shared daemon of {}:\n  {}\n**********",
+                d.dir.display(),
+                problems.join("\n  ")
+            );
             failed = true;
         }
         let _ = fs::remove_dir_all(&d.dir);
@@ -496,7 +516,11 @@ pub fn group_paths(pid: u32) -> Vec<PathBuf> {
 pub fn sandbox_cgroups(groups: &[PathBuf]) -> usize {
     groups
         .iter()
-        .map(|g| fs::read_dir(g).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sb-") && e.path().is_dir()).count()).unwrap_or(0))
+        .map(|g| {
+            fs::read_dir(g)
+                .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sb-") && e.path().is_dir()).count())
+                .unwrap_or(0)
+        })
         .sum()
 }
 
@@ -536,4 +560,3 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
-

@@ -196,8 +196,27 @@ fn deep_array(depth: usize) -> String {
 
 fn odd_value(rng: &mut Rng) -> String {
     let choices: &[&str] = &[
-        "null", "true", "-1", "1.5", "\"3\"", "1e300", "1e400", "-0", "3.0", "1E1", "[]", "{}", "\"\"",
-        "\"\\ud800\"", "9007199254740993", "4294967296", "[0]", "{\"valueOf\":1}", "{\"toString\":1}", "[{\"toString\":1}]", "\"__proto__\"",
+        "null",
+        "true",
+        "-1",
+        "1.5",
+        "\"3\"",
+        "1e300",
+        "1e400",
+        "-0",
+        "3.0",
+        "1E1",
+        "[]",
+        "{}",
+        "\"\"",
+        "\"\\ud800\"",
+        "9007199254740993",
+        "4294967296",
+        "[0]",
+        "{\"valueOf\":1}",
+        "{\"toString\":1}",
+        "[{\"toString\":1}]",
+        "\"__proto__\"",
     ];
     match rng.below(12) {
         0 => deep_array(1 + rng.below(200_000)),
@@ -247,7 +266,8 @@ fn gen_run(rng: &mut Rng, keys: &mut Vec<String>) -> Piece {
         3 => Some(Value::from("../../etc/passwd")),
         _ => Some(Value::from("")),
     };
-    let mut meta = run_meta(Value::from("acme"), task, Value::from(format!("r{}", rng.below(100))), Some(Value::from(key)), Some(source_len));
+    let mut meta =
+        run_meta(Value::from("acme"), task, Value::from(format!("r{}", rng.below(100))), Some(Value::from(key)), Some(source_len));
     if rng.chance(4) {
         // One field of an odd shape (or missing).
         let field = *rng.pick(&["tenant", "task", "requestId", "key", "sourceLen", "extra", "__proto__"]);
@@ -266,11 +286,27 @@ fn gen_run(rng: &mut Rng, keys: &mut Vec<String>) -> Piece {
                 s.push(',');
             }
             s.push_str(&format!("\"{field}\":{text}}}"));
-            return Piece::Frame { ty: RUN, id: gen_id(rng), meta: s.into_bytes(), body, len: None, meta_len: None, source_end: Some(source_end) };
+            return Piece::Frame {
+                ty: RUN,
+                id: gen_id(rng),
+                meta: s.into_bytes(),
+                body,
+                len: None,
+                meta_len: None,
+                source_end: Some(source_end),
+            };
         }
         meta = Value::Object(m);
     }
-    Piece::Frame { ty: RUN, id: gen_id(rng), meta: meta.to_string().into_bytes(), body, len: None, meta_len: None, source_end: Some(source_end) }
+    Piece::Frame {
+        ty: RUN,
+        id: gen_id(rng),
+        meta: meta.to_string().into_bytes(),
+        body,
+        len: None,
+        meta_len: None,
+        source_end: Some(source_end),
+    }
 }
 
 fn gen_id(rng: &mut Rng) -> u32 {
@@ -327,10 +363,8 @@ fn corpus_pieces(files: &[Vec<u8>], rng: &mut Rng) -> Vec<Piece> {
         if ty == RUN {
             // Never run fuzzed bytes as code: the source becomes a pool source, sourceLen follows.
             let source = rng.pick(SOURCES).as_bytes();
-            let old: Option<usize> = serde_json::from_slice::<Value>(&meta)
-                .ok()
-                .and_then(|m| m.get("sourceLen").and_then(Value::as_u64))
-                .map(|n| n as usize);
+            let old: Option<usize> =
+                serde_json::from_slice::<Value>(&meta).ok().and_then(|m| m.get("sourceLen").and_then(Value::as_u64)).map(|n| n as usize);
             let data = match old {
                 Some(o) if o <= body.len() => body[o..].to_vec(),
                 _ => body.clone(),
@@ -366,13 +400,23 @@ fn mutate(pieces: &mut Vec<Piece>, rng: &mut Rng, keys: &mut Vec<String>) {
         let r = rng.next();
         match choice {
             0 => {
-                *len = Some(*rng.pick(&[0, 1, 8, 9, real.wrapping_sub(1), real + 1, MAX_FRAME as u32, MAX_FRAME as u32 + 1, u32::MAX, 0x8000_0000, r as u32]))
+                *len = Some(*rng.pick(&[
+                    0,
+                    1,
+                    8,
+                    9,
+                    real.wrapping_sub(1),
+                    real + 1,
+                    MAX_FRAME as u32,
+                    MAX_FRAME as u32 + 1,
+                    u32::MAX,
+                    0x8000_0000,
+                    r as u32,
+                ]))
             }
             1 => *ty = *rng.pick(&[0, 1, 2, 3, 16, 17, 18, 19, 20, 255, r as u8]),
             2 => *id = *rng.pick(&[0, 1, u32::MAX, r as u32]),
-            3 => {
-                *meta_len = Some(*rng.pick(&[0, 1, meta.len() as u32 + 1, real - 9, real - 8, u32::MAX, r as u32]))
-            }
+            3 => *meta_len = Some(*rng.pick(&[0, 1, meta.len() as u32 + 1, real - 9, real - 8, u32::MAX, r as u32])),
             4 => {
                 // Whole-meta replacements.
                 let text: Vec<u8> = match rng.below(12) {
@@ -519,12 +563,7 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 fn model(stream: &[u8]) -> Expect {
     let stream = stream.to_vec();
-    std::thread::Builder::new()
-        .stack_size(1 << 30)
-        .spawn(move || model_on(&stream))
-        .expect("model thread")
-        .join()
-        .expect("model")
+    std::thread::Builder::new().stack_size(1 << 30).spawn(move || model_on(&stream)).expect("model thread").join().expect("model")
 }
 
 fn model_on(stream: &[u8]) -> Expect {
@@ -678,21 +717,21 @@ fn spawn_and_run(bootstrap: &Path, case: &Case) -> Outcome {
     let writer = {
         let written = written.clone();
         std::thread::spawn(move || {
-        if wait_ready {
-            let _ = ready_rx.recv_timeout(DEADLINE);
-        }
-        let mut at = 0;
-        for n in writes {
-            let end = (at + n).min(stream.len());
-            if writer_sock.write_all(&stream[at..end]).is_err() {
-                return;
+            if wait_ready {
+                let _ = ready_rx.recv_timeout(DEADLINE);
             }
-            at = end;
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let _ = writer_sock.write_all(&stream[at..]);
-        written.store(true, Ordering::SeqCst);
-    })
+            let mut at = 0;
+            for n in writes {
+                let end = (at + n).min(stream.len());
+                if writer_sock.write_all(&stream[at..end]).is_err() {
+                    return;
+                }
+                at = end;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = writer_sock.write_all(&stream[at..]);
+            written.store(true, Ordering::SeqCst);
+        })
     };
 
     // The end of the stream (the daemon closing its end) comes once every answer the model is sure of has
@@ -720,7 +759,8 @@ fn spawn_and_run(bootstrap: &Path, case: &Case) -> Outcome {
             break;
         }
         if !shut && written.load(Ordering::SeqCst) {
-            let answers = frames.iter().filter(|f| matches!(f, Frame::Result { .. } | Frame::Error { .. } | Frame::Compiled { .. })).count();
+            let answers =
+                frames.iter().filter(|f| matches!(f, Frame::Result { .. } | Frame::Error { .. } | Frame::Compiled { .. })).count();
             let all_in = answers >= sure_answers && !expect.rejected && quiet_for < Duration::from_millis(1000);
             if all_in || last_activity.elapsed() >= quiet_for {
                 let _ = reader.shutdown(std::net::Shutdown::Write);
@@ -979,7 +1019,11 @@ fn sample_frames() -> Vec<Frame> {
     vec![
         run(1, Some("hello"), "task:hello:abc", b"module.exports = (d) => d;", br#"{"x":[1,2,"\u00e9"]}"#),
         run(u32::MAX, None, "adhoc:0123", b"", b""),
-        Frame::Compile { id: 7, meta: CompileMeta { tenant: "acme".into(), task: Some("t".into()), cache: true }, source: Bytes::from_static(b"let x = ;") },
+        Frame::Compile {
+            id: 7,
+            meta: CompileMeta { tenant: "acme".into(), task: Some("t".into()), cache: true },
+            source: Bytes::from_static(b"let x = ;"),
+        },
         Frame::Compile { id: 8, meta: CompileMeta { tenant: "acme".into(), task: None, cache: false }, source: Bytes::new() },
         Frame::Ready { pid: 4242, node: "v20.20.2".into() },
         Frame::Result { id: 3, json: Bytes::from_static(b"{\"ok\":true}") },

@@ -57,7 +57,11 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// whose cost (a wait for an RCU grace period under the cgroup threadgroup lock) is the largest single item
 /// of making a sandbox. Without it, or if the kernel refuses, a plain clone and the parent's attach.
 /// Raw syscalls: nix has no clone3, and its `clone` wants a separate stack (CLONE_VM-style), not fork semantics.
-pub(crate) fn clone_child(plan: &ChildPlan, pipes: &ChildPipes, cgroup_dir: Option<BorrowedFd<'_>>) -> std::io::Result<(i32, OwnedFd, bool)> {
+pub(crate) fn clone_child(
+    plan: &ChildPlan,
+    pipes: &ChildPipes,
+    cgroup_dir: Option<BorrowedFd<'_>>,
+) -> std::io::Result<(i32, OwnedFd, bool)> {
     let mut pidfd: RawFd = -1;
     let mut rc = -1;
     let mut in_cgroup = false;

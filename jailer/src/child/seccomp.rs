@@ -19,17 +19,10 @@ pub(crate) fn install_all() -> Result<(), i32> {
         // SAFETY: `fprog` points at a static array of `len` instructions; the kernel copies the
         // program during the call and never writes through the pointer.
         let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                0 as libc::c_uint,
-                &fprog as *const libc::sock_fprog,
-            )
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0 as libc::c_uint, &fprog as *const libc::sock_fprog)
         };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL));
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
         }
     }
     Ok(())

@@ -18,27 +18,70 @@ pub enum ApiRequest {
     Health,
     Metrics,
     /// `GET /v1/logs[?tenant=T]`.
-    Logs { tenant: Option<String> },
+    Logs {
+        tenant: Option<String>,
+    },
     /// `POST /v1/tenants/T/run`: the source, the input as JSON text (`null` when absent), and the run's
     /// settings (checked against the operator's models and limits by the handler).
-    RunAdhoc { tenant: String, source: Bytes, data: Bytes, settings: TaskSettings },
-    ListTasks { tenant: String },
-    GetTask { tenant: String, task: String },
+    RunAdhoc {
+        tenant: String,
+        source: Bytes,
+        data: Bytes,
+        settings: TaskSettings,
+    },
+    ListTasks {
+        tenant: String,
+    },
+    GetTask {
+        tenant: String,
+        task: String,
+    },
     /// `PUT ...?model=M&timeout_ms=N`: the source is UTF-8 (checked here); its syntax is checked in a sandbox
     /// by its model's compiler.
-    PutTask { tenant: String, task: String, source: Bytes, settings: TaskSettings },
-    DeleteTask { tenant: String, task: String },
+    PutTask {
+        tenant: String,
+        task: String,
+        source: Bytes,
+        settings: TaskSettings,
+    },
+    DeleteTask {
+        tenant: String,
+        task: String,
+    },
     /// `POST .../run`: the input as JSON text (`null` for an empty body).
-    RunTask { tenant: String, task: String, data: Bytes },
+    RunTask {
+        tenant: String,
+        task: String,
+        data: Bytes,
+    },
     /// `.../tasks/K/http[/REST]`: the request for the task, hop-by-hop headers dropped.
-    Http { tenant: String, task: String, http: crate::HttpRequestMeta, body: Bytes },
-    ListSecrets { tenant: String },
+    Http {
+        tenant: String,
+        task: String,
+        http: crate::HttpRequestMeta,
+        body: Bytes,
+    },
+    ListSecrets {
+        tenant: String,
+    },
     /// The value is UTF-8 of at most `secrets::MAX_VALUE` bytes (checked here).
-    PutSecret { tenant: String, name: String, value: String },
-    DeleteSecret { tenant: String, name: String },
-    GetEgress { tenant: String },
+    PutSecret {
+        tenant: String,
+        name: String,
+        value: String,
+    },
+    DeleteSecret {
+        tenant: String,
+        name: String,
+    },
+    GetEgress {
+        tenant: String,
+    },
     /// `PUT .../egress`: every entry checked (`egress_policy::Rule::parse`); kept as given.
-    PutEgress { tenant: String, allow: Vec<String> },
+    PutEgress {
+        tenant: String,
+        allow: Vec<String>,
+    },
 }
 
 /// Entries an allow-list may hold.
@@ -126,8 +169,12 @@ pub fn parse(req: &Request) -> Result<ApiRequest, ApiError> {
         (Endpoint::Secrets, _) => ApiRequest::ListSecrets { tenant: tenant() },
         (Endpoint::Secret, "PUT") => ApiRequest::PutSecret { tenant: tenant(), name: secret(), value: secret_value(&req.body)? },
         (Endpoint::Secret, _) => ApiRequest::DeleteSecret { tenant: tenant(), name: secret() },
-        (Endpoint::Http, _) => ApiRequest::Http { tenant: tenant(), task: task(), http: http_request(req, route.rest), body: req.body.clone() },
-        (Endpoint::RunTask, _) => ApiRequest::RunTask { tenant: tenant(), task: task(), data: task_input(&req.body).map_err(ApiError::refused_run)? },
+        (Endpoint::Http, _) => {
+            ApiRequest::Http { tenant: tenant(), task: task(), http: http_request(req, route.rest), body: req.body.clone() }
+        }
+        (Endpoint::RunTask, _) => {
+            ApiRequest::RunTask { tenant: tenant(), task: task(), data: task_input(&req.body).map_err(ApiError::refused_run)? }
+        }
         (Endpoint::Egress, "GET") => ApiRequest::GetEgress { tenant: tenant() },
         (Endpoint::Egress, _) => ApiRequest::PutEgress { tenant: tenant(), allow: egress_body(&req.body)? },
     })
@@ -176,7 +223,10 @@ fn task_settings(query: Option<&str>) -> Result<TaskSettings, ApiError> {
             "model" => model = Some(value),
             "timeout_ms" => {
                 let n = value.parse::<u64>().ok().filter(|_| value.bytes().all(|b| b.is_ascii_digit()));
-                timeout_ms = Some(n.ok_or_else(|| ApiError::bad_request(format!("timeout_ms must be a whole number of milliseconds, not {value:?}")))?);
+                timeout_ms =
+                    Some(n.ok_or_else(|| {
+                        ApiError::bad_request(format!("timeout_ms must be a whole number of milliseconds, not {value:?}"))
+                    })?);
             }
             _ => {}
         }
@@ -236,8 +286,10 @@ fn egress_body(body: &[u8]) -> Result<Vec<String>, ApiError> {
     struct Body {
         allow: Option<Vec<String>>,
     }
-    let parsed: Body = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected {{\"allow\": [\"host:port\", ...]}})")))?;
-    let allow = parsed.allow.ok_or_else(|| ApiError::bad_request("the body needs an \"allow\" field holding a list of host:port entries"))?;
+    let parsed: Body = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected {{\"allow\": [\"host:port\", ...]}})")))?;
+    let allow =
+        parsed.allow.ok_or_else(|| ApiError::bad_request("the body needs an \"allow\" field holding a list of host:port entries"))?;
     if allow.len() > EGRESS_RULES_MAX {
         return Err(ApiError::bad_request(format!("the allow-list has {} entries, over the limit of {EGRESS_RULES_MAX}", allow.len())));
     }
@@ -254,7 +306,8 @@ fn task_input(body: &Bytes) -> Result<Bytes, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(Bytes::from_static(b"null"));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|_| ApiError::bad_request("the body must be JSON (the task's input) or empty"))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map_err(|_| ApiError::bad_request("the body must be JSON (the task's input) or empty"))?;
     Ok(body.clone())
 }
 
@@ -280,10 +333,21 @@ mod tests {
         assert_eq!(api("GET /v1/logs?tenant=acme&x=1 HTTP/1.1\r\n\r\n"), Ok(ApiRequest::Logs { tenant: Some("acme".into()) }));
         let run = api("POST /v1/tenants/acme/run HTTP/1.1\r\nContent-Length: 34\r\n\r\n{\"code\":\"x\",\"data\":{\"a\":[1, 2]}}  ");
         let settings = TaskSettings::default();
-        assert_eq!(run, Ok(ApiRequest::RunAdhoc { tenant: "acme".into(), source: Bytes::from_static(b"x"), data: Bytes::from_static(b"{\"a\":[1, 2]}"), settings }));
+        assert_eq!(
+            run,
+            Ok(ApiRequest::RunAdhoc {
+                tenant: "acme".into(),
+                source: Bytes::from_static(b"x"),
+                data: Bytes::from_static(b"{\"a\":[1, 2]}"),
+                settings
+            })
+        );
         let task = api("POST /v1/tenants/acme/tasks/t/run HTTP/1.1\r\nContent-Length: 1\r\n\r\n ");
         assert_eq!(task, Ok(ApiRequest::RunTask { tenant: "acme".into(), task: "t".into(), data: Bytes::from_static(b"null") }));
-        assert_eq!(api("DELETE /v1/tenants/acme/tasks/t HTTP/1.1\r\n\r\n"), Ok(ApiRequest::DeleteTask { tenant: "acme".into(), task: "t".into() }));
+        assert_eq!(
+            api("DELETE /v1/tenants/acme/tasks/t HTTP/1.1\r\n\r\n"),
+            Ok(ApiRequest::DeleteTask { tenant: "acme".into(), task: "t".into() })
+        );
         let body = r#"{"allow": ["api.test:443", "*.b.test:80", "[::1]:5432"]}"#;
         let put = api(&format!("PUT /v1/tenants/acme/egress HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
         let allow = vec!["api.test:443".to_string(), "*.b.test:80".to_string(), "[::1]:5432".to_string()];
@@ -301,8 +365,19 @@ mod tests {
         assert!(matches!(put, Ok(ApiRequest::PutTask { settings, .. }) if settings.is_default()));
         let body = r#"{"code":"x","model":"openwhisk","timeout_ms":7}"#;
         let run = api(&format!("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
-        assert!(matches!(run, Ok(ApiRequest::RunAdhoc { settings, .. }) if settings == TaskSettings { model: Some("openwhisk".into()), timeout_ms: Some(7) }));
-        for bad in ["model=", "model=Web", "model=a%2fb", "timeout_ms=0", "timeout_ms=-1", "timeout_ms=1.5", "timeout_ms=+5", "timeout_ms=99999999999999999999"] {
+        assert!(
+            matches!(run, Ok(ApiRequest::RunAdhoc { settings, .. }) if settings == TaskSettings { model: Some("openwhisk".into()), timeout_ms: Some(7) })
+        );
+        for bad in [
+            "model=",
+            "model=Web",
+            "model=a%2fb",
+            "timeout_ms=0",
+            "timeout_ms=-1",
+            "timeout_ms=1.5",
+            "timeout_ms=+5",
+            "timeout_ms=99999999999999999999",
+        ] {
             let e = api(&format!("PUT /v1/tenants/a/tasks/t?{bad} HTTP/1.1\r\nContent-Length: 1\r\n\r\nx")).expect_err(bad);
             assert_eq!((e.status, e.kind), (400, "bad_request"), "{bad}");
         }
@@ -338,7 +413,10 @@ mod tests {
         assert_eq!(err("GET /v1/tenants/ACME/tasks HTTP/1.1\r\n\r\n").kind, "bad_request");
         assert_eq!(err("GET /v1/tenants/a/tasks/%2e%2e HTTP/1.1\r\n\r\n").status, 400);
         assert_eq!(err("GET /v1/logs?tenant=../x HTTP/1.1\r\n\r\n").status, 400);
-        assert_eq!(err("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}").message, "the body needs a \"code\" field holding the task's source");
+        assert_eq!(
+            err("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}").message,
+            "the body needs a \"code\" field holding the task's source"
+        );
         assert_eq!(err("POST /v1/tenants/a/run HTTP/1.1\r\nContent-Length: 1\r\n\r\n{").status, 400);
         assert_eq!(err("POST /v1/tenants/a/tasks/t/run HTTP/1.1\r\nContent-Length: 3\r\n\r\nnul").status, 400);
         let body = r#"{"allow": ["ok.test:443", "no-port.test"]}"#;

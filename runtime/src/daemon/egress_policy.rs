@@ -47,7 +47,11 @@ impl Rule {
         } else {
             t.rsplit_once(':').ok_or_else(|| RuleError::NoPort(text.into()))?
         };
-        let port: u16 = port.parse().ok().filter(|p| *p > 0 && port.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| RuleError::BadPort(text.into()))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0 && port.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| RuleError::BadPort(text.into()))?;
         let host = if let Some(suffix) = host.strip_prefix("*.") {
             let name = normalise_name(suffix).ok_or_else(|| RuleError::BadHost(text.into()))?;
             HostPattern::Subdomains(format!(".{name}"))
@@ -101,7 +105,13 @@ fn normalise_name(name: &str) -> Option<String> {
         return None;
     }
     let labels: Vec<&str> = n.split('.').collect();
-    let label_ok = |l: &&str| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     if !labels.iter().all(label_ok) {
         return None;
     }
@@ -310,7 +320,18 @@ mod tests {
         let v4 = Rule::parse("10.1.2.3:5432").unwrap();
         assert!(v4.allows(&d("10.1.2.3"), 5432));
         assert!(v4.allows(&d("167838211"), 5432), "the same address in another spelling");
-        for bad in ["example.com", "example.com:0", "example.com:65536", "example.com:+1", "exa mple.com:1", "*.:443", "[::1:443", "-x.com:1", "a..b:1", "1.2.3.999:80"] {
+        for bad in [
+            "example.com",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:+1",
+            "exa mple.com:1",
+            "*.:443",
+            "[::1:443",
+            "-x.com:1",
+            "a..b:1",
+            "1.2.3.999:80",
+        ] {
             assert!(Rule::parse(bad).is_err(), "{bad}");
         }
     }
@@ -318,17 +339,54 @@ mod tests {
     #[test]
     fn every_spelling_of_loopback_and_metadata_is_refused() {
         let refused = [
-            "127.0.0.1", "127.1", "127.0.1", "2130706433", "0x7f000001", "0x7f.1", "0177.0.0.1", "017700000001", "127.255.255.254",
-            "0.0.0.0", "0", "::", "::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", "::ffff:7f00:1", "::127.0.0.1", "64:ff9b::127.0.0.1",
-            "64:ff9b:1::7f00:1", "2002:7f00:1::", "fe80::1%lo", "fe80::1", "169.254.169.254", "0xa9fea9fe", "::ffff:169.254.169.254",
-            "10.0.0.1", "172.16.0.1", "172.31.255.255", "192.168.1.1", "100.64.0.1", "fc00::1", "fd12:3456::1", "ff02::1", "224.0.0.1",
-            "255.255.255.255", "240.0.0.1", "198.18.0.1", "192.0.0.8", "fec0::1", "2001:db8::1",
+            "127.0.0.1",
+            "127.1",
+            "127.0.1",
+            "2130706433",
+            "0x7f000001",
+            "0x7f.1",
+            "0177.0.0.1",
+            "017700000001",
+            "127.255.255.254",
+            "0.0.0.0",
+            "0",
+            "::",
+            "::1",
+            "0:0:0:0:0:0:0:1",
+            "::ffff:127.0.0.1",
+            "::ffff:7f00:1",
+            "::127.0.0.1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::",
+            "fe80::1%lo",
+            "fe80::1",
+            "169.254.169.254",
+            "0xa9fea9fe",
+            "::ffff:169.254.169.254",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fc00::1",
+            "fd12:3456::1",
+            "ff02::1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "fec0::1",
+            "2001:db8::1",
         ];
         for a in refused {
             assert!(refused_range(ip(a)).is_some(), "{a} must be refused");
             assert!(check_address(ip(a), &[]).is_some(), "{a}");
         }
-        for a in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1", "::ffff:8.8.8.8", "64:ff9b::808:808", "1.1.1.1"] {
+        for a in
+            ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "172.32.0.1", "100.128.0.1", "::ffff:8.8.8.8", "64:ff9b::808:808", "1.1.1.1"]
+        {
             assert_eq!(refused_range(ip(a)), None, "{a} is public");
         }
     }

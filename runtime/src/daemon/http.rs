@@ -118,7 +118,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
     }
     let length = content_length.unwrap_or(0);
     if length > limits.max_body {
-        return Err(HttpError::new(413, "payload_too_large", format!("request body of {length} bytes exceeds the limit of {} bytes", limits.max_body)));
+        return Err(HttpError::new(
+            413,
+            "payload_too_large",
+            format!("request body of {length} bytes exceeds the limit of {} bytes", limits.max_body),
+        ));
     }
     if buf.len() < head_len + length {
         return Ok(Parsed::Partial);
@@ -205,12 +209,9 @@ impl Response {
 
     /// The API's error body: `{"error": {"kind", "message"}, "logs": [...]}`.
     pub fn error(status: u16, kind: &str, message: &str, logs: Option<&[u8]>) -> Response {
-        let mut body = format!(
-            "{{\"error\":{{\"kind\":{},\"message\":{}}}",
-            serde_json::Value::from(kind),
-            serde_json::Value::from(message)
-        )
-        .into_bytes();
+        let mut body =
+            format!("{{\"error\":{{\"kind\":{},\"message\":{}}}", serde_json::Value::from(kind), serde_json::Value::from(message))
+                .into_bytes();
         if let Some(logs) = logs {
             body.extend_from_slice(b",\"logs\":");
             body.extend_from_slice(logs);
@@ -252,7 +253,12 @@ pub fn daemon_owned_header(name: &str) -> bool {
 pub fn write_task_response(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], body: &[u8], request_id: &str, keep_alive: bool) {
     use std::io::Write;
     let no_body = status == 204 || status == 304;
-    let _ = write!(out, "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\n", reason(status), if no_body { 0 } else { body.len() });
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\n",
+        reason(status),
+        if no_body { 0 } else { body.len() }
+    );
     for (name, value) in headers.iter().filter(|(n, _)| !daemon_owned_header(n)) {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -332,7 +338,14 @@ mod tests {
 
     #[test]
     fn a_task_response_keeps_its_headers_but_the_daemon_owned_ones() {
-        let headers = [("Location", "/x"), ("Connection", "close"), ("content-length", "99"), ("Proxy-Authenticate", "x"), ("X-Request-Id", "mine"), ("Set-Cookie", "a=1")];
+        let headers = [
+            ("Location", "/x"),
+            ("Connection", "close"),
+            ("content-length", "99"),
+            ("Proxy-Authenticate", "x"),
+            ("X-Request-Id", "mine"),
+            ("Set-Cookie", "a=1"),
+        ];
         let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         let mut out = Vec::new();
         write_task_response(&mut out, 302, &headers, b"moved", "rid", true);

@@ -52,7 +52,14 @@ pub fn event_line(tenant: &str, task: Option<&str>, request_id: Option<&str>, le
 }
 
 /// The same with one more field (an egress connection's `egress`).
-pub fn event_line_with(tenant: &str, task: Option<&str>, request_id: Option<&str>, level: &str, message: &str, extra: Option<(&str, serde_json::Value)>) -> Vec<u8> {
+pub fn event_line_with(
+    tenant: &str,
+    task: Option<&str>,
+    request_id: Option<&str>,
+    level: &str,
+    message: &str,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Vec<u8> {
     let mut event = serde_json::json!({
         "time": now_rfc3339(),
         "tenant": tenant,

@@ -169,7 +169,12 @@ impl Metrics {
         sample(o, "taskcell_code_cache_runs_total", &[], self.code_cache_runs);
         family(o, "taskcell_connections_refused_total", "counter", "Client connections refused past --max-connections.");
         sample(o, "taskcell_connections_refused_total", &[], self.connections_refused);
-        family(o, "taskcell_sandbox_protocol_errors_total", "counter", "Frames from sandboxes that broke the protocol (the sandbox was killed).");
+        family(
+            o,
+            "taskcell_sandbox_protocol_errors_total",
+            "counter",
+            "Frames from sandboxes that broke the protocol (the sandbox was killed).",
+        );
         sample(o, "taskcell_sandbox_protocol_errors_total", &[], self.protocol_errors);
         family(o, "taskcell_code_caches_refused_total", "counter", "Code caches dropped for being too large for their source.");
         sample(o, "taskcell_code_caches_refused_total", &[], self.code_caches_refused);
@@ -437,11 +442,7 @@ mod tests {
         assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count));
         let sum = value(&s, &format!("{name}_sum"), &[]).unwrap();
         assert!((sum - observed.iter().sum::<f64>()).abs() < 1e-6, "{sum}");
-        let les: Vec<&str> = s
-            .iter()
-            .filter(|x| x.name == format!("{name}_bucket"))
-            .map(|x| x.labels[0].1.as_str())
-            .collect();
+        let les: Vec<&str> = s.iter().filter(|x| x.name == format!("{name}_bucket")).map(|x| x.labels[0].1.as_str()).collect();
         assert_eq!(les[..3], ["0.0005", "0.001", "0.0025"]);
         assert_eq!(les[10..], ["1", "2.5", "5", "10", "+Inf"]);
     }

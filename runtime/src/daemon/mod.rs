@@ -10,8 +10,8 @@ pub mod egress_policy;
 pub mod http;
 mod logs;
 mod metrics;
-pub mod routes;
 mod pool_policy;
+pub mod routes;
 mod secrets;
 mod server;
 mod settings;
@@ -151,7 +151,11 @@ impl Config {
             "pids" => self.pids = args::count(&flag, value)?,
             "tmp-size" => self.tmp_bytes = args::bytes(&flag, value)?,
             "cpus" => {
-                self.cpus = value.parse().ok().filter(|c: &f64| *c > 0.0).ok_or(ArgError::Invalid { flag, value: value.into(), what: "CPU count" })?
+                self.cpus = value.parse().ok().filter(|c: &f64| *c > 0.0).ok_or(ArgError::Invalid {
+                    flag,
+                    value: value.into(),
+                    what: "CPU count",
+                })?
             }
             "idle-timeout-ms" => self.idle_timeout = ms(value)?,
             "max-age-ms" => self.max_age = ms(value)?,
@@ -169,11 +173,19 @@ impl Config {
             "secrets-key" => self.secrets_key = PathBuf::from(value),
             // The repeatable settings: each use adds one.
             "egress-allow" => {
-                let rule = egress_policy::Rule::parse(value).map_err(|_| ArgError::Invalid { flag, value: value.into(), what: "rule (host:port, *.name:port or IP:port)" })?;
+                let rule = egress_policy::Rule::parse(value).map_err(|_| ArgError::Invalid {
+                    flag,
+                    value: value.into(),
+                    what: "rule (host:port, *.name:port or IP:port)",
+                })?;
                 self.egress.allow.push((value.trim().to_string(), rule));
             }
             "egress-allow-private" => {
-                let cidr = egress_policy::Cidr::parse(value).ok_or(ArgError::Invalid { flag, value: value.into(), what: "CIDR (address/prefix)" })?;
+                let cidr = egress_policy::Cidr::parse(value).ok_or(ArgError::Invalid {
+                    flag,
+                    value: value.into(),
+                    what: "CIDR (address/prefix)",
+                })?;
                 self.egress.allow_private.push(cidr);
             }
             "egress-resolve" => {
@@ -344,7 +356,11 @@ fn serve(config: Config) -> Result<(), String> {
     if config.compilers_dir.is_dir() {
         let dir = std::fs::canonicalize(&config.compilers_dir).map_err(|e| format!("{}: {e}", config.compilers_dir.display()))?;
         jconfig.binds_ro.push((dir, PathBuf::from(COMPILERS_INSIDE)));
-        eprintln!("taskcell: models from {}: {}", config.compilers_dir.display(), if config.compilers.is_empty() { "none".to_string() } else { config.compilers.join(", ") });
+        eprintln!(
+            "taskcell: models from {}: {}",
+            config.compilers_dir.display(),
+            if config.compilers.is_empty() { "none".to_string() } else { config.compilers.join(", ") }
+        );
     }
     jconfig.limits.memory = config.memory;
     jconfig.limits.pids = config.pids;
@@ -368,11 +384,7 @@ fn serve(config: Config) -> Result<(), String> {
     // V8's old space well below the cgroup limit, so that most overruns end as a clean heap failure.
     let heap_mib = (config.memory >> 20) / 2;
     let node = spawner::NodeCommand {
-        argv: vec![
-            "/usr/bin/node".into(),
-            format!("--max-old-space-size={}", heap_mib.max(16)),
-            crate::BOOTSTRAP_PATH.into(),
-        ],
+        argv: vec!["/usr/bin/node".into(), format!("--max-old-space-size={}", heap_mib.max(16)), crate::BOOTSTRAP_PATH.into()],
         ready_timeout: Duration::from_secs(20),
     };
     let cpus = cpus::CpuClasses::new(config.reserved_cpus);

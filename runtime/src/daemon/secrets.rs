@@ -30,7 +30,10 @@ pub const MASK_MIN: usize = 6;
 /// `^[A-Za-z_][A-Za-z0-9_]{0,63}$`.
 pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
-    !b.is_empty() && b.len() <= 64 && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +105,10 @@ impl Key {
         let mut nonce = [0u8; 24];
         random(&mut nonce);
         let aad = Key::aad(tenant, name);
-        let ciphertext = self.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: value.as_bytes(), aad: &aad }).expect("XChaCha20-Poly1305 encryption does not fail");
+        let ciphertext = self
+            .cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: value.as_bytes(), aad: &aad })
+            .expect("XChaCha20-Poly1305 encryption does not fail");
         Sealed { nonce: hex(&nonce), ciphertext: hex(&ciphertext) }
     }
 
@@ -266,7 +272,11 @@ impl Secrets {
         }
         let file = TenantFile {
             taskcell_secrets: 1,
-            secrets: t.entries.iter().map(|(n, e)| (n.clone(), StoredSecret { updated: e.updated.clone(), sealed: e.sealed.clone() })).collect(),
+            secrets: t
+                .entries
+                .iter()
+                .map(|(n, e)| (n.clone(), StoredSecret { updated: e.updated.clone(), sealed: e.sealed.clone() }))
+                .collect(),
         };
         FileWrite { tenant: tenant.to_string(), contents: Some(serde_json::to_vec_pretty(&file).expect("serialisable")) }
     }
@@ -283,7 +293,9 @@ impl Secrets {
 
     /// The tenant's values, for a `Secrets` frame.
     pub fn values(&self, tenant: &str) -> crate::SecretValues {
-        crate::SecretValues(self.tenants.get(tenant).map(|t| t.entries.iter().map(|(n, e)| (n.clone(), e.value.clone())).collect()).unwrap_or_default())
+        crate::SecretValues(
+            self.tenants.get(tenant).map(|t| t.entries.iter().map(|(n, e)| (n.clone(), e.value.clone())).collect()).unwrap_or_default(),
+        )
     }
 
     /// `text` with every occurrence of one of the tenant's values of `MASK_MIN` bytes or more replaced by
@@ -322,7 +334,13 @@ pub fn write_file(dir: &Path, write: &FileWrite) -> Result<(), SecretsError> {
         },
         Some(contents) => {
             let tmp = dir.join(format!(".tmp-{}-{}", write.tenant, std::process::id()));
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(|e| io("creating", &tmp, e))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io("creating", &tmp, e))?;
             f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| io("writing", &tmp, e))?;
             std::fs::rename(&tmp, &target).map_err(|e| io("renaming", &tmp, e))?;
         }

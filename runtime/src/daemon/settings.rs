@@ -26,7 +26,12 @@ pub const SETTINGS: &[Setting] = &[
     s("state-dir", "DIR", "/var/lib/taskcell", "deployed tasks and their code caches"),
     s("rootfs", "DIR", "the rootfs make built", "the sandboxes' read-only root (Node and its libraries)"),
     s("pool-size", "N", "2 x cores, 2 to 16", "pre-warmed sandboxes kept waiting for new tenants"),
-    s("max-sandboxes", "N", "half the RAM at a quarter of --memory each, 8 to 1024", "sandboxes alive at once (pool + tenants); a new tenant beyond it replaces the least recently used idle one"),
+    s(
+        "max-sandboxes",
+        "N",
+        "half the RAM at a quarter of --memory each, 8 to 1024",
+        "sandboxes alive at once (pool + tenants); a new tenant beyond it replaces the least recently used idle one",
+    ),
     s("spawners", "N", "cores, 1 to 4", "threads making sandboxes"),
     s("queue-timeout-ms", "MS", "10000", "how long a request waits for a sandbox before 503 overloaded"),
     s("idle-timeout-ms", "MS", "300000", "a tenant's sandbox idle this long is recycled"),
@@ -34,28 +39,55 @@ pub const SETTINGS: &[Setting] = &[
     s("max-requests", "N", "100000", "a tenant's sandbox that served this many requests is recycled"),
     s("timeout-ms", "MS", "5000", "an invocation's time limit; past it the sandbox is killed (504)"),
     s("max-timeout-ms", "MS", "30000", "the longest time limit a task or run may ask for (timeout_ms); above it 400 bad_request"),
-    s("compilers-dir", "DIR", "/etc/taskcell/compilers", "operators' models: each NAME.js in it is the compiler of the model NAME, run inside the sandboxes (read at start)"),
+    s(
+        "compilers-dir",
+        "DIR",
+        "/etc/taskcell/compilers",
+        "operators' models: each NAME.js in it is the compiler of the model NAME, run inside the sandboxes (read at start)",
+    ),
     s("memory", "BYTES", "128M", "a sandbox's memory (cgroup; V8's old space is half of it)"),
     s("pids", "N", "64", "a sandbox's processes and threads"),
     s("cpus", "N", "1.0", "a sandbox's CPU quota, in CPUs"),
     s("tmp-size", "BYTES", "16M", "a sandbox's /tmp (tmpfs)"),
-    s("reserved-cpus", "N", "a quarter of the CPUs, at least 1 (0 with one CPU)", "CPUs kept from booting and busy sandboxes, for the event loop and tenants that are not busy"),
+    s(
+        "reserved-cpus",
+        "N",
+        "a quarter of the CPUs, at least 1 (0 with one CPU)",
+        "CPUs kept from booting and busy sandboxes, for the event loop and tenants that are not busy",
+    ),
     s("max-body", "BYTES", "1M", "a request body's limit (413 past it)"),
     s("code-cache-bytes", "BYTES", "64M", "memory for the V8 code caches of deployed tasks (0: none); one tenant gets at most a quarter"),
     s("max-connections", "N", "1024", "client connections at once; past it a new one gets 503 overloaded and is closed"),
     s("max-log-subscribers", "N", "64", "/v1/logs streams at once; past it 503 overloaded"),
-    s("secrets-key", "FILE", "/etc/taskcell/secrets.key", "the 32-byte key that seals tenants' secrets at rest; made (mode 0600) at first start if missing"),
+    s(
+        "secrets-key",
+        "FILE",
+        "/etc/taskcell/secrets.key",
+        "the 32-byte key that seals tenants' secrets at rest; made (mode 0600) at first start if missing",
+    ),
     s("modules", "DIR", "none", "npm modules (made with taskcell modules add) that every sandbox sees read-only at /taskcell/modules"),
     s("drain-timeout-ms", "MS", "10000", "on SIGTERM, how long in-flight invocations may finish"),
-    s("egress-allow", "RULE", "none", "an allow-list entry (host:port, *.name:port, IP:port) for every tenant, on top of each tenant's own list; repeatable"),
-    s("egress-allow-private", "CIDR", "none", "a loopback, private, link-local or other refused range that egress may reach after all (e.g. 10.0.0.0/8); repeatable"),
+    s(
+        "egress-allow",
+        "RULE",
+        "none",
+        "an allow-list entry (host:port, *.name:port, IP:port) for every tenant, on top of each tenant's own list; repeatable",
+    ),
+    s(
+        "egress-allow-private",
+        "CIDR",
+        "none",
+        "a loopback, private, link-local or other refused range that egress may reach after all (e.g. 10.0.0.0/8); repeatable",
+    ),
     s("egress-resolve", "NAME=IP", "none", "egress resolves NAME to IP without asking DNS, like curl --resolve; repeatable"),
     s("egress-max-conns", "N", "32", "egress connections an invocation may open (and at most 64 open at once a sandbox)"),
 ];
 
 /// `taskcell serve --help`.
 pub fn help() -> String {
-    let mut out = String::from("usage: taskcell serve [FLAGS]\n\nThe daemon, in the foreground, logging to stderr. Every flag is also a key of --config FILE.\n\n");
+    let mut out = String::from(
+        "usage: taskcell serve [FLAGS]\n\nThe daemon, in the foreground, logging to stderr. Every flag is also a key of --config FILE.\n\n",
+    );
     let width = SETTINGS.iter().map(|s| s.key.len() + s.value.len() + 4).max().unwrap_or(0);
     for s in SETTINGS {
         let flag = format!("--{} {}", s.key, s.value);

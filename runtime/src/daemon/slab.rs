@@ -69,26 +69,15 @@ impl<T> Slab<T> {
     }
 
     pub fn keys(&self) -> Vec<Key> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, v))| v.is_some())
-            .map(|(i, (gen, _))| Key { index: i as u32, gen: *gen })
-            .collect()
+        self.slots.iter().enumerate().filter(|(_, (_, v))| v.is_some()).map(|(i, (gen, _))| Key { index: i as u32, gen: *gen }).collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (gen, v))| v.as_ref().map(|v| (Key { index: i as u32, gen: *gen }, v)))
+        self.slots.iter().enumerate().filter_map(|(i, (gen, v))| v.as_ref().map(|v| (Key { index: i as u32, gen: *gen }, v)))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut T)> {
-        self.slots
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, (gen, v))| v.as_mut().map(|v| (Key { index: i as u32, gen: *gen }, v)))
+        self.slots.iter_mut().enumerate().filter_map(|(i, (gen, v))| v.as_mut().map(|v| (Key { index: i as u32, gen: *gen }, v)))
     }
 }
 

@@ -7,13 +7,13 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jailer::{Jailer, SandboxSpec, Stdio};
 use crate::{Decoder, Frame};
+use jailer::{Jailer, SandboxSpec, Stdio};
 
 /// A sandbox whose runtime has sent `Ready`.
 pub struct Spawned {
@@ -46,7 +46,13 @@ pub struct NodeCommand {
 
 impl Spawner {
     /// `batch`: the CPUs the spawner threads, and so the sandboxes they boot, are confined to (see `cpus`).
-    pub fn start(jailer: Arc<Jailer>, node: NodeCommand, threads: usize, waker: Arc<mio::Waker>, batch: Option<jailer::sched::CpuSet>) -> Spawner {
+    pub fn start(
+        jailer: Arc<Jailer>,
+        node: NodeCommand,
+        threads: usize,
+        waker: Arc<mio::Waker>,
+        batch: Option<jailer::sched::CpuSet>,
+    ) -> Spawner {
         let (jobs, job_rx) = mpsc::channel::<()>();
         let (result_tx, results) = mpsc::channel::<Outcome>();
         let job_rx = Arc::new(Mutex::new(job_rx));

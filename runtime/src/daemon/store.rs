@@ -250,13 +250,8 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(io_err("renaming into place", &target)(e));
         }
-        let info = TaskInfo {
-            task: task.to_owned(),
-            sha256,
-            size: source.len() as u64,
-            updated: rfc3339(mtime),
-            settings: settings.clone(),
-        };
+        let info =
+            TaskInfo { task: task.to_owned(), sha256, size: source.len() as u64, updated: rfc3339(mtime), settings: settings.clone() };
         // Other versions' settings (and this version's, when it is now deployed with the defaults) go.
         let keep = if settings.is_default() { None } else { Some(settings_name.as_str()) };
         remove_settings(&dir, task, keep);
@@ -425,8 +420,8 @@ impl Store {
             struct List {
                 allow: Vec<String>,
             }
-            let list: List = serde_json::from_str(&text)
-                .map_err(|e| io_err("parsing", &path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            let list: List =
+                serde_json::from_str(&text).map_err(|e| io_err("parsing", &path)(io::Error::new(io::ErrorKind::InvalidData, e)))?;
             out.push((name, list.allow));
         }
         out.sort();
@@ -453,12 +448,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Creates `tmp` exclusively, writes `source` and fsyncs it; returns its mtime in seconds since the epoch.
 fn write_synced(tmp: &Path, source: &[u8]) -> Result<i64, StoreError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(io_err("creating", tmp))?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(io_err("creating", tmp))?;
     file.write_all(source).map_err(io_err("writing", tmp))?;
     file.sync_all().map_err(io_err("fsync", tmp))?;
     let meta = file.metadata().map_err(io_err("stat", tmp))?;
@@ -466,11 +456,7 @@ fn write_synced(tmp: &Path, source: &[u8]) -> Result<i64, StoreError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    let d = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
-        .open(dir)
-        .map_err(io_err("opening", dir))?;
+    let d = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(dir).map_err(io_err("opening", dir))?;
     d.sync_all().map_err(io_err("fsync", dir))
 }
 
@@ -587,8 +573,7 @@ mod tests {
     }
 
     fn files_in(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
     }

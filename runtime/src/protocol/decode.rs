@@ -6,11 +6,11 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::de::{DeserializeOwned, IgnoredAny};
 
-use super::frame::{
-    valid_header_name, valid_header_value, CompileMeta, ErrorMetaIn, Frame, FrameType, HttpResponseMetaIn, LogMeta, NoMeta, ReadyMetaIn, RunMeta, RunMetaIn, SecretsMeta,
-    LEN_FIELD, MAX_FRAME, MIN_LEN,
-};
 use super::frame::HEADER_LEN;
+use super::frame::{
+    valid_header_name, valid_header_value, CompileMeta, ErrorMetaIn, Frame, FrameType, HttpResponseMetaIn, LogMeta, NoMeta, ReadyMetaIn,
+    RunMeta, RunMetaIn, SecretsMeta, LEN_FIELD, MAX_FRAME, MIN_LEN,
+};
 
 /// Why a byte stream is not a valid frame stream. After any of these the stream cannot be resynchronised:
 /// drop the peer (for a sandbox: kill it).
@@ -25,11 +25,7 @@ pub enum DecodeError {
     #[error("a {ty} frame may not carry id {id}")]
     BadId { ty: FrameType, id: u32 },
     #[error("meta length {meta_len} overruns a {ty} frame of length {len}")]
-    MetaOverrun {
-        ty: FrameType,
-        meta_len: u32,
-        len: u32,
-    },
+    MetaOverrun { ty: FrameType, meta_len: u32, len: u32 },
     #[error("the meta of a {ty} frame is not a JSON object")]
     MetaNotObject { ty: FrameType },
     #[error("bad meta in a {ty} frame")]
@@ -154,48 +150,24 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
         if body.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::UnexpectedBody {
-                ty,
-                len: body.len(),
-            })
+            Err(DecodeError::UnexpectedBody { ty, len: body.len() })
         }
     };
     Ok(match ty {
         FrameType::Run => {
             let m: RunMetaIn = parse_meta(ty, meta)?;
             if m.source_len as u64 + m.cache_len as u64 > body.len() as u64 {
-                return Err(DecodeError::SourceOverrun {
-                    source_len: m.source_len,
-                    cache_len: m.cache_len,
-                    body_len: body.len(),
-                });
+                return Err(DecodeError::SourceOverrun { source_len: m.source_len, cache_len: m.cache_len, body_len: body.len() });
             }
             let mut data = body;
             let source = data.split_to(m.source_len as usize);
             let cache = data.split_to(m.cache_len as usize);
-            let meta = RunMeta {
-                tenant: m.tenant,
-                task: m.task,
-                request_id: m.request_id,
-                key: m.key,
-                model: m.model,
-                http: m.http,
-            };
-            Frame::Run {
-                id,
-                meta,
-                source,
-                cache,
-                data,
-            }
+            let meta = RunMeta { tenant: m.tenant, task: m.task, request_id: m.request_id, key: m.key, model: m.model, http: m.http };
+            Frame::Run { id, meta, source, cache, data }
         }
         FrameType::Compile => {
             let meta: CompileMeta = parse_meta(ty, meta)?;
-            Frame::Compile {
-                id,
-                meta,
-                source: body,
-            }
+            Frame::Compile { id, meta, source: body }
         }
         FrameType::Secrets => {
             let m: SecretsMeta = parse_meta(ty, meta)?;
@@ -205,36 +177,23 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
         FrameType::Ready => {
             let m: ReadyMetaIn = parse_meta(ty, meta)?;
             empty_body(&body)?;
-            Frame::Ready {
-                pid: m.pid,
-                node: m.node,
-            }
+            Frame::Ready { pid: m.pid, node: m.node }
         }
         FrameType::Result => {
             let _: NoMeta = parse_meta(ty, meta)?;
             // The daemon embeds the result in its response verbatim, so it must be JSON text here.
-            let text = std::str::from_utf8(&body)
-                .map_err(|source| DecodeError::ResultNotUtf8 { source })?;
-            serde_json::from_str::<IgnoredAny>(text)
-                .map_err(|source| DecodeError::ResultNotJson { source })?;
+            let text = std::str::from_utf8(&body).map_err(|source| DecodeError::ResultNotUtf8 { source })?;
+            serde_json::from_str::<IgnoredAny>(text).map_err(|source| DecodeError::ResultNotJson { source })?;
             Frame::Result { id, json: body }
         }
         FrameType::Error => {
             let m: ErrorMetaIn = parse_meta(ty, meta)?;
             empty_body(&body)?;
-            Frame::Error {
-                id,
-                kind: m.kind,
-                message: m.message,
-            }
+            Frame::Error { id, kind: m.kind, message: m.message }
         }
         FrameType::Log => {
             let m: LogMeta = parse_meta(ty, meta)?;
-            Frame::Log {
-                id,
-                level: m.level,
-                message: body,
-            }
+            Frame::Log { id, level: m.level, message: body }
         }
         FrameType::Compiled => {
             let _: NoMeta = parse_meta(ty, meta)?;
@@ -266,9 +225,7 @@ fn parse(ty: FrameType, id: u32, meta: &[u8], body: Bytes) -> Result<Frame, Deco
 fn parse_meta<T: DeserializeOwned>(ty: FrameType, meta: &[u8]) -> Result<T, DecodeError> {
     let meta: &[u8] = if meta.is_empty() { b"{}" } else { meta };
     // serde would also accept an array for a struct; the protocol says object.
-    let first = meta
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let first = meta.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first != Some(&b'{') {
         return Err(DecodeError::MetaNotObject { ty });
     }

@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
+use super::frame::HEADER_LEN;
 use super::frame::{
     ErrorMetaOut, Frame, FrameType, HttpResponseMetaOut, LogMeta, ReadyMetaOut, RunMetaOut, SecretsMeta, LEN_FIELD, MAX_FRAME,
 };
-use super::frame::HEADER_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
@@ -62,14 +62,7 @@ fn encode_at(frame: &Frame, out: &mut Vec<u8>, start: usize) -> Result<(), Encod
         Frame::Compile { meta, .. } => write_meta(ty, out, meta)?,
         Frame::Secrets { secrets } => write_meta(ty, out, &SecretsMeta { secrets: secrets.clone() })?,
         Frame::Ready { pid, node } => write_meta(ty, out, &ReadyMetaOut { pid: *pid, node })?,
-        Frame::Error { kind, message, .. } => write_meta(
-            ty,
-            out,
-            &ErrorMetaOut {
-                kind: *kind,
-                message,
-            },
-        )?,
+        Frame::Error { kind, message, .. } => write_meta(ty, out, &ErrorMetaOut { kind: *kind, message })?,
         Frame::Log { level, .. } => write_meta(ty, out, &LogMeta { level: *level })?,
         Frame::HttpResponse { status, headers, .. } => write_meta(ty, out, &HttpResponseMetaOut { status: *status, headers })?,
         // meta_len 0 stands for `{}`.

@@ -95,19 +95,9 @@ impl fmt::Display for FrameType {
 pub enum Frame {
     /// Run an invocation. `source` is empty when the sandbox already has `meta.key` compiled; `cache` is a V8
     /// code cache for the source (made by a `Compile` of the same tenant's), or empty.
-    Run {
-        id: u32,
-        meta: RunMeta,
-        source: Bytes,
-        cache: Bytes,
-        data: Bytes,
-    },
+    Run { id: u32, meta: RunMeta, source: Bytes, cache: Bytes, data: Bytes },
     /// Syntax-check a task's source without keeping or running it.
-    Compile {
-        id: u32,
-        meta: CompileMeta,
-        source: Bytes,
-    },
+    Compile { id: u32, meta: CompileMeta, source: Bytes },
     /// The tenant's secrets from now on (always id 0): sent before the first invocation that should see a
     /// changed set, not with every one.
     Secrets { secrets: SecretValues },
@@ -116,18 +106,10 @@ pub enum Frame {
     /// An invocation's result. The decoder guarantees that `json` is UTF-8 JSON text.
     Result { id: u32, json: Bytes },
     /// An invocation or compile check failed.
-    Error {
-        id: u32,
-        kind: ErrorKind,
-        message: String,
-    },
+    Error { id: u32, kind: ErrorKind, message: String },
     /// A `console.*` call; id 0 when no invocation wrote it. `message` is meant to be UTF-8 but comes
     /// from tenant code: convert it lossily.
-    Log {
-        id: u32,
-        level: LogLevel,
-        message: Bytes,
-    },
+    Log { id: u32, level: LogLevel, message: Bytes },
     /// The answer to a `Compile` whose source compiled; `cache` is the V8 code cache it was asked for (empty
     /// when not asked, or when V8 made none).
     Compiled { id: u32, cache: Bytes },
@@ -135,12 +117,7 @@ pub enum Frame {
     /// `webtask (ctx, req, res)`): the HTTP response as the task made it. The decoder guarantees a status
     /// of 200..=599 and header names and values that are safe to write into an HTTP/1.1 head
     /// ([`valid_header_name`], [`valid_header_value`]); dropping hop-by-hop headers is the daemon's job.
-    HttpResponse {
-        id: u32,
-        status: u16,
-        headers: Vec<(String, String)>,
-        body: Bytes,
-    },
+    HttpResponse { id: u32, status: u16, headers: Vec<(String, String)>, body: Bytes },
 }
 
 impl Frame {

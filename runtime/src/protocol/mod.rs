@@ -9,4 +9,7 @@ mod frame;
 
 pub use decode::{DecodeError, Decoder};
 pub use encode::{encode, encode_to_vec, EncodeError};
-pub use frame::{valid_header_name, valid_header_value, CompileMeta, ErrorKind, Frame, FrameType, HttpRequestMeta, LogLevel, RunMeta, SecretValues, HEADER_LEN, MAX_FRAME};
+pub use frame::{
+    valid_header_name, valid_header_value, CompileMeta, ErrorKind, Frame, FrameType, HttpRequestMeta, LogLevel, RunMeta, SecretValues,
+    HEADER_LEN, MAX_FRAME,
+};

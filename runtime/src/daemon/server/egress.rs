@@ -249,8 +249,12 @@ impl Refusal {
             Refusal::NoInvocation => format!("{to} refused: no invocation of tenant {tenant} is running in this sandbox"),
             Refusal::NotAllowed => format!("{to} refused: not on the allow-list of tenant {tenant}"),
             Refusal::InvocationLimit(n) => format!("{to} refused: limit of {n} egress connections an invocation reached"),
-            Refusal::SandboxLimit => format!("{to} refused: limit of {SANDBOX_OPEN_MAX} egress connections open at once in a sandbox reached"),
-            Refusal::Private { address, why } => format!("{to} refused: private address {address} ({why}), which the operator has not allowed"),
+            Refusal::SandboxLimit => {
+                format!("{to} refused: limit of {SANDBOX_OPEN_MAX} egress connections open at once in a sandbox reached")
+            }
+            Refusal::Private { address, why } => {
+                format!("{to} refused: private address {address} ({why}), which the operator has not allowed")
+            }
             Refusal::Resolve(e) => format!("{to} failed: the name could not be resolved ({e})"),
             Refusal::Connect(e) => format!("{to} failed: connect: {e}"),
             Refusal::Timeout => format!("{to} failed: not connected within {} s", CONNECT_TIMEOUT.as_secs()),
@@ -333,7 +337,12 @@ impl Server {
             };
             let key = self.tunnels.insert(tunnel);
             let t = self.tunnels.get_mut(key).expect("just inserted");
-            if self.poll.registry().register(&mut t.inner, Source::Tunnel(key, End::Inner).token(), Interest::READABLE | Interest::WRITABLE).is_err() {
+            if self
+                .poll
+                .registry()
+                .register(&mut t.inner, Source::Tunnel(key, End::Inner).token(), Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
                 self.tunnels.remove(key);
                 continue;
             }
@@ -431,7 +440,9 @@ impl Server {
             t.task = task;
             t.request_id = Some(request_id);
         }
-        let Some(dest) = Destination::parse(&head.host) else { return self.refuse(key, Refusal::BadRequest("the host is neither a DNS name nor an IP address")) };
+        let Some(dest) = Destination::parse(&head.host) else {
+            return self.refuse(key, Refusal::BadRequest("the host is neither a DNS name nor an IP address"));
+        };
         let tenant = self.tunnels.get(key).map(|t| t.tenant.clone()).unwrap_or_default();
         if !self.egress_allows(&tenant, &dest, head.port) {
             return self.refuse(key, Refusal::NotAllowed);
@@ -498,7 +509,9 @@ impl Server {
             Ok(s) => s,
             Err(e) => return self.refuse(key, Refusal::Connect(e)),
         };
-        if let Err(e) = self.poll.registry().register(&mut outer, Source::Tunnel(key, End::Outer).token(), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) =
+            self.poll.registry().register(&mut outer, Source::Tunnel(key, End::Outer).token(), Interest::READABLE | Interest::WRITABLE)
+        {
             return self.refuse(key, Refusal::Connect(e));
         }
         t.outer = Some(outer);
@@ -668,7 +681,14 @@ impl Server {
             "bytes_out": t.bytes_out,
         });
         self.metrics.egress_bytes(t.bytes_in, t.bytes_out);
-        let line = logs::event_line_with(&t.tenant, t.task.as_deref(), t.request_id.as_deref(), if allowed && reason.is_none() { "info" } else { "warn" }, message, Some(("egress", egress)));
+        let line = logs::event_line_with(
+            &t.tenant,
+            t.task.as_deref(),
+            t.request_id.as_deref(),
+            if allowed && reason.is_none() { "info" } else { "warn" },
+            message,
+            Some(("egress", egress)),
+        );
         let tenant = t.tenant.clone();
         self.publish_line(&tenant, &line);
     }
@@ -731,7 +751,8 @@ impl Server {
             t.up.release_if_empty();
             t.down.release_if_empty();
         }
-        let expired: Vec<(Key, Phase)> = self.tunnels.iter().filter(|(_, t)| t.deadline.is_some_and(|d| now >= d)).map(|(k, t)| (k, t.phase)).collect();
+        let expired: Vec<(Key, Phase)> =
+            self.tunnels.iter().filter(|(_, t)| t.deadline.is_some_and(|d| now >= d)).map(|(k, t)| (k, t.phase)).collect();
         for (key, phase) in expired {
             match phase {
                 Phase::Resolving | Phase::Connecting => self.refuse(key, Refusal::Timeout),
@@ -748,7 +769,9 @@ mod tests {
 
     #[test]
     fn connect_heads_parse() {
-        let h = parse_connect_head(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nX-Taskcell-Invocation: 7\r\n\r\nhello").unwrap().unwrap();
+        let h = parse_connect_head(b"CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\nX-Taskcell-Invocation: 7\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
         assert_eq!(h, ConnectHead { host: "api.test".into(), port: 443, invocation: Some(7), len: 79 });
         let h = parse_connect_head(b"CONNECT [::ffff:127.0.0.1]:80 HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert_eq!((h.host.as_str(), h.port, h.invocation), ("[::ffff:127.0.0.1]", 80, None));

@@ -158,7 +158,9 @@ impl Server {
                 self.complete(id, Ok(cache))
             }
             // bad_request answers a Run only (a webtask (ctx, req, res) on /run, input a model cannot take).
-            Frame::Error { id, kind, message } if expects(self, id).is_some_and(|e| kind != crate::ErrorKind::BadRequest || e != Expect::Compiled) => {
+            Frame::Error { id, kind, message }
+                if expects(self, id).is_some_and(|e| kind != crate::ErrorKind::BadRequest || e != Expect::Compiled) =>
+            {
                 if kind == crate::ErrorKind::CompileError {
                     // The sandbox did not keep code that failed to compile: send it again next time.
                     let code_key = self.invocations.get(&id).and_then(|i| i.key.clone());
@@ -192,12 +194,14 @@ impl Server {
             // none), or of the wrong kind, or a frame only the daemon sends: the bootstrap never does this.
             other => {
                 let what = match &other {
-                    Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } | Frame::HttpResponse { .. } => match expects(self, other.id()) {
-                        None => "an answer for an invocation it does not hold",
-                        Some(Expect::Compiled) => "a Result, an HttpResponse or a bad_request for a deploy's check",
-                        Some(Expect::Result) => "a Compiled or an HttpResponse for a run",
-                        Some(Expect::Http) => "a Compiled for a run on the HTTP endpoint",
-                    },
+                    Frame::Result { .. } | Frame::Compiled { .. } | Frame::Error { .. } | Frame::HttpResponse { .. } => {
+                        match expects(self, other.id()) {
+                            None => "an answer for an invocation it does not hold",
+                            Some(Expect::Compiled) => "a Result, an HttpResponse or a bad_request for a deploy's check",
+                            Some(Expect::Result) => "a Compiled or an HttpResponse for a run",
+                            Some(Expect::Http) => "a Compiled for a run on the HTTP endpoint",
+                        }
+                    }
                     _ => "a frame only the daemon sends",
                 };
                 eprintln!("taskcell: sandbox sent {what} ({} frame, id {}); killing it", other.frame_type(), other.id());
@@ -212,4 +216,3 @@ impl Server {
         drain_output(s);
     }
 }
-

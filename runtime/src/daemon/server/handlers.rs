@@ -59,7 +59,12 @@ impl Server {
             }
             ApiRequest::GetTask { tenant, task } => {
                 let response = match self.store.get(&tenant, &task) {
-                    Ok(Some((info, source))) => Response { status: 200, content_type: "application/javascript", headers: vec![("ETag", format!("\"{}\"", info.sha256))], body: source },
+                    Ok(Some((info, source))) => Response {
+                        status: 200,
+                        content_type: "application/javascript",
+                        headers: vec![("ETag", format!("\"{}\"", info.sha256))],
+                        body: source,
+                    },
                     Ok(None) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
                     Err(e) => Response::error(500, "internal", &crate::error_chain(&e), None),
                 };
@@ -70,11 +75,18 @@ impl Server {
                 Ok(timeout) => self.invoke(key, request_id, keep, tenant, Job::Compile { task, source, settings, timeout }, Instant::now()),
                 Err(r) => self.respond(key, &request_id, keep, r),
             },
-            ApiRequest::DeleteTask { tenant, task } => self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task }),
+            ApiRequest::DeleteTask { tenant, task } => {
+                self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task })
+            }
             ApiRequest::RunTask { tenant, task, data } => self.run_task(key, request_id, keep, tenant, task, data, None),
             ApiRequest::Http { tenant, task, http, body } => self.run_task(key, request_id, keep, tenant, task, body, Some(http)),
             ApiRequest::ListSecrets { tenant } => {
-                let list: Vec<serde_json::Value> = self.secrets.list(&tenant).into_iter().map(|(secret, updated)| serde_json::json!({"secret": secret, "updated": updated})).collect();
+                let list: Vec<serde_json::Value> = self
+                    .secrets
+                    .list(&tenant)
+                    .into_iter()
+                    .map(|(secret, updated)| serde_json::json!({"secret": secret, "updated": updated}))
+                    .collect();
                 let response = match self.secrets.unavailable() {
                     Some(why) => Response::error(503, "overloaded", &format!("secrets are unavailable: {why}"), None),
                     None => Response::json(200, serde_json::json!({ "secrets": list }).to_string()),
@@ -105,14 +117,21 @@ impl Server {
                     let dir = self.secrets.dir().to_path_buf();
                     self.send_store_job(StoreJob::WriteSecrets { conn: key, keep_alive: keep, request_id, dir, write, response });
                 }
-                None => self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no secret {name}"), None)),
+                None => self.respond(
+                    key,
+                    &request_id,
+                    keep,
+                    Response::error(404, "not_found", &format!("tenant {tenant} has no secret {name}"), None),
+                ),
             },
             ApiRequest::GetEgress { tenant } => {
                 let body = self.egress_json(&tenant);
                 self.respond(key, &request_id, keep, Response::json(200, body));
             }
             // Written durably off the loop; in force once answered (see `collect_store_results`).
-            ApiRequest::PutEgress { tenant, allow } => self.send_store_job(StoreJob::PutEgress { conn: key, keep_alive: keep, request_id, tenant, allow }),
+            ApiRequest::PutEgress { tenant, allow } => {
+                self.send_store_job(StoreJob::PutEgress { conn: key, keep_alive: keep, request_id, tenant, allow })
+            }
         }
     }
 
@@ -125,12 +144,20 @@ impl Server {
     /// the 400 that refuses them.
     pub(super) fn check_settings(&self, settings: &TaskSettings) -> Result<Duration, Response> {
         if let Some(model) = settings.model.as_deref().filter(|m| !self.model_known(m)) {
-            let known: Vec<&str> = crate::daemon::BUILTIN_MODELS.iter().copied().chain(self.config.compilers.iter().map(String::as_str)).collect();
-            return Err(Response::error(400, "bad_request", &format!("unknown model {model:?}; the models are {}", known.join(", ")), None));
+            let known: Vec<&str> =
+                crate::daemon::BUILTIN_MODELS.iter().copied().chain(self.config.compilers.iter().map(String::as_str)).collect();
+            return Err(Response::error(
+                400,
+                "bad_request",
+                &format!("unknown model {model:?}; the models are {}", known.join(", ")),
+                None,
+            ));
         }
         let max = self.config.max_timeout.as_millis() as u64;
         match settings.timeout_ms {
-            Some(ms) if ms == 0 || ms > max => Err(Response::error(400, "bad_request", &format!("timeout_ms {ms} is out of range: 1 to {max}"), None)),
+            Some(ms) if ms == 0 || ms > max => {
+                Err(Response::error(400, "bad_request", &format!("timeout_ms {ms} is out of range: 1 to {max}"), None))
+            }
             Some(ms) => Ok(Duration::from_millis(ms)),
             None => Ok(self.config.timeout),
         }
@@ -139,7 +166,16 @@ impl Server {
     /// A deployed task's run: on `/run` (`http` none, `data` the input as JSON) or on the HTTP endpoint (`data`
     /// the request body).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn run_task(&mut self, key: Key, request_id: String, keep: bool, tenant: String, task: String, data: Bytes, http: Option<crate::HttpRequestMeta>) {
+    pub(super) fn run_task(
+        &mut self,
+        key: Key,
+        request_id: String,
+        keep: bool,
+        tenant: String,
+        task: String,
+        data: Bytes,
+        http: Option<crate::HttpRequestMeta>,
+    ) {
         match self.store.get(&tenant, &task) {
             Ok(Some((info, source))) => {
                 let model = info.settings.model;
@@ -150,7 +186,12 @@ impl Server {
             }
             Ok(None) => {
                 self.metrics.invocation("not_found");
-                self.respond(key, &request_id, keep, Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None))
+                self.respond(
+                    key,
+                    &request_id,
+                    keep,
+                    Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
+                )
             }
             Err(e) => self.respond(key, &request_id, keep, Response::error(500, "internal", &crate::error_chain(&e), None)),
         }
@@ -239,4 +280,3 @@ impl Server {
         }
     }
 }
-

@@ -5,7 +5,15 @@ use super::*;
 
 pub(super) enum Job {
     /// `model` is `None` for `taskcell`; `http` is set for the HTTP endpoint (then `data` is the request body).
-    Run { task: Option<String>, key: String, source: Bytes, data: Bytes, model: Option<String>, timeout: Duration, http: Option<crate::HttpRequestMeta> },
+    Run {
+        task: Option<String>,
+        key: String,
+        source: Bytes,
+        data: Bytes,
+        model: Option<String>,
+        timeout: Duration,
+        http: Option<crate::HttpRequestMeta>,
+    },
     /// A deploy's check by the model's compiler; the settings are stored with the source if it passes.
     Compile { task: String, source: Bytes, settings: TaskSettings, timeout: Duration },
 }
@@ -113,7 +121,17 @@ impl Server {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn dispatch(&mut self, sb: Key, conn: Key, keep_alive: bool, request_id: String, tenant: String, job: Job, cold: bool, started: Instant) {
+    pub(super) fn dispatch(
+        &mut self,
+        sb: Key,
+        conn: Key,
+        keep_alive: bool,
+        request_id: String,
+        tenant: String,
+        job: Job,
+        cold: bool,
+        started: Instant,
+    ) {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let timeout = job.timeout();
@@ -165,7 +183,8 @@ impl Server {
                     s.compiled.insert(key.clone());
                 }
                 let expect = if http.is_some() { Expect::Http } else { Expect::Result };
-                let meta = RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone(), model, http };
+                let meta =
+                    RunMeta { tenant: tenant.clone(), task: task.clone(), request_id: request_id.clone(), key: key.clone(), model, http };
                 // With the source goes the tenant's own code cache for it, if its deploy made one.
                 let cache = match (&task, send_source) {
                     (Some(task), true) => match self.code_caches.get(&tenant, task, &key) {
@@ -182,7 +201,8 @@ impl Server {
             }
             Job::Compile { task, source, settings, timeout: _ } => {
                 let model = settings.model.clone();
-                let meta = crate::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled(), model };
+                let meta =
+                    crate::CompileMeta { tenant: tenant.clone(), task: Some(task.clone()), cache: self.code_caches.enabled(), model };
                 (Frame::Compile { id, meta, source: source.clone() }, Some(task), Some((source, settings)), None, Expect::Compiled)
             }
         };
@@ -195,7 +215,26 @@ impl Server {
         s.last_used = Instant::now();
         s.served += 1;
         let logs = Captured::default();
-        self.invocations.insert(id, Invocation { conn, keep_alive, request_id, tenant, task, sb, cold, started, deadline, logs, compile, key: code_key, expect, timeout, egress_conns: 0 });
+        self.invocations.insert(
+            id,
+            Invocation {
+                conn,
+                keep_alive,
+                request_id,
+                tenant,
+                task,
+                sb,
+                cold,
+                started,
+                deadline,
+                logs,
+                compile,
+                key: code_key,
+                expect,
+                timeout,
+                egress_conns: 0,
+            },
+        );
         self.deadlines.insert((deadline, id), ());
         if self.cpus.is_some() {
             self.busy_checks.push_back((Instant::now() + cpus::BUSY_AFTER, id));
@@ -272,7 +311,9 @@ impl Server {
         self.metrics.invocation("ok");
         self.metrics.observe(inv.started.elapsed());
         let request_id = inv.request_id;
-        self.respond_with(inv.conn, status, inv.keep_alive, |out, keep| http::write_task_response(out, status, &headers, &body, &request_id, keep));
+        self.respond_with(inv.conn, status, inv.keep_alive, |out, keep| {
+            http::write_task_response(out, status, &headers, &body, &request_id, keep)
+        });
         self.recycle_if_spent(inv.sb);
     }
 
@@ -289,8 +330,10 @@ impl Server {
             let limit = inv.timeout.as_millis();
             // Killed first, so that the reason recorded is the timeout (completing could recycle it otherwise).
             self.kill_sandbox(sb, KillReason::Timeout);
-            self.complete(id, Err((504, "timeout", format!("the invocation ran past its time limit of {limit} ms; its sandbox was killed"))));
+            self.complete(
+                id,
+                Err((504, "timeout", format!("the invocation ran past its time limit of {limit} ms; its sandbox was killed"))),
+            );
         }
     }
 }
-

@@ -48,22 +48,22 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::{Decoder, Frame, RunMeta};
 use bytes::Bytes;
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Waker};
-use crate::{Decoder, Frame, RunMeta};
 
+use crate::daemon::api::{self, ApiRequest};
 use crate::daemon::code_cache::{self, CodeCaches, Lookup};
 use crate::daemon::cpus::{self, CpuClasses, CpuTime};
-use crate::daemon::api::{self, ApiRequest};
 use crate::daemon::http::{self, Parsed, Request, Response};
 use crate::daemon::logs::{self, Captured};
 use crate::daemon::metrics::{ColdStart, Gauges, Metrics};
-use crate::daemon::slab::{Key, Slab};
-use crate::daemon::spawner::{Spawned, Spawner};
 use crate::daemon::pool_policy;
 use crate::daemon::secrets::{self, Secrets};
+use crate::daemon::slab::{Key, Slab};
+use crate::daemon::spawner::{Spawned, Spawner};
 use crate::daemon::store::{self, Store, TaskInfo, TaskSettings};
 use crate::daemon::Config;
 
@@ -150,7 +150,8 @@ impl Server {
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
         let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
         let (resolver, resolved) = start_resolver_threads(RESOLVER_THREADS, waker.clone());
-        let stored = store.egress_lists().map_err(|e| io::Error::other(format!("reading egress allow-lists: {}", crate::error_chain(&e))))?;
+        let stored =
+            store.egress_lists().map_err(|e| io::Error::other(format!("reading egress allow-lists: {}", crate::error_chain(&e))))?;
         let code_cache_bytes = config.code_cache_bytes;
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
@@ -431,7 +432,6 @@ impl Server {
             let _ = thread.join();
         }
     }
-
 }
 
 fn rand_u32() -> u32 {
@@ -440,4 +440,3 @@ fn rand_u32() -> u32 {
     unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
     u32::from_ne_bytes(b)
 }
-

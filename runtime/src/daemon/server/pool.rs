@@ -231,10 +231,16 @@ impl Server {
         let registry = self.poll.registry();
         let s = self.sbs.get_mut(key).expect("just inserted");
         let pidfd = s.sandbox.as_ref().expect("set").pidfd().as_raw_fd();
-        let ok = registry.register(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), Interest::READABLE | Interest::WRITABLE).is_ok()
+        let ok = registry
+            .register(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), Interest::READABLE | Interest::WRITABLE)
+            .is_ok()
             && registry.register(&mut SourceFd(&pidfd), Source::Sandbox(key, SandboxFd::Pid).token(), Interest::READABLE).is_ok()
-            && registry.register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE).is_ok()
-            && s.egress.as_mut().is_some_and(|l| registry.register(l, Source::Sandbox(key, SandboxFd::Egress).token(), Interest::READABLE).is_ok());
+            && registry
+                .register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE)
+                .is_ok()
+            && s.egress
+                .as_mut()
+                .is_some_and(|l| registry.register(l, Source::Sandbox(key, SandboxFd::Egress).token(), Interest::READABLE).is_ok());
         if !ok {
             eprintln!("taskcell: could not register a sandbox with the event loop");
             self.remove_sandbox(key);
@@ -350,14 +356,29 @@ impl Server {
         let in_flight: Vec<u32> = s.in_flight.iter().copied().collect();
         let (status, kind, message) = if memory {
             let limit = self.config.memory;
-            (507, "memory_limit", format!("the sandbox hit its memory limit of {limit} bytes{}", if heap { " (V8 heap exhausted)" } else { " (killed by the cgroup OOM killer)" }))
+            (
+                507,
+                "memory_limit",
+                format!(
+                    "the sandbox hit its memory limit of {limit} bytes{}",
+                    if heap { " (V8 heap exhausted)" } else { " (killed by the cgroup OOM killer)" }
+                ),
+            )
         } else if killed == Some(KillReason::Protocol) {
             (502, "sandbox_crashed", "the sandbox broke the frame protocol (something in it wrote to the runtime's socket what the runtime never sends); it was killed".to_string())
         } else if killed == Some(KillReason::Timeout) {
             (502, "sandbox_crashed", "the sandbox was killed because another invocation in it ran past its time limit".to_string())
         } else if exit.seccomp_killed() {
-            let culprit = s.sandbox.as_ref().and_then(|sb| sb.seccomp_culprit()).map_or("a system call".to_string(), |c| format!("the system call {c}"));
-            (502, "sandbox_crashed", format!("the sandbox was killed by seccomp (SIGSYS): the task made {culprit}, which the sandbox's policy forbids"))
+            let culprit = s
+                .sandbox
+                .as_ref()
+                .and_then(|sb| sb.seccomp_culprit())
+                .map_or("a system call".to_string(), |c| format!("the system call {c}"));
+            (
+                502,
+                "sandbox_crashed",
+                format!("the sandbox was killed by seccomp (SIGSYS): the task made {culprit}, which the sandbox's policy forbids"),
+            )
         } else {
             let how = match exit.status {
                 jailer::pid::Status::Exited(c) => format!("exited with status {c}"),
@@ -369,7 +390,10 @@ impl Server {
             self.complete(id, Err((status, kind, message.clone())));
         }
         if !tail.trim().is_empty() && killed.is_none() {
-            eprintln!("taskcell: sandbox output before it died: {}", tail.trim().chars().rev().take(500).collect::<String>().chars().rev().collect::<String>());
+            eprintln!(
+                "taskcell: sandbox output before it died: {}",
+                tail.trim().chars().rev().take(500).collect::<String>().chars().rev().collect::<String>()
+            );
         }
         self.remove_sandbox(key);
         self.refill_pool();
@@ -420,4 +444,3 @@ impl Server {
         out
     }
 }
-

@@ -7,14 +7,47 @@ use super::*;
 /// Work for the store thread, and its answers.
 pub(super) enum StoreJob {
     /// `cache`: the V8 code cache the syntax check made (empty if none).
-    Put { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String, source: Bytes, settings: TaskSettings, cache: Bytes },
-    Delete { conn: Key, keep_alive: bool, request_id: String, tenant: String, task: String },
+    Put {
+        conn: Key,
+        keep_alive: bool,
+        request_id: String,
+        tenant: String,
+        task: String,
+        source: Bytes,
+        settings: TaskSettings,
+        cache: Bytes,
+    },
+    Delete {
+        conn: Key,
+        keep_alive: bool,
+        request_id: String,
+        tenant: String,
+        task: String,
+    },
     /// Read a task's code cache from disk (a version the loop does not hold in memory).
-    LoadCache { tenant: String, task: String, sha: String, key: String },
+    LoadCache {
+        tenant: String,
+        task: String,
+        sha: String,
+        key: String,
+    },
     /// Write a tenant's secrets file (sealed values only), then send `response`.
-    WriteSecrets { conn: Key, keep_alive: bool, request_id: String, dir: std::path::PathBuf, write: secrets::FileWrite, response: Response },
+    WriteSecrets {
+        conn: Key,
+        keep_alive: bool,
+        request_id: String,
+        dir: std::path::PathBuf,
+        write: secrets::FileWrite,
+        response: Response,
+    },
     /// Replace a tenant's egress allow-list (entries already checked).
-    PutEgress { conn: Key, keep_alive: bool, request_id: String, tenant: String, allow: Vec<String> },
+    PutEgress {
+        conn: Key,
+        keep_alive: bool,
+        request_id: String,
+        tenant: String,
+        allow: Vec<String>,
+    },
 }
 
 pub(super) struct StoreDone {
@@ -29,9 +62,17 @@ pub(super) struct StoreDone {
 pub(super) enum CodeCacheUpdate {
     None,
     /// A task stored: its code cache, for the key its Runs will carry.
-    Set { tenant: String, task: String, key: String, cache: Bytes },
+    Set {
+        tenant: String,
+        task: String,
+        key: String,
+        cache: Bytes,
+    },
     /// A task deleted (or stored without a cache): none any more.
-    Forget { tenant: String, task: String },
+    Forget {
+        tenant: String,
+        task: String,
+    },
 }
 
 pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>, Receiver<StoreDone>) {
@@ -46,7 +87,8 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                         let (response, code_cache) = match store.put_with(&tenant, &task, &source, &settings) {
                             Ok((info, created)) => {
                                 let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
-                                let response = Response::json(if created { 201 } else { 200 }, body.to_string()).header("ETag", format!("\"{}\"", info.sha256));
+                                let response = Response::json(if created { 201 } else { 200 }, body.to_string())
+                                    .header("ETag", format!("\"{}\"", info.sha256));
                                 let key = code_key(Some(&task), settings.model.as_deref(), &info.sha256);
                                 // Kept on disk too, so that a restart does not forget it (best effort).
                                 if cache.is_empty() {
@@ -56,7 +98,10 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                                 }
                                 (response, CodeCacheUpdate::Set { tenant, task, key, cache })
                             }
-                            Err(e) => (Response::error(500, "internal", &format!("storing the task: {}", crate::error_chain(&e)), None), CodeCacheUpdate::None),
+                            Err(e) => (
+                                Response::error(500, "internal", &format!("storing the task: {}", crate::error_chain(&e)), None),
+                                CodeCacheUpdate::None,
+                            ),
                         };
                         StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache, egress: None }
                     }
@@ -66,7 +111,11 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                             Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
                             Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::error_chain(&e)), None),
                         };
-                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::Forget { tenant, task }, egress: None }
+                        StoreDone {
+                            reply: Some((conn, keep_alive, request_id, response)),
+                            code_cache: CodeCacheUpdate::Forget { tenant, task },
+                            egress: None,
+                        }
                     }
                     StoreJob::LoadCache { tenant, task, sha, key } => {
                         let cache = store.code_cache(&tenant, &task, &sha).unwrap_or_default();
@@ -82,11 +131,24 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                     StoreJob::PutEgress { conn, keep_alive, request_id, tenant, allow } => match store.put_egress(&tenant, &allow) {
                         Ok(()) => {
                             let response = Response::json(200, serde_json::json!({ "allow": allow }).to_string());
-                            StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: Some((tenant, allow)) }
+                            StoreDone {
+                                reply: Some((conn, keep_alive, request_id, response)),
+                                code_cache: CodeCacheUpdate::None,
+                                egress: Some((tenant, allow)),
+                            }
                         }
                         Err(e) => {
-                            let response = Response::error(500, "internal", &format!("storing the egress allow-list: {}", crate::error_chain(&e)), None);
-                            StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None }
+                            let response = Response::error(
+                                500,
+                                "internal",
+                                &format!("storing the egress allow-list: {}", crate::error_chain(&e)),
+                                None,
+                            );
+                            StoreDone {
+                                reply: Some((conn, keep_alive, request_id, response)),
+                                code_cache: CodeCacheUpdate::None,
+                                egress: None,
+                            }
                         }
                     },
                 };
@@ -194,4 +256,3 @@ impl Server {
         }
     }
 }
-

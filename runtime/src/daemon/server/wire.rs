@@ -83,7 +83,9 @@ impl Server {
                     };
                     let key = self.conns.insert(conn);
                     let conn = self.conns.get_mut(key).expect("just inserted");
-                    if let Err(e) = self.poll.registry().register(&mut conn.stream, Source::Conn(key).token(), Interest::READABLE | Interest::WRITABLE) {
+                    if let Err(e) =
+                        self.poll.registry().register(&mut conn.stream, Source::Conn(key).token(), Interest::READABLE | Interest::WRITABLE)
+                    {
                         eprintln!("taskcell: registering a connection: {e}");
                         self.conns.remove(key);
                     }
@@ -323,4 +325,3 @@ impl Server {
         format!("{}-{:x}", self.boot_id, self.request_seq)
     }
 }
-
