@@ -375,12 +375,15 @@ impl Server {
             Phase::Connecting if end == End::Outer => self.finish_connect(key),
             Phase::Open => self.pump(key),
             Phase::Closing if readable || writable => {
-                // Discard what the sandbox still sends until it closes.
+                // Discard what the sandbox still sends until it closes, a turn's budget at most: one that keeps
+                // sending past it is not waited for.
                 let mut buf = [0u8; 4096];
+                let mut budget = TUNNEL_BUDGET;
                 loop {
                     match t.inner.read(&mut buf) {
                         Ok(0) => return self.close_tunnel(key, false),
-                        Ok(_) => continue,
+                        Ok(n) if n >= budget => return self.close_tunnel(key, false),
+                        Ok(n) => budget -= n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(_) => return self.close_tunnel(key, false),

@@ -170,7 +170,7 @@ impl Server {
                 }
                 let message: String = message.chars().take(16 << 10).collect();
                 let tenant = self.sbs.get(key).and_then(|s| s.tenant.clone()).unwrap_or_default();
-                let message = self.secrets.mask(&tenant, &message);
+                let message = self.secrets.mask(&tenant, message);
                 let status = match kind {
                     crate::ErrorKind::CompileError | crate::ErrorKind::BadRequest => 400,
                     crate::ErrorKind::TaskError => 500,
@@ -180,7 +180,7 @@ impl Server {
             Frame::Log { id, level, message } => {
                 let tenant = self.sbs.get(key).and_then(|s| s.tenant.clone()).unwrap_or_default();
                 // Masked here, not only in the bootstrap: tenant code can write its own frames.
-                let text = self.secrets.mask(&tenant, &log_text(&message));
+                let text = self.secrets.mask(&tenant, log_text(&message));
                 let (task, request_id) = match self.invocations.get_mut(&id) {
                     Some(inv) if inv.sb == key => {
                         inv.logs.push(level, &text);

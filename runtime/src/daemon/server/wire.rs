@@ -145,7 +145,6 @@ impl Server {
             if conn.input.len() > limit || budget == 0 {
                 conn.read_pending = true;
                 if budget == 0 {
-                    let _ = conn;
                     self.schedule(key);
                 }
                 return;
@@ -292,7 +291,6 @@ impl Server {
                     conn.output.clear();
                     conn.read_closed = true;
                     conn.state = ConnState::Closing;
-                    let _ = conn;
                     self.schedule(key);
                     return;
                 }
