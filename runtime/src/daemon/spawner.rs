@@ -139,8 +139,12 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     let egress = match jailer::net::listen_inside(&sandbox, egress_addr) {
         Ok(l) => l,
         Err(e) => {
+            // A sandbox whose command died at once has no namespace left to enter: say how it died, as
+            // await_ready would, rather than that the listener could not be made.
+            let died = sandbox.try_wait(false).ok().flatten().is_some();
+            let why = if died { await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout).err() } else { None };
             sandbox.kill();
-            return Err(format!("making the egress listener inside the sandbox: {e}"));
+            return Err(why.unwrap_or_else(|| format!("making the egress listener inside the sandbox: {e}")));
         }
     };
     match await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout) {
