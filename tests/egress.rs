@@ -1,21 +1,24 @@
-//! Egress (issue 13), from the outside: tenant code in real sandboxes reaching servers this test starts on the
-//! host's 127.0.0.1 through the daemon, by names fixed with `--egress-resolve` (no name is ever looked up in
-//! DNS, no packet leaves the machine: every destination is 127.0.0.1, or an address the daemon must refuse
-//! before connecting, which the test servers' accept counts prove).
+//! Egress (issue 13), from the outside: tenant code in real sandboxes reaching servers this test starts,
+//! through the daemon, by names fixed with `--egress-resolve` or looked up by the daemon in a DNS server of the
+//! test's. Daemons, servers and that DNS server all live in a network namespace the test binary makes, holding
+//! only `lo` (`common::netns`): no packet can leave the machine whatever the daemon does, not even to the
+//! metadata address; every destination is 127.0.0.x, or an address the daemon must refuse before connecting,
+//! which the test servers' accept counts prove.
 //!
 //! What is proven: the allow-list API (checked, durable, back as given), unchanged Node APIs (fetch, http,
 //! https with a test CA, net, tls, explicit agents) working through the tunnel, TLS end to end (the server
 //! sees the ClientHello, the daemon adds nothing), refusals fast and typed (`EGRESS_DENIED`, a message naming
-//! host, port and reason) for every spelling of a private address, the per-invocation limit, log events and
-//! metrics, no connection outliving its sandbox, a responsive daemon under a connection loop, and flat
-//! descriptors and memory over thousands of connections.
+//! host, port and reason) for every spelling of a private address, DNS rebinding defeated (one lookup, the
+//! address checked is the address connected to), the per-invocation limit, log events and metrics, no
+//! connection outliving its sandbox, a responsive daemon under a connection loop, and flat descriptors and
+//! memory over thousands of connections.
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -207,7 +210,14 @@ fn daemon() -> &'static Daemon {
     static D: OnceLock<Daemon> = OnceLock::new();
     let mut flags = vec!["--egress-allow-private", "127.0.0.1/32", "--egress-max-conns", "16", "--timeout-ms", "8000"];
     flags.extend_from_slice(RESOLVE);
-    Daemon::shared(&D, "egress", &flags)
+    let d = Daemon::shared(&D, "egress", &flags);
+    in_the_test_namespace(d);
+    d
+}
+
+/// Every daemon of these tests lives in the test's network namespace (only `lo`), as its servers do.
+fn in_the_test_namespace(d: &Daemon) {
+    assert_eq!(common::netns::of_process(d.pid()), common::netns::inode(), "the daemon runs in the test's network namespace");
 }
 
 fn put_list(d: &Daemon, tenant: &str, allow: &[String]) {
@@ -226,6 +236,7 @@ fn result(d: &Daemon, tenant: &str, code: &str, data: Value) -> Value {
 #[test]
 fn allow_lists_are_checked_kept_as_given_and_survive_a_restart() {
     need_root!("allow_lists_are_checked_kept_as_given_and_survive_a_restart");
+    common::netns::enter();
     let d = Daemon::start("egress-api", &["--egress-allow", "op.test:443"]);
     let r = d.get("/v1/tenants/fresh/egress");
     assert_eq!(r.status, 200);
@@ -311,6 +322,7 @@ module.exports = async ({ http: hp, echo, https: sp, ca }) => {
 #[test]
 fn allowed_destinations_work_through_unchanged_node_apis() {
     need_root!("allowed_destinations_work_through_unchanged_node_apis");
+    common::netns::enter();
     let d = daemon();
     let (hp, requests) = http_server();
     let e = echo();
@@ -333,6 +345,7 @@ fn allowed_destinations_work_through_unchanged_node_apis() {
 #[test]
 fn tls_stays_end_to_end() {
     need_root!("tls_stays_end_to_end");
+    common::netns::enter();
     let d = daemon();
     let (port, seen) = sniffer();
     put_list(d, "tls", &[format!("api.test:{port}")]);
@@ -375,6 +388,7 @@ module.exports = async ({ targets }) => {
 #[test]
 fn refusals_fail_fast_with_egress_denied_naming_host_port_and_reason() {
     need_root!("refusals_fail_fast_with_egress_denied_naming_host_port_and_reason");
+    common::netns::enter();
     let d = daemon();
     let e = echo();
     let p = e.port;
@@ -430,6 +444,7 @@ fn refusals_fail_fast_with_egress_denied_naming_host_port_and_reason() {
 #[test]
 fn every_spelling_of_a_private_address_is_refused_before_connecting() {
     need_root!("every_spelling_of_a_private_address_is_refused_before_connecting");
+    common::netns::enter();
     let e = echo();
     let p = e.port;
     let d = Daemon::start("egress-ssrf", &["--egress-resolve", "lo.test=127.0.0.1", "--egress-resolve", "mapped.test=::ffff:127.0.0.1"]);
@@ -484,9 +499,159 @@ fn every_spelling_of_a_private_address_is_refused_before_connecting() {
     d.assert_healthy();
 }
 
+// ---------- names the daemon looks up itself ----------
+
+/// A DNS server on 127.0.0.1:53 of the test's network namespace (one for the test binary): for each name in
+/// its script, the A answers of the successive queries (the last one repeats); a name it does not know is
+/// NXDOMAIN; AAAA queries get no record. Counts A queries by name.
+struct Dns {
+    script: Mutex<HashMap<String, Vec<Ipv4Addr>>>,
+    asked: Mutex<HashMap<String, usize>>,
+}
+
+impl Dns {
+    fn get() -> &'static Dns {
+        static DNS: OnceLock<&'static Dns> = OnceLock::new();
+        DNS.get_or_init(|| {
+            let dns: &'static Dns = Box::leak(Box::new(Dns { script: Mutex::default(), asked: Mutex::default() }));
+            let socket = UdpSocket::bind("127.0.0.1:53").expect("bind 127.0.0.1:53 in the test's network namespace");
+            thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if let Some(answer) = dns.answer(&buf[..n]) {
+                        let _ = socket.send_to(&answer, from);
+                    }
+                }
+            });
+            dns
+        })
+    }
+
+    fn script(&self, name: &str, answers: &[Ipv4Addr]) {
+        self.script.lock().unwrap().insert(name.to_string(), answers.to_vec());
+    }
+
+    fn asked(&self, name: &str) -> usize {
+        self.asked.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+
+    /// The response to one query (RFC 1035 4.1), None for what is not a query of one question.
+    fn answer(&self, q: &[u8]) -> Option<Vec<u8>> {
+        if q.len() < 12 || q[2] & 0x80 != 0 || q[4..6] != [0, 1] {
+            return None;
+        }
+        let (mut at, mut labels) = (12, Vec::new());
+        while *q.get(at)? != 0 {
+            let len = q[at] as usize;
+            labels.push(String::from_utf8_lossy(q.get(at + 1..at + 1 + len)?).to_ascii_lowercase());
+            at += 1 + len;
+        }
+        let question_end = at + 5;
+        let qtype = u16::from_be_bytes([*q.get(at + 1)?, *q.get(at + 2)?]);
+        q.get(question_end - 1)?;
+        let name = labels.join(".");
+        let mut addresses = Vec::new();
+        let known = {
+            let script = self.script.lock().unwrap();
+            match script.get(&name) {
+                Some(answers) if qtype == 1 => {
+                    let mut asked = self.asked.lock().unwrap();
+                    let n = asked.entry(name.clone()).or_default();
+                    addresses.push(answers[(*n).min(answers.len() - 1)]);
+                    *n += 1;
+                    true
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        let mut r = q[..2].to_vec();
+        r.extend_from_slice(&[0x81, if known { 0x80 } else { 0x83 }, 0, 1, 0, addresses.len() as u8, 0, 0, 0, 0]);
+        r.extend_from_slice(&q[12..question_end]);
+        for a in addresses {
+            // The name by a pointer to the question's, type A, class IN, TTL 0, four bytes.
+            r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+            r.extend_from_slice(&a.octets());
+        }
+        Some(r)
+    }
+}
+
+/// DNS rebinding: the daemon looks a name up once for a connection and connects to the very address it
+/// checked. `rebind.test` first resolves to the allowed 127.0.0.1 and afterwards to 127.0.0.2 (loopback, not
+/// allowed), where a second server listens on the same port: a daemon that looked the name up again to
+/// connect (or let anything else do it) would reach that server. `turn.test` is the other way round: the
+/// first answer is refused and nothing is retried. The daemon's resolver is the host's libc with a test
+/// /etc/resolv.conf bound over the host's in a mount namespace of the daemon's own.
+#[test]
+fn a_name_whose_second_lookup_would_differ_is_connected_to_the_address_checked() {
+    need_root!("a_name_whose_second_lookup_would_differ_is_connected_to_the_address_checked");
+    common::netns::enter();
+    let dns = Dns::get();
+    let e = echo();
+    let p = e.port;
+    let other = TcpListener::bind(("127.0.0.2", p)).expect("bind 127.0.0.2 on the echo server's port");
+    let reached_other = Arc::new(AtomicUsize::new(0));
+    let r2 = reached_other.clone();
+    thread::spawn(move || {
+        for s in other.incoming().flatten() {
+            r2.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let (first, second) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+    dns.script("rebind.test", &[first, second]);
+    dns.script("turn.test", &[second, first]);
+    dns.script("good.test", &[first]);
+
+    let dir = std::env::temp_dir().join(common::unique(&format!("taskcell-egress-dns-{}", std::process::id())));
+    fs::create_dir_all(&dir).unwrap();
+    let (resolv, nsswitch) = (dir.join("resolv.conf"), dir.join("nsswitch.conf"));
+    fs::write(&resolv, "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n").unwrap();
+    fs::write(&nsswitch, "hosts: files dns\n").unwrap();
+    let d = Daemon::start_with_binds(
+        "egress-dns",
+        &["--egress-allow-private", "127.0.0.1/32", "--timeout-ms", "15000"],
+        &[(resolv.as_path(), "/etc/resolv.conf"), (nsswitch.as_path(), "/etc/nsswitch.conf")],
+    );
+    in_the_test_namespace(&d);
+    let hosts = ["rebind.test", "turn.test", "good.test", "nowhere.test"];
+    put_list(&d, "dns", &hosts.iter().map(|h| format!("{h}:{p}")).collect::<Vec<_>>());
+    let code = r#"module.exports = async ({ hosts, port }) => {
+        const net = require('net');
+        const ping = (host) => new Promise((res) => {
+          const s = net.connect(port, host, () => s.write('ping'));
+          s.once('data', (d) => { s.destroy(); res(d.toString()); });
+          s.on('error', (e) => res({ code: e.code, reason: e.reason, message: e.message }));
+        });
+        const out = {};
+        for (const h of hosts) out[h] = await ping(h);
+        return out;
+    };"#;
+    let r = result(&d, "dns", code, json!({"hosts": hosts, "port": p}));
+    assert_eq!(r["rebind.test"], "ping", "the first answer (127.0.0.1) is allowed and connected to: {r}");
+    assert_eq!(r["good.test"], "ping", "{r}");
+    assert_eq!(r["turn.test"]["code"], "EGRESS_DENIED", "{r}");
+    assert_eq!(r["turn.test"]["reason"], "private_address", "{r}");
+    assert!(r["turn.test"]["message"].as_str().unwrap_or("").contains("127.0.0.2"), "{r}");
+    assert_eq!(r["nowhere.test"]["code"], "ENOTFOUND", "an unknown name: {r}");
+    assert_eq!(dns.asked("rebind.test"), 1, "one lookup for one connection");
+    assert_eq!(dns.asked("turn.test"), 1, "a refused answer is not looked up again");
+    assert_eq!(e.accepted.load(Ordering::SeqCst), 2, "rebind.test and good.test reached 127.0.0.1");
+
+    // The next connection looks the name up again, gets 127.0.0.2, and is refused before connecting.
+    let again = result(&d, "dns", code, json!({"hosts": ["rebind.test"], "port": p}));
+    assert_eq!(again["rebind.test"]["code"], "EGRESS_DENIED", "{again}");
+    assert!(again["rebind.test"]["message"].as_str().unwrap_or("").contains("127.0.0.2"), "{again}");
+    assert_eq!(reached_other.load(Ordering::SeqCst), 0, "nothing ever reached the address no check allowed");
+    drop(d);
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn connections_are_limited_per_invocation() {
     need_root!("connections_are_limited_per_invocation");
+    common::netns::enter();
     let d = daemon();
     let e = echo();
     put_list(d, "limited", &[format!("api.test:{}", e.port)]);
@@ -519,6 +684,7 @@ fn connections_are_limited_per_invocation() {
 #[test]
 fn every_connection_is_a_log_event_and_metrics_count_them() {
     need_root!("every_connection_is_a_log_event_and_metrics_count_them");
+    common::netns::enter();
     let d = daemon();
     let (hp, _) = http_server();
     put_list(d, "logged", &[format!("api.test:{hp}")]);
@@ -578,6 +744,7 @@ fn every_connection_is_a_log_event_and_metrics_count_them() {
 #[test]
 fn no_connection_survives_its_sandbox() {
     need_root!("no_connection_survives_its_sandbox");
+    common::netns::enter();
     let e = echo();
     let d = Daemon::start(
         "egress-death",
@@ -602,6 +769,7 @@ fn no_connection_survives_its_sandbox() {
 #[test]
 fn the_daemon_stays_responsive_while_a_tenant_opens_connections_in_a_loop() {
     need_root!("the_daemon_stays_responsive_while_a_tenant_opens_connections_in_a_loop");
+    common::netns::enter();
     let d = daemon();
     let e = echo();
     put_list(d, "looper", &[format!("api.test:{}", e.port)]);
@@ -639,6 +807,7 @@ const LEAK_PER_ROUND: usize = 200;
 #[test]
 fn thousands_of_connections_leave_descriptors_and_memory_flat() {
     need_root!("thousands_of_connections_leave_descriptors_and_memory_flat");
+    common::netns::enter();
     let e = echo();
     let (hp, _) = http_server();
     let d = Daemon::start(
@@ -729,6 +898,8 @@ fn npm_http_clients_work_unchanged() {
         .output()
         .expect("run taskcell modules add");
     assert!(out.status.success(), "modules add: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Installed from the registry in the host's namespace; everything from here on runs in the test's.
+    common::netns::enter();
     let (hp, _) = http_server();
     let tls = https_server();
     {
@@ -761,6 +932,7 @@ fn npm_http_clients_work_unchanged() {
 #[test]
 fn a_sandbox_holds_at_most_64_connections_open() {
     need_root!("a_sandbox_holds_at_most_64_connections_open");
+    common::netns::enter();
     let d = daemon();
     let e = echo();
     put_list(d, "crowded", &[format!("api.test:{}", e.port)]);
@@ -811,6 +983,7 @@ fn a_sandbox_holds_at_most_64_connections_open() {
 #[test]
 fn silent_connections_to_the_proxy_are_bounded() {
     need_root!("silent_connections_to_the_proxy_are_bounded");
+    common::netns::enter();
     let d = daemon();
     let code = r#"module.exports = async () => {
         const net = require('net');

@@ -18,7 +18,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
+use std::ffi::CString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::{cgroup, procfs};
+
+pub mod netns;
 
 // Re-exported for the tests; not every test file uses every one (as with dead code, see the top).
 /// The HTTP/1.1 client; `HANG` is the longest any single read may block before the test calls it a hang.
@@ -90,6 +95,8 @@ pub struct Daemon {
     pub log: PathBuf,
     flags: Vec<String>,
     env: Vec<(String, String)>,
+    /// Files bound over host paths in a mount namespace of the daemon's own (`start_with_binds`).
+    binds: Vec<(CString, CString)>,
     inner: Mutex<Inner>,
 }
 
@@ -113,6 +120,16 @@ impl Daemon {
 
     /// As `start`, with these variables added to the daemon's environment.
     pub fn start_with_env(name: &str, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(name, flags, env, &[])
+    }
+
+    /// As `start`, in a private mount namespace where each `(file, over)` pair binds a test's file over a host
+    /// path, for the daemon alone (its own /etc/resolv.conf: the host's stays as it is).
+    pub fn start_with_binds(name: &str, flags: &[&str], binds: &[(&std::path::Path, &str)]) -> Daemon {
+        Daemon::start_with(name, flags, &[], binds)
+    }
+
+    fn start_with(name: &str, flags: &[&str], env: &[(&str, &str)], binds: &[(&std::path::Path, &str)]) -> Daemon {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("taskcell-it-{}-{n}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -135,6 +152,10 @@ impl Daemon {
             dir,
             flags: all,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            binds: binds
+                .iter()
+                .map(|(file, over)| (CString::new(file.as_os_str().as_bytes()).unwrap(), CString::new(*over).unwrap()))
+                .collect(),
             inner: Mutex::new(Inner {
                 child: None,
                 pids: Vec::new(),
@@ -163,7 +184,28 @@ impl Daemon {
     fn spawn(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open the daemon's log");
-        let child = Command::new(env!("CARGO_BIN_EXE_taskcell"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_taskcell"));
+        if !self.binds.is_empty() {
+            let binds = self.binds.clone();
+            // SAFETY: between fork and exec only async-signal-safe calls (unshare, mount) on strings made before.
+            unsafe {
+                command.pre_exec(move || {
+                    let none = std::ptr::null::<libc::c_char>();
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(none, c"/".as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    for (file, over) in &binds {
+                        if libc::mount(file.as_ptr(), over.as_ptr(), none, libc::MS_BIND, std::ptr::null()) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("serve")
             .arg("--socket")
             .arg(&self.socket)
