@@ -16,6 +16,7 @@
 use super::*;
 
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::net::TcpStream;
 
@@ -24,9 +25,9 @@ use crate::daemon::egress_policy::{self, Destination, Rule};
 /// A CONNECT request's head is at most this long.
 pub(super) const HEAD_LIMIT: usize = 8 << 10;
 /// Bytes buffered in each direction of a tunnel; a full buffer stops reading the side that fills it.
-const TUNNEL_BUFFER: usize = 64 << 10;
+const TUNNEL_BUFFER: usize = 256 << 10;
 /// Bytes a tunnel moves (both directions) per turn of the loop before the others have theirs.
-const TUNNEL_BUDGET: usize = 256 << 10;
+const TUNNEL_BUDGET: usize = 1 << 20;
 /// Connections accepted from one sandbox's listener per turn.
 const ACCEPT_BUDGET: usize = 16;
 /// Tunnels open at once in one sandbox (past the allow-list: resolving, connecting or open).
@@ -55,69 +56,133 @@ pub(super) enum Phase {
     Closing,
 }
 
-/// One direction's bytes in flight: filled from one socket, drained into the other. The memory is taken on
-/// first use (a refused tunnel never has any).
+/// One direction's bytes in flight, in a pipe of the daemon's: spliced in from one socket and out into the
+/// other (splice(2)), so that they never pass through the daemon's memory (a download costs one copy less each
+/// way than read and write, and the daemon holds no buffer of its own). The pipe is made on first use and
+/// closed again while empty (a refused tunnel or an idle keep-alive one holds none).
 #[derive(Default)]
-struct Buf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
+struct Pipe {
+    /// Read and write ends; None until first use.
+    ends: Option<(OwnedFd, OwnedFd)>,
+    /// Bytes in the pipe.
+    len: usize,
+    /// The pipe has no free slot although it holds fewer than `TUNNEL_BUFFER` bytes (a slot per segment
+    /// spliced in): filling waits until it is drained.
+    full: bool,
 }
 
-impl Buf {
+/// What one splice into a pipe did.
+enum Filled {
+    Bytes(usize),
+    Eof,
+    /// The socket has nothing to read now.
+    SocketEmpty,
+    /// The pipe is full: drain it first.
+    PipeFull,
+}
+
+impl Pipe {
     fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.len == 0
     }
 
-    fn space(&self) -> usize {
-        TUNNEL_BUFFER - (self.end - self.start)
+    fn has_space(&self) -> bool {
+        !self.full && self.len < TUNNEL_BUFFER
     }
 
-    /// Read once from `from` into the free space; Ok(0) is EOF.
-    fn fill(&mut self, from: &mut TcpStream) -> io::Result<usize> {
-        if self.data.is_empty() {
-            self.data = vec![0; TUNNEL_BUFFER];
+    fn ends(&mut self) -> io::Result<&(OwnedFd, OwnedFd)> {
+        if self.ends.is_none() {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two descriptors into the array, owned from here on.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: both were just made by pipe2 and are owned by nothing else.
+            self.ends = Some(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) });
+            // Four times the default: a quarter of the splices and turns for a download (measured: the daemon's
+            // CPU time for 10 MB fell by about a third). Refused past /proc/sys/fs/pipe-max-size: then the
+            // default, which only means more turns.
+            // SAFETY: fcntl on the pipe just made.
+            unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, TUNNEL_BUFFER as libc::c_int) };
         }
-        if self.end == TUNNEL_BUFFER {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        Ok(self.ends.as_ref().expect("made above"))
+    }
+
+    /// Splice once from `from` into the free space.
+    fn fill(&mut self, from: &TcpStream) -> io::Result<Filled> {
+        let want = TUNNEL_BUFFER - self.len;
+        let w = self.ends()?.1.as_raw_fd();
+        match splice(from.as_raw_fd(), w, want) {
+            Ok(0) => Ok(Filled::Eof),
+            Ok(n) => {
+                self.len += n;
+                Ok(Filled::Bytes(n))
+            }
+            // EAGAIN is either side: an empty pipe cannot be full, a pipe with bytes in it may be.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.len == 0 => Ok(Filled::SocketEmpty),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.full = true;
+                Ok(Filled::PipeFull)
+            }
+            Err(e) => Err(e),
         }
-        let n = from.read(&mut self.data[self.end..])?;
-        self.end += n;
+    }
+
+    /// Splice once from the pipe into `to`.
+    fn drain_into(&mut self, to: &TcpStream) -> io::Result<usize> {
+        let len = self.len;
+        let r = self.ends()?.0.as_raw_fd();
+        let n = splice(r, to.as_raw_fd(), len)?;
+        self.len -= n;
+        if n > 0 {
+            self.full = false;
+        }
         Ok(n)
     }
 
-    fn drain_into(&mut self, to: &mut TcpStream) -> io::Result<usize> {
-        let n = to.write(&self.data[self.start..self.end])?;
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        Ok(n)
-    }
-
-    /// Give the memory back while empty (an idle keep-alive connection holds none).
+    /// Close the pipe while empty.
     fn release_if_empty(&mut self) {
-        if self.is_empty() && !self.data.is_empty() {
-            self.data = Vec::new();
-            self.start = 0;
-            self.end = 0;
+        if self.is_empty() {
+            self.ends = None;
+            self.full = false;
         }
     }
 
-    /// Bytes that go first (the head's leftovers, the answer); far smaller than the buffer.
-    fn push(&mut self, bytes: &[u8]) {
+    /// Bytes that go first (the head's leftovers, the answer): written into the empty pipe, far smaller than
+    /// it.
+    fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
-            return;
+            return Ok(());
         }
-        if self.data.is_empty() {
-            self.data = vec![0; TUNNEL_BUFFER];
+        let w = self.ends()?.1.as_raw_fd();
+        // SAFETY: a write of the slice's bytes into the pipe this tunnel owns.
+        let n = unsafe { libc::write(w, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let n = bytes.len().min(TUNNEL_BUFFER - self.end);
-        self.data[self.end..self.end + n].copy_from_slice(&bytes[..n]);
-        self.end += n;
+        let n = n as usize;
+        self.len += n;
+        if n < bytes.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "the early bytes do not fit the pipe"));
+        }
+        Ok(())
+    }
+}
+
+/// splice(2) between a socket and a pipe, non-blocking on both sides.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: splice between two descriptors this tunnel owns, with no offsets (both are a socket or a pipe).
+        let n = unsafe {
+            libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 
@@ -147,8 +212,8 @@ pub(super) struct Tunnel {
     task: Option<String>,
     request_id: Option<String>,
     /// Sandbox to destination, and back.
-    up: Buf,
-    down: Buf,
+    up: Pipe,
+    down: Pipe,
     /// Readiness as the last events said and no call since has denied (edge-triggered: a side is tried only
     /// when it may have room or data, and each `WouldBlock` waits for its next event).
     ready: Ready,
@@ -322,8 +387,8 @@ impl Server {
                 tenant,
                 task: None,
                 request_id: None,
-                up: Buf::default(),
-                down: Buf::default(),
+                up: Pipe::default(),
+                down: Pipe::default(),
                 ready: Ready::ALL,
                 inner_eof: false,
                 outer_eof: false,
@@ -543,11 +608,10 @@ impl Server {
         t.deadline = None;
         t.ready = Ready::ALL;
         // The answer goes ahead of the destination's bytes; it is not counted as theirs.
-        let mut down = Buf::default();
-        down.push(ESTABLISHED);
-        t.down = down;
         let early = std::mem::take(&mut t.head);
-        t.up.push(&early);
+        if let Err(e) = t.down.push(ESTABLISHED).and_then(|()| t.up.push(&early)) {
+            return self.refuse(key, Refusal::Connect(e));
+        }
         self.metrics.egress("allowed");
         self.pump(key);
     }
@@ -562,16 +626,16 @@ impl Server {
         loop {
             let mut moved = false;
             // Sandbox -> destination.
-            if t.ready.inner_read && !t.inner_eof && t.up.space() > 0 {
-                match t.up.fill(&mut t.inner) {
-                    Ok(0) => t.inner_eof = true,
-                    Ok(n) => {
+            if t.ready.inner_read && !t.inner_eof && t.up.has_space() {
+                match t.up.fill(&t.inner) {
+                    Ok(Filled::Eof) => t.inner_eof = true,
+                    Ok(Filled::Bytes(n)) => {
                         t.bytes_out += n as u64;
                         budget = budget.saturating_sub(n);
                         moved = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.inner_read = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
+                    Ok(Filled::SocketEmpty) => t.ready.inner_read = false,
+                    Ok(Filled::PipeFull) => {}
                     Err(_) => failed = true,
                 }
             }
@@ -580,7 +644,6 @@ impl Server {
                     Ok(0) => failed = true,
                     Ok(_) => moved = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.outer_write = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                     Err(_) => failed = true,
                 }
             }
@@ -589,25 +652,24 @@ impl Server {
                 t.outer_shut = true;
             }
             // Destination -> sandbox.
-            if t.ready.outer_read && !t.outer_eof && t.down.space() > 0 {
+            if t.ready.outer_read && !t.outer_eof && t.down.has_space() {
                 match t.down.fill(outer) {
-                    Ok(0) => t.outer_eof = true,
-                    Ok(n) => {
+                    Ok(Filled::Eof) => t.outer_eof = true,
+                    Ok(Filled::Bytes(n)) => {
                         t.bytes_in += n as u64;
                         budget = budget.saturating_sub(n);
                         moved = true;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.outer_read = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
+                    Ok(Filled::SocketEmpty) => t.ready.outer_read = false,
+                    Ok(Filled::PipeFull) => {}
                     Err(_) => failed = true,
                 }
             }
             if t.ready.inner_write && !t.down.is_empty() {
-                match t.down.drain_into(&mut t.inner) {
+                match t.down.drain_into(&t.inner) {
                     Ok(0) => failed = true,
                     Ok(_) => moved = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => t.ready.inner_write = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => moved = true,
                     Err(_) => failed = true,
                 }
             }
@@ -769,6 +831,70 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pair of connected loopback sockets: (the std end the test drives, a non-blocking mio end).
+    fn pair() -> (std::net::TcpStream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, TcpStream::from_std(b))
+    }
+
+    /// Bytes spliced through a pipe arrive whole and in order while the reader stops and starts (the pipe
+    /// and the socket behind it fill up), and the writer's EOF is seen once everything has passed.
+    #[test]
+    fn a_pipe_moves_every_byte_in_order_through_back_pressure() {
+        let (mut writer, from) = pair();
+        let (mut reader, to) = pair();
+        let total = 8 << 20;
+        let sent: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+        let data = sent.clone();
+        let w = std::thread::spawn(move || {
+            for chunk in data.chunks(1000) {
+                writer.write_all(chunk).unwrap();
+            }
+        });
+        let (mut pipe, mut got, mut eof, mut full_seen) = (Pipe::default(), Vec::new(), false, false);
+        reader.set_nonblocking(true).unwrap();
+        let start = Instant::now();
+        let mut buf = vec![0u8; 64 << 10];
+        while !(eof && pipe.is_empty()) {
+            assert!(start.elapsed() < Duration::from_secs(60), "stuck after {} bytes", got.len());
+            if !eof && pipe.has_space() {
+                match pipe.fill(&from).unwrap() {
+                    Filled::Eof => eof = true,
+                    Filled::PipeFull => full_seen = true,
+                    Filled::Bytes(_) | Filled::SocketEmpty => {}
+                }
+            }
+            full_seen |= !pipe.has_space();
+            if !pipe.is_empty() {
+                match pipe.drain_into(&to) {
+                    Ok(n) => assert!(n > 0),
+                    Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+                }
+            }
+            // The reader pauses for whole stretches, so that both the socket and the pipe fill.
+            if (start.elapsed().as_millis() / 20).is_multiple_of(2) {
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+        w.join().unwrap();
+        drop(to);
+        reader.set_nonblocking(false).unwrap();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the bytes arrived changed or out of order");
+        assert!(full_seen, "the test never filled the pipe");
+        pipe.release_if_empty();
+        assert!(pipe.ends.is_none(), "an empty pipe is closed");
+    }
 
     #[test]
     fn connect_heads_parse() {
