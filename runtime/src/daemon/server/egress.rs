@@ -6,7 +6,7 @@
 //! the name itself (`--egress-resolve` first, else on a resolver thread), checks the address
 //! (`egress_policy::check_address`) and connects to that very address (no second lookup, so a name that
 //! answers differently the second time changes nothing), answers `200` or a refusal naming why, and then
-//! copies bytes both ways without looking at them (TLS stays end to end).
+//! splices bytes both ways without looking at them (TLS stays end to end).
 //!
 //! The loop never waits on a tunnel: the listener is drained within a budget, connects are non-blocking,
 //! resolution happens on its own threads, and each tunnel moves at most `TUNNEL_BUDGET` bytes a turn; a side
