@@ -72,6 +72,15 @@ pub struct CgroupRoot {
 }
 
 /// One sandbox's cgroup.
+/// How a [`Cgroup::cpu_usage_file`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuUsageUnit {
+    /// cgroup v2 `cpu.stat`: a `usage_usec N` line, microseconds.
+    CpuStat,
+    /// cgroup v1 `cpuacct.usage`: one number, nanoseconds.
+    Nanoseconds,
+}
+
 #[derive(Debug)]
 pub struct Cgroup {
     /// The sandbox's directory in each hierarchy; the first is the memory one.
@@ -242,6 +251,17 @@ impl Cgroup {
     pub fn memory_current(&self) -> u64 {
         let file = if self.v2 { "memory.current" } else { "memory.usage_in_bytes" };
         fs::read_to_string(self.dirs[0].join(file)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// The cgroup's CPU time counter, opened once to be read again and again: `cpu.stat` (its `usage_usec`
+    /// line) on v2, `cpuacct.usage` (nanoseconds) on v1 where cpuacct shares the cpu hierarchy. None on a v1
+    /// host whose cpuacct is mounted elsewhere (the caller falls back to /proc's clock ticks).
+    pub fn cpu_usage_file(&self) -> Option<(fs::File, CpuUsageUnit)> {
+        if self.v2 {
+            fs::File::open(self.dirs[0].join("cpu.stat")).ok().map(|f| (f, CpuUsageUnit::CpuStat))
+        } else {
+            fs::File::open(self.dirs[2].join("cpuacct.usage")).ok().map(|f| (f, CpuUsageUnit::Nanoseconds))
+        }
     }
 
     /// Kill every process in the cgroup and remove it, waiting (up to 2 s) for the last ones to be gone.

@@ -33,6 +33,6 @@ pub mod user;
 #[path = "../policy_check.rs"]
 mod policy_check;
 
-pub use cgroup::{CgroupError, Limits};
+pub use cgroup::{CgroupError, CpuUsageUnit, Limits};
 pub use sandbox::{Exit, Sandbox};
 pub use spawn::{JailError, Jailer, JailerConfig, SandboxSpec, Stdio};

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::cgroup::{Cgroup, CgroupError};
+use crate::cgroup::{Cgroup, CgroupError, CpuUsageUnit};
 use crate::pid::{self, Status};
 use crate::seccomp;
 
@@ -82,6 +82,11 @@ impl Sandbox {
     /// Memory charged to the sandbox's cgroup, bytes.
     pub fn memory_current(&self) -> u64 {
         self.cgroup.as_ref().map(|c| c.memory_current()).unwrap_or(0)
+    }
+
+    /// The file that counts the CPU time of every process of the sandbox (see [`Cgroup::cpu_usage_file`]).
+    pub fn cpu_usage_file(&self) -> Option<(std::fs::File, CpuUsageUnit)> {
+        self.cgroup.as_ref().and_then(|c| c.cpu_usage_file())
     }
 
     /// Kill, reap and remove the cgroup now, reporting a cgroup that would not go.

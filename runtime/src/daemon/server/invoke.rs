@@ -237,7 +237,7 @@ impl Server {
         );
         self.deadlines.insert((deadline, id), ());
         if self.cpus.is_some() {
-            self.busy_checks.push_back((Instant::now() + cpus::BUSY_AFTER, id));
+            self.busy_checks.push_back((Instant::now() + cpus::BUSY_WINDOW, id, None));
         }
         self.flush_sandbox(sb);
     }

@@ -84,10 +84,11 @@ pub struct Server {
     pending: VecDeque<Pending>,
     invocations: HashMap<u32, Invocation>,
     deadlines: BTreeMap<(Instant, u32), ()>,
-    /// When to look whether an invocation is still running, to move its sandbox to the batch CPUs; in time
-    /// order (each is its dispatch time plus the same delay).
-    busy_checks: VecDeque<(Instant, u32)>,
-    /// When each tenant was last seen busy (an invocation past `BUSY_AFTER`, a memory kill).
+    /// When to look at a running invocation's sandbox's CPU time, to move it to the batch CPUs if it is busy,
+    /// with its CPU time at the previous look (None: the first); in time order (each is the time it was
+    /// pushed plus the same window).
+    busy_checks: VecDeque<(Instant, u32, Option<Duration>)>,
+    /// When each tenant was last seen busy (most of a CPU during an invocation, a memory kill).
     busy_tenants: HashMap<String, Instant>,
     code_caches: CodeCaches,
     /// Runs waiting for a code cache being loaded, by tenant and task.
@@ -225,7 +226,7 @@ impl Server {
             if let Some(((t, _), _)) = self.deadlines.first_key_value() {
                 wake_at = wake_at.min(*t);
             }
-            if let Some((t, _)) = self.busy_checks.front() {
+            if let Some((t, _, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
             let more_to_do = !self.read_again.is_empty() || !self.advance_queue.is_empty() || self.accept_again || self.egress_more_to_do();

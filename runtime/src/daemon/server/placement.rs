@@ -29,33 +29,55 @@ impl Sb {
 }
 
 impl Server {
-    /// Sandboxes whose invocation has been running for `BUSY_AFTER`: to the batch CPUs.
+    /// Invocations still running at their check: their sandbox's CPU time since the previous check decides
+    /// (at least `BUSY_CPU` in the window: busy, to the batch CPUs); otherwise look again a window later.
     pub(super) fn move_busy_sandboxes(&mut self) {
         let Some(cpus) = self.cpus else { return };
         let now = Instant::now();
-        while let Some(&(t, id)) = self.busy_checks.front() {
+        while let Some(&(t, id, then)) = self.busy_checks.front() {
             if t > now {
                 break;
             }
             self.busy_checks.pop_front();
             let Some(inv) = self.invocations.get(&id) else { continue };
-            self.busy_tenants.insert(inv.tenant.clone(), now);
             let Some(s) = self.sbs.get_mut(inv.sb) else { continue };
+            if s.on_batch || s.killed.is_some() {
+                continue;
+            }
+            // No counter (it could not be opened): as long as it runs, the invocation counts as busy.
+            let busy = match (s.cpu_time.as_ref().and_then(|c| c.total()), then) {
+                (Some(total), Some(then)) if total.saturating_sub(then) < cpus::BUSY_CPU => {
+                    self.busy_checks.push_back((now + cpus::BUSY_WINDOW, id, Some(total)));
+                    false
+                }
+                (Some(total), None) => {
+                    self.busy_checks.push_back((now + cpus::BUSY_WINDOW, id, Some(total)));
+                    false
+                }
+                _ => true,
+            };
+            if !busy {
+                continue;
+            }
+            self.busy_tenants.insert(inv.tenant.clone(), now);
             // Counted only if a thread moved: without CAP_SYS_NICE none can, and the metric says so.
-            if !s.on_batch && s.killed.is_none() && s.move_to_batch(&cpus) {
+            if s.move_to_batch(&cpus) {
                 self.metrics.sandbox_moved(true);
             }
         }
     }
 
-    /// Tenant sandboxes whose Node used more than half a CPU over the last tick (work left running after an
+    /// Tenant sandboxes that used more than half a CPU over the last tick (work left running after an
     /// invocation answered, or one that is running): busy, to the batch CPUs.
     pub(super) fn watch_cpu_time(&mut self) {
         let Some(cpus) = self.cpus else { return };
         let now = Instant::now();
         for (_, s) in self.sbs.iter_mut() {
-            let (Some(tenant), Some(time), None) = (&s.tenant, s.cpu_time.as_mut(), s.killed) else { continue };
-            if time.used() < HOUSEKEEPING / 2 {
+            // Sampled in the pool too, so that a tenant's first tick counts only its own tick.
+            let Some(total) = s.cpu_time.as_ref().and_then(|c| c.total()) else { continue };
+            let used = total.saturating_sub(std::mem::replace(&mut s.cpu_seen, total));
+            let (Some(tenant), None) = (&s.tenant, s.killed) else { continue };
+            if used < HOUSEKEEPING / 2 {
                 continue;
             }
             self.busy_tenants.insert(tenant.clone(), now);

@@ -53,8 +53,10 @@ pub(super) struct Sb {
     pub(super) on_batch: bool,
     /// Its processes when it became ready (see `Spawned::processes`).
     pub(super) boot_processes: Vec<i32>,
-    /// Its Node's CPU time, sampled every housekeeping tick to find work left running in the background.
+    /// Its CPU time counter (see `cpus::CpuTime`), sampled while an invocation runs and every housekeeping
+    /// tick (to find work left running in the background), with the tick's last sample.
     pub(super) cpu_time: Option<CpuTime>,
+    pub(super) cpu_seen: Duration,
     /// Since when the decoder has held part of a frame (see `PARTIAL_FRAME_TIMEOUT`).
     pub(super) partial_since: Option<Instant>,
     /// The version of its tenant's secrets it was last sent (0: none).
@@ -203,6 +205,7 @@ impl Server {
         let Spawned { sandbox, socket, output, egress, processes } = spawned;
         // SAFETY: setting O_NONBLOCK on a pipe descriptor we own.
         unsafe { libc::fcntl(output.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let cpu_time = if self.cpus.is_some() { CpuTime::of_sandbox(&sandbox, processes.get(1).copied()) } else { None };
         let sb = Sb {
             socket: UnixStream::from_std(socket),
             output,
@@ -217,8 +220,8 @@ impl Server {
             served: 0,
             killed: None,
             on_batch: self.cpus.is_some(),
-            // The command is the init's child: the second process of the tree (when there are CPU classes).
-            cpu_time: if self.cpus.is_some() { processes.get(1).and_then(|&pid| CpuTime::open(pid)) } else { None },
+            cpu_seen: cpu_time.as_ref().and_then(|c| c.total()).unwrap_or_default(),
+            cpu_time,
             boot_processes: processes,
             partial_since: None,
             secrets_version: 0,
