@@ -55,6 +55,10 @@ impl Daemon {
 
     /// As `start`, with more flags for `taskcell serve`.
     pub fn start_with(ctx: &Ctx, name: &str, pool_size: usize, flags: &[&str]) -> Result<Daemon, String> {
+        Daemon::spawn(ctx, name, Some(pool_size), flags)
+    }
+
+    fn spawn(ctx: &Ctx, name: &str, pool_size: Option<usize>, flags: &[&str]) -> Result<Daemon, String> {
         let bin = ctx.taskcell.as_ref().map_err(|e| e.clone())?;
         let socket = ctx.tmp.join(format!("{name}.sock"));
         let state = ctx.tmp.join(format!("state-{name}"));
@@ -71,9 +75,10 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&state)
             .arg("--secrets-key")
-            .arg(ctx.tmp.join(format!("{name}.secrets.key")))
-            .arg("--pool-size")
-            .arg(pool_size.to_string());
+            .arg(ctx.tmp.join(format!("{name}.secrets.key")));
+        if let Some(n) = pool_size {
+            cmd.arg("--pool-size").arg(n.to_string());
+        }
         if let Some(r) = &ctx.rootfs {
             cmd.arg("--rootfs").arg(r);
         }
@@ -99,6 +104,9 @@ impl Daemon {
                         let health = r.try_json().unwrap_or(Value::Null);
                         let (idle_ptr, target_ptr) = find_pool_fields(&health);
                         let starting_ptr = find_starting_field(&health);
+                        let pool_size = pool_size
+                            .or_else(|| target_ptr.as_deref().and_then(|p| health.pointer(p)).and_then(Value::as_u64).map(|n| n as usize))
+                            .unwrap_or(0);
                         return Ok(Daemon {
                             child,
                             socket,
@@ -329,6 +337,16 @@ pub struct NodeServer {
 
 impl NodeServer {
     pub fn start(ctx: &Ctx, name: &str) -> Result<NodeServer, String> {
+        NodeServer::spawn(ctx, name)?.ready()
+    }
+
+    /// `n` servers booting at once (a hundred one after the other would take seconds), each ready.
+    pub fn start_many(ctx: &Ctx, prefix: &str, n: usize) -> Result<Vec<NodeServer>, String> {
+        let booting = (0..n).map(|i| NodeServer::spawn(ctx, &format!("{prefix}-{i}"))).collect::<Result<Vec<_>, _>>()?;
+        booting.into_iter().map(Booting::ready).collect()
+    }
+
+    fn spawn(ctx: &Ctx, name: &str) -> Result<Booting, String> {
         let socket = ctx.tmp.join(format!("{name}.sock"));
         let log = ctx.tmp.join(format!("{name}.log"));
         let logf = fs::File::create(&log).map_err(|e| e.to_string())?;
@@ -339,17 +357,30 @@ impl NodeServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf);
-        let mut child = Child::spawn(cmd, name).map_err(|e| format!("spawning node: {e}"))?;
-        let t0 = Instant::now();
+        let child = Child::spawn(cmd, name).map_err(|e| format!("spawning node: {e}"))?;
+        Ok(Booting { child, socket, log, t0: Instant::now() })
+    }
+}
+
+/// A bare Node server started and not yet known to listen.
+struct Booting {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    t0: Instant,
+}
+
+impl Booting {
+    fn ready(mut self) -> Result<NodeServer, String> {
         loop {
-            if let Some(st) = child.exited() {
-                return Err(format!("node server exited ({st}): {}", tail(&log, 3)));
+            if let Some(st) = self.child.exited() {
+                return Err(format!("node server exited ({st}): {}", tail(&self.log, 3)));
             }
-            if socket.exists() && Conn::open(&socket).is_ok() {
-                return Ok(NodeServer { _child: child, socket });
+            if self.socket.exists() && Conn::open(&self.socket).is_ok() {
+                return Ok(NodeServer { _child: self.child, socket: self.socket });
             }
-            if t0.elapsed() > Duration::from_secs(20) || procs::stopping() {
-                child.stop(Duration::from_secs(5));
+            if self.t0.elapsed() > Duration::from_secs(20) || procs::stopping() {
+                self.child.stop(Duration::from_secs(5));
                 return Err("bare node server not listening after 20 s".into());
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -17,6 +17,7 @@ mod procs;
 mod report;
 mod sandbox;
 mod throughput;
+mod workerd;
 
 use std::fs;
 use std::path::{Path, PathBuf};

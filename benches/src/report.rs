@@ -234,8 +234,14 @@ impl Report {
                 Some(_) => {}
             }
             if let (Some(b), Some(x)) = (&r.rate_baseline, r.rate_ratio) {
-                let b = if Some(b.as_str()) == last_base { "base" } else { b.as_str() };
-                notes.push(format!("rate {x:.2}x {b}"));
+                if Some(b.as_str()) == last_base {
+                    notes.push(format!("rate {x:.2}x base"));
+                } else if r.baseline.as_ref() == Some(b) {
+                    // Named just before, in "ratio vs".
+                    notes.push(format!("rate {x:.2}x"));
+                } else {
+                    notes.push(format!("rate {x:.2}x {b}"));
+                }
             }
             if r.errors > 0 {
                 notes.push(format!("{} errors, first: {}", r.errors, r.first_error.as_deref().unwrap_or("?")));
