@@ -58,6 +58,12 @@ impl Daemon {
         Daemon::spawn(ctx, name, Some(pool_size), flags)
     }
 
+    /// As `start_with`, without `--pool-size`: the daemon's own default pool is what is measured; its size is
+    /// read from `/v1/health`.
+    pub fn start_default_pool(ctx: &Ctx, name: &str, flags: &[&str]) -> Result<Daemon, String> {
+        Daemon::spawn(ctx, name, None, flags)
+    }
+
     fn spawn(ctx: &Ctx, name: &str, pool_size: Option<usize>, flags: &[&str]) -> Result<Daemon, String> {
         let bin = ctx.taskcell.as_ref().map_err(|e| e.clone())?;
         let socket = ctx.tmp.join(format!("{name}.sock"));

@@ -1,11 +1,12 @@
 //! `make bench`: taskcell measured side by side with its baselines in one run, on one machine.
 //!
-//! Five groups of rows (see benches/README.md): making a sandbox, warm invocation, cold invocation,
-//! throughput, pool refill and memory. Rows within a group are sampled round-robin so that drift on a
+//! Six groups of rows (see benches/README.md): making a sandbox, warm invocation, cold invocation,
+//! throughput, pool refill and memory, a burst of new tenants. Rows within a group are sampled round-robin so that drift on a
 //! shared machine hits them alike; every figure is a percentile from an hdrhistogram. The daemons and
 //! servers under test are started here, in a temp dir under the output dir, and stopped (SIGTERM, then
 //! wait) before the bench exits. The bench owns nothing else and kills nothing else.
 
+mod burst;
 mod daemon;
 mod egress;
 mod http;
@@ -44,15 +45,16 @@ pub struct Ctx {
 }
 
 const USAGE: &str = "usage: taskcell-bench [--quick] [--taskcell PATH] [--rootfs DIR] [--node PATH]
-                      [--pool-size N] [--out DIR] [--only 1,2,3,4,5]
+                      [--pool-size N] [--out DIR] [--only 1,2,3,4,5,6]
 
   --quick          every row with few samples (make bench-quick; well under two minutes)
   --taskcell PATH  the taskcell binary (default target/release/taskcell)
   --rootfs DIR     passed to `taskcell jail` and `taskcell serve` (default: theirs)
   --node PATH      Node for the baselines (default /usr/bin/node; sandboxes use their own)
-  --pool-size N    the daemons' pre-warmed pool (default 4; the pool-empty row uses 0)
+  --pool-size N    the daemons' pre-warmed pool (default 4; the pool-empty row uses 0, the burst its own)
   --out DIR        where results.json, the no-op fixture and the temp dir go (default target/bench)
-  --only LIST      run only these groups (1 sandbox, 2 warm, 3 cold, 4 throughput, 5 pool/memory)";
+  --only LIST      run only these groups (1 sandbox, 2 warm, 3 cold, 4 throughput, 5 pool/memory,
+                   6 burst of new tenants)";
 
 struct Args {
     quick: bool,
@@ -72,7 +74,7 @@ fn parse_args() -> Result<Args, String> {
         node: PathBuf::from("/usr/bin/node"),
         pool_size: 4,
         out: PathBuf::from("target/bench"),
-        only: vec![1, 2, 3, 4, 5],
+        only: vec![1, 2, 3, 4, 5, 6],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -93,7 +95,7 @@ fn parse_args() -> Result<Args, String> {
             "--only" => {
                 a.only = val("--only")?
                     .split(',')
-                    .map(|g| g.trim().parse::<u8>().ok().filter(|g| (1..=5).contains(g)).ok_or(format!("bad group {g:?}")))
+                    .map(|g| g.trim().parse::<u8>().ok().filter(|g| (1..=6).contains(g)).ok_or(format!("bad group {g:?}")))
                     .collect::<Result<_, _>>()?;
             }
             "-h" | "--help" => {
@@ -281,7 +283,8 @@ fn main() {
                 rows
             }
             4 => throughput::run(&ctx, &mut report.warnings),
-            _ => pool::run(&ctx, &mut report.warnings),
+            5 => pool::run(&ctx, &mut report.warnings),
+            _ => burst::run(&ctx, &mut report.warnings),
         };
         eprintln!("taskcell-bench: group {g} done in {:.1} s", t0.elapsed().as_secs_f64());
         report.rows.extend(rows);

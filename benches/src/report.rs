@@ -149,13 +149,14 @@ fn fmt_rate(r: f64) -> String {
     }
 }
 
-const GROUP_TITLES: [&str; 6] = [
+const GROUP_TITLES: [&str; 7] = [
     "",
     "1. making a sandbox (spawn to exit; node rows: spawn to first byte on stdout)",
     "2. warm invocation, one keep-alive client over a Unix socket",
     "3. cold invocation: a new tenant's first request",
     "4. throughput: keep-alive clients for a fixed time (latency under load; rate in ops/s)",
     "5. pool refill and memory per idle sandbox",
+    "6. burst: 200 new tenants at once from 32 keep-alive clients (first-request latency; rate in new tenants/s)",
 ];
 
 impl Report {

@@ -1,0 +1,195 @@
+//! Group 6: a burst of tenants the daemon has never seen. 32 clients, each with its own keep-alive
+//! connection, share a counter of 200 new tenants and send each one request, all at once; the figures are
+//! each tenant's first-request latency and the burst's rate of new tenants served. Once with the daemon's
+//! default pool (what an operator who sets nothing gets) and once with a pool sized for the burst.
+//!
+//! Every round has a fresh daemon whose pool is full (polled on `/v1/health`) before the burst: a daemon
+//! keeps each tenant's sandbox and its pool never evicts a tenant to refill (pool_policy), so after one
+//! burst a daemon near its cap on sandboxes could not start the next round with a full pool.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::daemon::Daemon;
+use crate::http::{build, Conn};
+use crate::invoke::{adhoc_body, check_run, COLD_POOL};
+use crate::procs;
+use crate::report::{new_hist, Row, Unit};
+use crate::Ctx;
+
+const TENANTS: usize = 200;
+const CLIENTS: usize = 32;
+pub const DEFAULT_POOL: &str = "burst: 200 new tenants, default pool";
+pub const SIZED_POOL: &str = "burst: 200 new tenants, pool of 200";
+/// A pool that holds the whole burst, and room for it to refill while the tenants keep theirs.
+const SIZED_POOL_SIZE: usize = 200;
+const SIZED_FLAGS: &[&str] = &["--max-sandboxes", "260"];
+
+#[derive(Default)]
+struct Burst {
+    hist: Option<Histogram<u64>>,
+    ok: u64,
+    /// 503 with Retry-After: the daemon had no sandbox in time for the tenant.
+    overloaded: u64,
+    /// Answers that did not say `"cold":true`, though every tenant was new.
+    not_cold: u64,
+    errors: u64,
+    first_error: Option<String>,
+    wall: Duration,
+}
+
+impl Burst {
+    fn add(&mut self, o: Burst) {
+        if let Some(h) = o.hist {
+            let _ = self.hist.get_or_insert_with(new_hist).add(&h);
+        }
+        self.ok += o.ok;
+        self.overloaded += o.overloaded;
+        self.not_cold += o.not_cold;
+        self.errors += o.errors;
+        self.wall += o.wall;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+    }
+}
+
+/// One client: takes the next tenant from the counter until there is none, one request each.
+fn client(mut conn: Conn, prefix: &str, next: &AtomicUsize) -> Burst {
+    let mut b = Burst { hist: Some(new_hist()), ..Burst::default() };
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= TENANTS || procs::stopping() {
+            return b;
+        }
+        let req = build("POST", &format!("/v1/tenants/{prefix}-{i}/run"), &adhoc_body(i as u64));
+        let t0 = Instant::now();
+        let r = conn.request(&req);
+        let us = t0.elapsed().as_micros() as u64;
+        let outcome = match r {
+            Ok(r) if r.status == 503 && r.header("Retry-After").is_some() => {
+                b.overloaded += 1;
+                continue;
+            }
+            Ok(r) => check_run(&r, i as u64),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(cold) => {
+                if let Some(h) = b.hist.as_mut() {
+                    h.saturating_record(us.max(1));
+                }
+                b.ok += 1;
+                if cold != Some(true) {
+                    b.not_cold += 1;
+                }
+            }
+            Err(e) => {
+                b.errors += 1;
+                b.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+/// 200 new tenants named `prefix-N` through 32 connections opened before the clock runs.
+fn burst(d: &Daemon, prefix: &str) -> Result<Burst, String> {
+    let conns = (0..CLIENTS).map(|_| Conn::open(&d.socket)).collect::<Result<Vec<_>, _>>().map_err(|e| format!("connect: {e}"))?;
+    let next = AtomicUsize::new(0);
+    let barrier = Barrier::new(CLIENTS + 1);
+    let mut total = Burst::default();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .map(|c| {
+                let (next, barrier) = (&next, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    client(c, prefix, next)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        for h in handles {
+            if let Ok(b) = h.join() {
+                total.add(b);
+            }
+        }
+        total.wall = t0.elapsed();
+    });
+    Ok(total)
+}
+
+/// A fresh daemon, its pool full, one burst, the daemon stopped.
+fn round(ctx: &Ctx, name: &str, sized: bool, prefix: &str, warnings: &mut Vec<String>) -> Result<(Burst, usize), String> {
+    let d = if sized { Daemon::start_with(ctx, name, SIZED_POOL_SIZE, SIZED_FLAGS) } else { Daemon::start_default_pool(ctx, name, &[]) }?;
+    let full = Conn::open(&d.socket)
+        .map_err(|e| e.to_string())
+        .and_then(|mut h| d.wait_pool_full(&mut h, Duration::from_secs(10)).map_err(|e| e.to_string()));
+    let b = full.and_then(|_| burst(&d, prefix));
+    let pool = d.pool_size;
+    d.stop(warnings);
+    b.map(|b| (b, pool))
+}
+
+pub fn run(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
+    let rounds = if ctx.quick { 1 } else { 3 };
+    let pid = std::process::id();
+    let mut rows = Vec::new();
+    let mut results: [(Burst, Option<String>, usize); 2] = Default::default();
+    // The two rows take turns, round by round, so that noise on the machine hits both alike.
+    'rounds: for r in 0..rounds {
+        for (k, (name, sized)) in [("burst-default", false), ("burst-sized", true)].into_iter().enumerate() {
+            if procs::stopping() {
+                break 'rounds;
+            }
+            match round(ctx, name, sized, &format!("{name}-{pid}-{r}"), warnings) {
+                Ok((b, pool)) => {
+                    results[k].0.add(b);
+                    results[k].2 = pool;
+                }
+                Err(e) => {
+                    results[k].1.get_or_insert(e);
+                }
+            }
+        }
+    }
+    for (name, (b, err, pool)) in [DEFAULT_POOL, SIZED_POOL].into_iter().zip(results) {
+        rows.push(row(name, b, err, pool, rounds));
+    }
+    rows
+}
+
+fn row(name: &str, b: Burst, err: Option<String>, pool: usize, rounds: usize) -> Row {
+    let mut row = Row::new(6, name, Unit::Micros).vs(COLD_POOL);
+    if let Some(h) = b.hist.as_ref() {
+        let _ = row.hist.add(h);
+    }
+    row.errors = b.errors;
+    row.first_error = b.first_error;
+    if row.hist.is_empty() {
+        row.set_na(err.or(row.first_error.clone()).unwrap_or_else(|| "no successful request".into()));
+        return row;
+    }
+    if b.wall > Duration::ZERO {
+        row.rate = Some(b.ok as f64 / b.wall.as_secs_f64());
+    }
+    row.note(format!(
+        "{rounds} x {TENANTS} tenants by {CLIENTS} clients, each round on a fresh daemon with its pool of {pool} full; rate: answered tenants / burst wall time"
+    ));
+    if name == SIZED_POOL {
+        row.note(format!("serve --pool-size {SIZED_POOL_SIZE} {}", SIZED_FLAGS.join(" ")));
+    }
+    row.note(format!("{} overloaded (503, Retry-After)", b.overloaded));
+    if b.not_cold > 0 {
+        row.note(format!("{} answers not cold", b.not_cold));
+    }
+    if let Some(e) = err {
+        row.note(format!("a round failed: {e}"));
+    }
+    row
+}
