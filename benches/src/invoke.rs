@@ -3,6 +3,7 @@
 //! tenant) from the pre-warmed pool and with no pool at all.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -24,6 +25,7 @@ const WEBTASK_JS: &str = "module.exports = function (ctx, cb) { cb(null, {ok: tr
 pub const NODE_PER_REQ: &str = "node per request (CGI style)";
 pub const TC_WARM_REF: &str = "taskcell warm, same daemon (reference)";
 pub const COLD_POOL: &str = "taskcell cold: new tenant, pool hit";
+pub const BARE_FIRST: &str = "bare node: first request after idle";
 pub const COLD_EMPTY: &str = "taskcell cold: new tenant, pool empty";
 pub const BIG_CACHE: &str = "600 KB task, fresh sandbox, code cache";
 pub const BIG_NO_CACHE: &str = "600 KB task, fresh sandbox, no cache";
@@ -267,6 +269,13 @@ struct ColdDaemon<'c> {
     /// Set when /v1/health has no pool idle count: sleep between samples instead.
     no_idle: Option<String>,
     warnings: Vec<String>,
+    /// When each pooled sandbox was seen in the pool, oldest first: the daemon hands them out in that order.
+    ready: VecDeque<Instant>,
+    /// A pool hit took a sandbox: the next full pool holds its replacement.
+    refilling: bool,
+    /// How long the pool-hit samples' sandboxes had waited in the pool (ms), the last one first to hand.
+    idle_ms: Vec<u64>,
+    last_idle: Option<Duration>,
 }
 
 impl<'c> ColdDaemon<'c> {
@@ -283,22 +292,32 @@ impl<'c> ColdDaemon<'c> {
         self.health = Some(Conn::open(&d.socket).map_err(|e| e.to_string())?);
         self.client = Some(c);
         self.d = Some(d);
+        self.ready.clear();
         Ok(())
     }
 
     /// Before every sample of the group: the pool full and idle, so that no sample shares the CPUs
-    /// with a refill.
+    /// with a refill. Notes when the pool's newest sandbox arrived.
     fn settle(&mut self) -> Result<(), String> {
+        let full = self.wait_full()?;
+        if self.ready.is_empty() {
+            // A fresh daemon: its whole pool is about as old as this.
+            self.ready = vec![full; self.ctx.pool_size].into();
+        } else if self.refilling {
+            self.ready.push_back(full);
+        }
+        self.refilling = false;
+        Ok(())
+    }
+
+    /// Waits for a full pool (or sleeps where it cannot tell); returns when it was full.
+    fn wait_full(&mut self) -> Result<Instant, String> {
         if self.d.is_none() {
             self.start()?;
         }
-        if self.no_idle.is_some() {
+        if self.no_idle.is_some() || self.restarts >= MAX_RESTARTS {
             std::thread::sleep(Duration::from_millis(if self.ctx.quick { 300 } else { 600 }));
-            return Ok(());
-        }
-        if self.restarts >= MAX_RESTARTS {
-            std::thread::sleep(Duration::from_millis(if self.ctx.quick { 300 } else { 600 }));
-            return Ok(());
+            return Ok(Instant::now());
         }
         let stall = Duration::from_secs(if self.ctx.quick { 3 } else { 5 });
         for attempt in 0..2 {
@@ -306,10 +325,10 @@ impl<'c> ColdDaemon<'c> {
                 return Err("no daemon".into());
             };
             match d.wait_pool_full(h, stall) {
-                Ok(_) => return Ok(()),
+                Ok(full) => return Ok(full),
                 Err(PoolWait::Error(e)) if e.contains("no pool idle count") => {
                     self.no_idle = Some(e);
-                    return Ok(());
+                    return Ok(Instant::now());
                 }
                 Err(PoolWait::Error(e)) => return Err(e),
                 Err(PoolWait::Stuck(s)) => {
@@ -322,15 +341,75 @@ impl<'c> ColdDaemon<'c> {
                 }
             }
         }
-        Ok(())
+        Ok(Instant::now())
     }
 
     fn run(&mut self, tenant: &str, n: u64, want_cold: bool, odd: &Cell<u64>) -> Result<u64, String> {
         self.settle()?;
+        if want_cold {
+            if let Some(since) = self.ready.pop_front() {
+                self.last_idle = Some(since.elapsed());
+                self.idle_ms.push(since.elapsed().as_millis() as u64);
+            }
+            self.refilling = true;
+        }
         let c = self.client.as_mut().ok_or("no daemon")?;
         let req = build("POST", &format!("/v1/tenants/{tenant}/run"), &adhoc_body(n));
         timed_run(c, &req, n, Some(want_cold), odd)
     }
+}
+
+/// The longest a bare server is kept waiting to match a pool sandbox's idle time.
+const MAX_IDLE_WAIT: Duration = Duration::from_secs(10);
+
+/// The pool-hit row's anchor: bare Node servers that have served nothing yet, oldest first, as many as the
+/// daemon's pool holds and taken at the same pace, so that each has idled about as long as the pool's
+/// sandbox it stands beside. Each one's connection is opened when it starts, as the daemon's is.
+struct IdleServers<'c> {
+    ctx: &'c Ctx,
+    waiting: VecDeque<(NodeServer, Conn, Instant)>,
+    started: usize,
+    idle_ms: Vec<u64>,
+}
+
+impl<'c> IdleServers<'c> {
+    fn start(ctx: &'c Ctx) -> Result<IdleServers<'c>, String> {
+        let mut s = IdleServers { ctx, waiting: VecDeque::new(), started: 0, idle_ms: Vec::new() };
+        for _ in 0..ctx.pool_size {
+            s.add()?;
+        }
+        Ok(s)
+    }
+
+    fn add(&mut self) -> Result<(), String> {
+        let server = NodeServer::start(self.ctx, &format!("bare-first-{}", self.started))?;
+        self.started += 1;
+        let conn = Conn::open(&server.socket).map_err(|e| e.to_string())?;
+        self.waiting.push_back((server, conn, Instant::now()));
+        Ok(())
+    }
+
+    /// The oldest server's first request, once it has idled `idle` (the last pool hit's sandbox's wait);
+    /// then a new server in its place, untimed.
+    fn first_request(&mut self, idle: Option<Duration>, n: u64) -> Result<u64, String> {
+        let (server, mut conn, since) = self.waiting.pop_front().ok_or("no bare server waiting")?;
+        let until = since + idle.unwrap_or_default().min(MAX_IDLE_WAIT);
+        while Instant::now() < until && !crate::procs::stopping() {
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        self.idle_ms.push(since.elapsed().as_millis() as u64);
+        let req = build("POST", "/v1/tenants/bare/run", &adhoc_body(n));
+        let us = timed_run(&mut conn, &req, n, None, &Cell::new(0));
+        drop((conn, server));
+        self.add()?;
+        us
+    }
+}
+
+fn p50_ms(v: &[u64]) -> u64 {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
@@ -346,8 +425,13 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
         last_stuck: None,
         no_idle: None,
         warnings: Vec::new(),
+        ready: VecDeque::new(),
+        refilling: false,
+        idle_ms: Vec::new(),
+        last_idle: None,
     });
     let started = cd.borrow_mut().start();
+    let bare = RefCell::new(IdleServers::start(ctx));
     let empty = Daemon::start(ctx, "cold-empty", 0);
     let (odd_ref, odd_pool, odd_empty) = (Cell::new(0), Cell::new(0), Cell::new(0));
 
@@ -355,7 +439,7 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     match &started {
         Err(e) => {
             lanes.push(Lane::na(r(TC_WARM_REF), e.clone()));
-            lanes.push(Lane::na(r(COLD_POOL).vs(TC_WARM_REF), e.clone()));
+            lanes.push(Lane::na(r(COLD_POOL).vs(BARE_FIRST), e.clone()));
         }
         Ok(()) => {
             let (cdr, odd) = (&cd, &odd_ref);
@@ -372,12 +456,37 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
             let (cdr, odd) = (&cd, &odd_pool);
             let mut i = 0;
             lanes.push(Lane::new(
-                r(COLD_POOL).vs(TC_WARM_REF),
+                r(COLD_POOL).vs(BARE_FIRST),
                 n_pool,
                 1,
                 Box::new(move || {
                     i += 1;
                     cdr.borrow_mut().run(&format!("cold-{pid}-{i}"), i, true, odd)
+                }),
+            ));
+        }
+    }
+    let have_pool_daemon = started.is_ok();
+    match bare.borrow().as_ref() {
+        Err(e) => lanes.push(Lane::na(r(BARE_FIRST), e.clone())),
+        Ok(_) => {
+            let (cdr, bare) = (&cd, &bare);
+            let mut i = 0;
+            lanes.push(Lane::new(
+                r(BARE_FIRST),
+                n_pool,
+                1,
+                Box::new(move || {
+                    // As for the pool-empty row: the daemon's refill is done (and seen when done), not beside this.
+                    let idle = if have_pool_daemon {
+                        let mut cd = cdr.borrow_mut();
+                        cd.settle()?;
+                        cd.last_idle
+                    } else {
+                        None
+                    };
+                    i += 1;
+                    bare.borrow_mut().as_mut().map_err(|e| e.clone())?.first_request(idle, i)
                 }),
             ));
         }
@@ -390,7 +499,6 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
             Ok(mut c) => {
                 let (cdr, odd) = (&cd, &odd_empty);
                 let mut i = 0;
-                let have_pool_daemon = started.is_ok();
                 lanes.push(Lane::new(
                     er,
                     n_empty,
@@ -413,6 +521,13 @@ pub fn cold(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
     note_cold(&mut rows, COLD_POOL, &odd_pool, "true");
     note_cold(&mut rows, COLD_EMPTY, &odd_empty, "true");
     let mut cd = cd.into_inner();
+    if let (Some(row), Ok(b)) = (rows.iter_mut().find(|r| r.name == BARE_FIRST), bare.into_inner()) {
+        row.note(format!(
+            "a server that has served nothing, idle {} ms (p50) before its first request; the pool hits' sandboxes had waited {} ms (p50)",
+            p50_ms(&b.idle_ms),
+            p50_ms(&cd.idle_ms)
+        ));
+    }
     if let Some(row) = rows.iter_mut().find(|r| r.name == COLD_POOL) {
         if let Some(e) = &cd.no_idle {
             row.note(format!("{e}: slept between samples instead of waiting for a full pool"));
