@@ -184,7 +184,7 @@ fn row(name: &str, b: Burst, err: Option<String>, pool: usize, rounds: usize) ->
     if name == SIZED_POOL {
         row.note(format!("serve --pool-size {SIZED_POOL_SIZE} {}", SIZED_FLAGS.join(" ")));
     }
-    row.note(format!("{} overloaded (503, Retry-After)", b.overloaded));
+    row.note(format!("{} overloaded (503 with Retry-After), {} errors", b.overloaded, row.errors));
     if b.not_cold > 0 {
         row.note(format!("{} answers not cold", b.not_cold));
     }

@@ -273,7 +273,8 @@ struct ColdDaemon<'c> {
     ready: VecDeque<Instant>,
     /// A pool hit took a sandbox: the next full pool holds its replacement.
     refilling: bool,
-    /// How long the pool-hit samples' sandboxes had waited in the pool (ms), the last one first to hand.
+    /// How long each pool hit's sandbox had waited in the pool (ms), and the last one's wait: the bare
+    /// servers of the anchor row wait as long.
     idle_ms: Vec<u64>,
     last_idle: Option<Duration>,
 }
