@@ -388,7 +388,7 @@ fn serve(config: Config) -> Result<(), String> {
         ready_timeout: Duration::from_secs(20),
     };
     let cpus = cpus::CpuClasses::new(config.reserved_cpus);
-    let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| c.batch));
+    let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| (c.all, c.batch)));
     let socket_path = config.socket.clone();
     let parts = server::Parts { poll, waker, listener, signals, spawner, store, secrets, cpus };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;

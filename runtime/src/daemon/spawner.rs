@@ -35,6 +35,7 @@ pub struct Spawner {
     pub results: Receiver<Outcome>,
     threads: Vec<std::thread::JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
+    urgent: Arc<AtomicBool>,
 }
 
 /// How Node is started in every sandbox.
@@ -45,41 +46,50 @@ pub struct NodeCommand {
 }
 
 impl Spawner {
-    /// `batch`: the CPUs the spawner threads, and so the sandboxes they boot, are confined to (see `cpus`).
+    /// `cpus`: every CPU and the batch CPUs (see `cpus`). A boot is batch work, confined to the batch CPUs at
+    /// a low priority, unless [`Spawner::set_urgent`] says tenants are waiting for one: then it may use every
+    /// CPU at the normal priority (the sandboxes inherit both from the thread that clones them).
     pub fn start(
         jailer: Arc<Jailer>,
         node: NodeCommand,
         threads: usize,
         waker: Arc<mio::Waker>,
-        batch: Option<jailer::sched::CpuSet>,
+        cpus: Option<(jailer::sched::CpuSet, jailer::sched::CpuSet)>,
     ) -> Spawner {
         let (jobs, job_rx) = mpsc::channel::<()>();
         let (result_tx, results) = mpsc::channel::<Outcome>();
         let job_rx = Arc::new(Mutex::new(job_rx));
         let stopping = Arc::new(AtomicBool::new(false));
+        let urgent = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let (jailer, node, job_rx, result_tx, waker) = (jailer.clone(), node.clone(), job_rx.clone(), result_tx.clone(), waker.clone());
-            let stopping = stopping.clone();
+            let (stopping, urgent) = (stopping.clone(), urgent.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("spawner-{i}"))
                 .spawn(move || {
-                    // Making a sandbox (clone, mounts) yields to the event loop on a busy machine: a refill
-                    // must not slow the tenant whose request emptied the pool slot.
-                    // SAFETY: setpriority on this thread's own id, with integers only.
-                    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
-                    // Booting is batch work: off the reserved CPUs (the sandboxes inherit the mask).
-                    if let Some(batch) = &batch {
-                        if let Err(e) = jailer::sched::set_affinity(0, batch) {
-                            eprintln!("taskcell: confining a spawner thread to CPUs {}: errno {e}", batch.list());
+                    let mut placement = Placement { cpus, urgent: None };
+                    loop {
+                        let Ok(()) = job_rx.lock().expect("spawner queue lock").recv() else { return };
+                        if stopping.load(Ordering::Relaxed) {
+                            return;
                         }
+                        placement.apply(urgent.load(Ordering::Relaxed));
+                        if result_tx.send(spawn_one(&jailer, &node)).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
                     }
-                    spawn_loop(&jailer, &node, &job_rx, &result_tx, &waker, &stopping)
                 })
                 .expect("spawning a spawner thread");
             handles.push(handle);
         }
-        Spawner { jobs: Some(jobs), results, threads: handles, stopping }
+        Spawner { jobs: Some(jobs), results, threads: handles, stopping, urgent }
+    }
+
+    /// Tenants are waiting for a sandbox (true) or not: the next boots use every CPU, or the batch ones.
+    pub fn set_urgent(&self, urgent: bool) {
+        self.urgent.store(urgent, Ordering::Relaxed);
     }
 
     /// Ask for one more sandbox.
@@ -101,23 +111,28 @@ impl Spawner {
     }
 }
 
-fn spawn_loop(
-    jailer: &Jailer,
-    node: &NodeCommand,
-    jobs: &Mutex<Receiver<()>>,
-    results: &Sender<Outcome>,
-    waker: &mio::Waker,
-    stopping: &AtomicBool,
-) {
-    loop {
-        let job = jobs.lock().expect("spawner queue lock").recv();
-        if job.is_err() || stopping.load(Ordering::Relaxed) {
+/// A spawner thread's CPUs and priority, changed only when the urgency changes.
+struct Placement {
+    cpus: Option<(jailer::sched::CpuSet, jailer::sched::CpuSet)>,
+    urgent: Option<bool>,
+}
+
+impl Placement {
+    fn apply(&mut self, urgent: bool) {
+        if self.urgent == Some(urgent) {
             return;
         }
-        if results.send(spawn_one(jailer, node)).is_err() {
-            return;
+        self.urgent = Some(urgent);
+        // Making a sandbox (clone, mounts) yields to the event loop on a busy machine, unless a tenant waits
+        // for it: a refill must not slow the tenant whose request emptied the pool slot.
+        // SAFETY: setpriority on this thread's own id, with integers only.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, if urgent { 0 } else { 10 }) };
+        if let Some((all, batch)) = &self.cpus {
+            let set = if urgent { all } else { batch };
+            if let Err(e) = jailer::sched::set_affinity(0, set) {
+                eprintln!("taskcell: confining a spawner thread to CPUs {}: errno {e}", set.list());
+            }
         }
-        let _ = waker.wake();
     }
 }
 

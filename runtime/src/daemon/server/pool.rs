@@ -121,6 +121,8 @@ impl Server {
             max_sandboxes: self.config.max_sandboxes,
         };
         let refill = pool_policy::plan(state);
+        // Tenants waiting, or the next new one would: boots are what they wait for, on every CPU.
+        self.spawner.set_urgent(state.waiting_tenants > 0 || state.idle == 0);
         for _ in 0..refill.evict {
             self.evict_idle();
         }
