@@ -33,7 +33,12 @@ use crate::args::{self, ArgError, Flags};
 pub struct Config {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
-    pub pool_size: usize,
+    /// The pool's least and largest target (see `pool_policy`): `--pool-size` sets both.
+    pub pool_min: usize,
+    pub pool_max: usize,
+    pool_max_given: bool,
+    /// How far back demand for sandboxes sizes the pool.
+    pub pool_window: Duration,
     pub rootfs: Option<PathBuf>,
     pub timeout: Duration,
     pub memory: u64,
@@ -96,7 +101,10 @@ impl Default for Config {
         Config {
             socket: PathBuf::from("/run/taskcell/taskcell.sock"),
             state_dir: PathBuf::from("/var/lib/taskcell"),
-            pool_size: (cores * 2).clamp(2, 16),
+            pool_min: (cores * 2).clamp(2, 16),
+            pool_max: 0,
+            pool_max_given: false,
+            pool_window: Duration::from_secs(300),
             rootfs: None,
             timeout: Duration::from_millis(5000),
             memory: 128 << 20,
@@ -138,7 +146,17 @@ impl Config {
         match key {
             "socket" => self.socket = PathBuf::from(value),
             "state-dir" => self.state_dir = PathBuf::from(value),
-            "pool-size" => self.pool_size = args::count(&flag, value)? as usize,
+            "pool-size" => {
+                self.pool_min = args::count(&flag, value)? as usize;
+                self.pool_max = self.pool_min;
+                self.pool_max_given = true;
+            }
+            "pool-min" => self.pool_min = args::count(&flag, value)? as usize,
+            "pool-max" => {
+                self.pool_max = args::count(&flag, value)? as usize;
+                self.pool_max_given = true;
+            }
+            "pool-window-ms" => self.pool_window = ms(value)?,
             "rootfs" => self.rootfs = Some(PathBuf::from(value)),
             "timeout-ms" => self.timeout = ms(value)?,
             "max-timeout-ms" => self.max_timeout = ms(value)?,
@@ -287,7 +305,12 @@ fn parse(raw: Vec<String>) -> Result<Config, String> {
     if !config.max_sandboxes_given {
         config.max_sandboxes = default_max_sandboxes(config.memory);
     }
-    config.max_sandboxes = config.max_sandboxes.max(config.pool_size + 1);
+    if !config.pool_max_given {
+        // Half the sandboxes the host holds may wait for new tenants (memory permitting: see pool_policy).
+        config.pool_max = config.max_sandboxes / 2;
+    }
+    config.pool_max = config.pool_max.max(config.pool_min);
+    config.max_sandboxes = config.max_sandboxes.max(config.pool_max + 1);
     Ok(config)
 }
 
@@ -393,9 +416,10 @@ fn serve(config: Config) -> Result<(), String> {
     let parts = server::Parts { poll, waker, listener, signals, spawner, store, secrets, cpus };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
     eprintln!(
-        "taskcell: serving on {} (pool {}, timeout {} ms, memory {} bytes, pids {}, {})",
+        "taskcell: serving on {} (pool {} to {}, timeout {} ms, memory {} bytes, pids {}, {})",
         socket_path.display(),
-        config.pool_size,
+        config.pool_min,
+        config.pool_max,
         config.timeout.as_millis(),
         config.memory,
         config.pids,

@@ -1,7 +1,15 @@
-//! How many sandboxes to start, and how many idle tenants' sandboxes to evict for them: the pool's policy,
-//! pure, so that it can be tested without a sandbox.
+//! How large the pool should be, how many sandboxes to start, and how many idle tenants' sandboxes to evict
+//! for them: the pool's policy, pure, so that it can be tested without a sandbox.
 //!
-//! The pool wants `pool_size` idle sandboxes plus one for each tenant waiting for a sandbox; no more than
+//! **Sizing** ([`Demand`], [`target`]), reactive like OpenWhisk's prewarming: the target is the minimum
+//! (`--pool-min`) plus what recent demand says, up to the maximum (`--pool-max`) and to what memory allows.
+//! Demand is the number of tenants that needed a sandbox (a pool hit or a wait) in the busiest
+//! [`SPAN_S`]-second span of the last `--pool-window`: after a burst of 200 new tenants the pool holds 200
+//! (bounded) for the next one, and once the window has passed quietly it is back at its minimum. Memory: each
+//! sandbox more is counted at what an idle one is charged (measured), and the target never takes
+//! `MemAvailable` below a reserve (a tenth of the RAM).
+//!
+//! **Refill** ([`plan`]): the pool wants `target` idle sandboxes plus one for each tenant waiting; no more than
 //! `max_starting` boot at once; and no more than `max_sandboxes` are alive at once. At that cap a tenant that
 //! is waiting may take the place of the least recently used idle tenant's sandbox (one eviction for each
 //! waiting tenant at most); the pool alone never evicts anyone.
@@ -19,6 +27,7 @@ pub struct PoolState {
     pub live: usize,
     /// Idle tenants' sandboxes that could be evicted (nothing in flight).
     pub evictable: usize,
+    /// The pool's target size (see [`target`]).
     pub pool_size: usize,
     pub max_starting: usize,
     pub max_sandboxes: usize,
@@ -51,6 +60,114 @@ pub fn plan(s: PoolState) -> Refill {
         out.start += 1;
     }
     out
+}
+
+/// Demand is read over spans of this many seconds: the busiest span in the window sizes the pool.
+pub const SPAN_S: u64 = 10;
+
+/// Tenants that needed a sandbox, counted per second over a window of seconds (oldest first).
+#[derive(Debug)]
+pub struct Demand {
+    window_s: u64,
+    seconds: std::collections::VecDeque<(u64, u32)>,
+}
+
+impl Demand {
+    pub fn new(window_s: u64) -> Demand {
+        Demand { window_s: window_s.max(SPAN_S), seconds: std::collections::VecDeque::new() }
+    }
+
+    /// One tenant needed a sandbox at second `now_s` (seconds of a monotonic clock).
+    pub fn record(&mut self, now_s: u64) {
+        match self.seconds.back_mut() {
+            Some((s, n)) if *s == now_s => *n += 1,
+            _ => self.seconds.push_back((now_s, 1)),
+        }
+        self.forget(now_s);
+    }
+
+    fn forget(&mut self, now_s: u64) {
+        while self.seconds.front().is_some_and(|(s, _)| s + self.window_s <= now_s) {
+            self.seconds.pop_front();
+        }
+    }
+
+    /// The most tenants within any `SPAN_S` seconds of the window that ends at `now_s`.
+    pub fn peak(&mut self, now_s: u64) -> u64 {
+        self.forget(now_s);
+        let (mut best, mut sum, mut tail) = (0u64, 0u64, 0);
+        for i in 0..self.seconds.len() {
+            sum += self.seconds[i].1 as u64;
+            while self.seconds[tail].0 + SPAN_S <= self.seconds[i].0 {
+                sum -= self.seconds[tail].1 as u64;
+                tail += 1;
+            }
+            best = best.max(sum);
+        }
+        best
+    }
+}
+
+/// Why the pool has the target it has (health shows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// No recent demand beyond the minimum.
+    Minimum,
+    /// Recent demand: `peak` tenants in the busiest span.
+    Demand { peak: u64 },
+    /// Demand asks for more than `--pool-max`.
+    Maximum { peak: u64 },
+    /// Demand asks for more than memory allows.
+    Memory { peak: u64, room: u64 },
+}
+
+/// What the sizing knows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sizing {
+    pub min: usize,
+    pub max: usize,
+    /// Tenants in the busiest span of the window.
+    pub peak: u64,
+    /// Sandboxes in the pool and booting now (what memory already holds).
+    pub have: usize,
+    /// Bytes that more sandboxes may take (MemAvailable less the reserve); None: unknown, not a limit.
+    pub memory_room: Option<u64>,
+    /// What an idle sandbox is charged.
+    pub sandbox_bytes: u64,
+}
+
+pub fn target(s: Sizing) -> (usize, Why) {
+    let wanted = (s.min as u64).saturating_add(s.peak);
+    let mut target = wanted.min(s.max as u64);
+    let mut why = if s.peak == 0 {
+        Why::Minimum
+    } else if wanted > s.max as u64 {
+        Why::Maximum { peak: s.peak }
+    } else {
+        Why::Demand { peak: s.peak }
+    };
+    if let Some(room) = s.memory_room {
+        let more = room / s.sandbox_bytes.max(1);
+        let fits = (s.have as u64).saturating_add(more).max(s.min as u64);
+        if fits < target {
+            target = fits;
+            why = Why::Memory { peak: s.peak, room: more };
+        }
+    }
+    (target.max(s.min as u64) as usize, why)
+}
+
+impl Why {
+    pub fn describe(self, window_s: u64) -> String {
+        match self {
+            Why::Minimum => format!("the minimum: no tenant needed a sandbox in the last {window_s} s"),
+            Why::Demand { peak } => format!("demand: {peak} tenants needed a sandbox within {SPAN_S} s in the last {window_s} s"),
+            Why::Maximum { peak } => format!("the maximum: {peak} tenants needed a sandbox within {SPAN_S} s in the last {window_s} s"),
+            Why::Memory { peak, room } => {
+                format!("memory: room for {room} more sandboxes; {peak} tenants needed one within {SPAN_S} s in the last {window_s} s")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +210,36 @@ mod tests {
         let s = PoolState { live: 98, evictable: 10, waiting_tenants: 1, max_starting: 16, ..state() };
         // Demand 5: two fit under the cap, the third needs the one eviction the waiting tenant allows.
         assert_eq!(plan(s), Refill { start: 3, evict: 1 });
+    }
+    #[test]
+    fn demand_is_the_busiest_span_of_the_window_and_is_forgotten() {
+        let mut d = Demand::new(60);
+        assert_eq!(d.peak(0), 0);
+        for _ in 0..5 {
+            d.record(100);
+        }
+        for _ in 0..3 {
+            d.record(105);
+        }
+        d.record(130);
+        // 100 and 105 are within one 10 s span; 130 is not.
+        assert_eq!(d.peak(130), 8);
+        // 100 and 105 fall out of the window at 160 and 165.
+        assert_eq!(d.peak(161), 3);
+        assert_eq!(d.peak(166), 1);
+        assert_eq!(d.peak(190), 0);
+    }
+
+    #[test]
+    fn the_target_is_the_minimum_plus_demand_within_the_maximum_and_memory() {
+        let s = Sizing { min: 4, max: 100, peak: 0, have: 4, memory_room: None, sandbox_bytes: 8 << 20 };
+        assert_eq!(target(s), (4, Why::Minimum));
+        assert_eq!(target(Sizing { peak: 30, ..s }), (34, Why::Demand { peak: 30 }));
+        assert_eq!(target(Sizing { peak: 300, ..s }), (100, Why::Maximum { peak: 300 }));
+        // Room for 10 more at 8 MiB: 4 held + 10.
+        let tight = Sizing { peak: 300, memory_room: Some(80 << 20), ..s };
+        assert_eq!(target(tight), (14, Why::Memory { peak: 300, room: 10 }));
+        // No room at all: never below the minimum.
+        assert_eq!(target(Sizing { memory_room: Some(0), have: 0, ..tight }).0, 4);
     }
 }

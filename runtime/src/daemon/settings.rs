@@ -25,7 +25,15 @@ pub const SETTINGS: &[Setting] = &[
     s("socket", "PATH", "/run/taskcell/taskcell.sock", "the API's Unix socket (mode 0660)"),
     s("state-dir", "DIR", "/var/lib/taskcell", "deployed tasks and their code caches"),
     s("rootfs", "DIR", "the rootfs make built", "the sandboxes' read-only root (Node and its libraries)"),
-    s("pool-size", "N", "2 x cores, 2 to 16", "pre-warmed sandboxes kept waiting for new tenants"),
+    s("pool-min", "N", "2 x cores, 2 to 16", "the least pre-warmed sandboxes kept waiting for new tenants"),
+    s(
+        "pool-max",
+        "N",
+        "half of --max-sandboxes",
+        "the most: the pool grows by the new tenants of the busiest 10 s of the window, as memory allows",
+    ),
+    s("pool-window-ms", "MS", "300000", "how far back demand for sandboxes sizes the pool; quiet that long, it is back at its minimum"),
+    s("pool-size", "N", "none", "a pool of fixed size: sets both --pool-min and --pool-max"),
     s(
         "max-sandboxes",
         "N",

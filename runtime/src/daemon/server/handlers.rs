@@ -250,7 +250,12 @@ impl Server {
         let idle = self.pool.len();
         serde_json::json!({
             "status": if self.draining.is_some() { "draining" } else { "ok" },
-            "pool": { "size": self.config.pool_size, "idle": idle, "starting": self.starting },
+            "pool": {
+                "size": self.sizing.target,
+                "idle": idle,
+                "starting": self.starting,
+                "sizing": self.sizing.health(&self.config),
+            },
             "sandboxes": { "tenants": self.tenants.len(), "total": self.sbs.len() },
             "invocations_in_flight": self.invocations.len(),
             "queued": self.pending.len(),
@@ -270,7 +275,7 @@ impl Server {
 
     pub(super) fn gauges(&self) -> Gauges {
         Gauges {
-            pool_target: self.config.pool_size as u64,
+            pool_target: self.sizing.target as u64,
             pool_idle: self.pool.len() as u64,
             tenant_sandboxes: self.tenants.len() as u64,
             connections_open: self.conns.len() as u64,

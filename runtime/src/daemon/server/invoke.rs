@@ -103,7 +103,13 @@ impl Server {
         }
         let (sb, cold) = match self.tenants.get(&tenant).copied() {
             Some(sb) => (sb, false),
-            None => match self.take_from_pool() {
+            None if self.pending.iter().any(|p| p.tenant == tenant) => {
+                // Its first request already waits for a sandbox: this one waits behind it.
+                let give_up = Instant::now() + self.config.queue_timeout;
+                self.pending.push_back(Pending { conn, keep_alive, request_id, tenant, job, started, give_up });
+                return;
+            }
+            None => match self.note_demand().take_from_pool() {
                 Some(sb) => {
                     self.metrics.cold_start(ColdStart::Pool);
                     self.assign(sb, &tenant);

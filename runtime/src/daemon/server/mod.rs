@@ -80,6 +80,8 @@ pub struct Server {
     sbs: Slab<Sb>,
     tenants: HashMap<String, Key>,
     pool: VecDeque<Key>,
+    /// The pool's target and the demand and memory behind it.
+    sizing: PoolSizing,
     starting: usize,
     pending: VecDeque<Pending>,
     invocations: HashMap<u32, Invocation>,
@@ -156,6 +158,7 @@ impl Server {
         let code_cache_bytes = config.code_cache_bytes;
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
+            sizing: PoolSizing::new(&config),
             config,
             poll,
             listener: Some(listener),
@@ -303,6 +306,7 @@ impl Server {
     // ---- timers and signals ------------------------------------------------------------------------
 
     fn housekeeping(&mut self) {
+        self.size_pool();
         self.watch_cpu_time();
         self.release_idle_sandboxes();
         let now = Instant::now();

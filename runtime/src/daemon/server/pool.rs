@@ -18,6 +18,8 @@ pub(super) enum KillReason {
     MaxAge,
     MaxRequests,
     Evicted,
+    /// An idle pool sandbox beyond the pool's target.
+    PoolShrink,
     Shutdown,
 }
 
@@ -30,6 +32,7 @@ impl KillReason {
             KillReason::MaxAge => "max_age",
             KillReason::MaxRequests => "max_requests",
             KillReason::Evicted => "evicted",
+            KillReason::PoolShrink => "pool_shrink",
             KillReason::Shutdown => "shutdown",
         }
     }
@@ -99,6 +102,100 @@ pub(super) fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// What an idle sandbox is taken to cost until one has been measured.
+const SANDBOX_BYTES_GUESS: u64 = 32 << 20;
+/// Idle pool sandboxes retired per housekeeping tick when the target falls (teardown is kernel work).
+const SHRINK_PER_TICK: usize = 2;
+
+/// The pool's sizing state (see `pool_policy`).
+pub(super) struct PoolSizing {
+    demand: pool_policy::Demand,
+    window_s: u64,
+    /// Seconds are counted from here.
+    epoch: Instant,
+    pub(super) target: usize,
+    why: pool_policy::Why,
+    memory_room: Option<u64>,
+    /// What an idle sandbox is charged (memory cgroup, averaged over the sandboxes made).
+    sandbox_bytes: u64,
+}
+
+impl PoolSizing {
+    pub(super) fn new(config: &Config) -> PoolSizing {
+        let window_s = config.pool_window.as_secs().max(1);
+        PoolSizing {
+            demand: pool_policy::Demand::new(window_s),
+            window_s,
+            epoch: Instant::now(),
+            target: config.pool_min,
+            why: pool_policy::Why::Minimum,
+            memory_room: None,
+            sandbox_bytes: SANDBOX_BYTES_GUESS,
+        }
+    }
+
+    fn now_s(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    pub(super) fn health(&self, config: &Config) -> serde_json::Value {
+        serde_json::json!({
+            "min": config.pool_min,
+            "max": config.pool_max,
+            "target": self.target,
+            "why": self.why.describe(self.window_s),
+            "sandbox_bytes": self.sandbox_bytes,
+        })
+    }
+}
+
+/// Bytes more sandboxes may take: MemAvailable less a tenth of MemTotal; None if /proc/meminfo says nothing.
+fn memory_room() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let (total, available) = (kib("MemTotal:")?, kib("MemAvailable:")?);
+    Some(available.saturating_sub(total / 10) << 10)
+}
+
+impl Server {
+    /// A tenant needs a sandbox (it has none): demand that sizes the pool.
+    pub(super) fn note_demand(&mut self) -> &mut Server {
+        let now = self.sizing.now_s();
+        self.sizing.demand.record(now);
+        self.retarget_pool();
+        self
+    }
+
+    fn retarget_pool(&mut self) {
+        let now = self.sizing.now_s();
+        let sizing = pool_policy::Sizing {
+            min: self.config.pool_min,
+            max: self.config.pool_max,
+            peak: self.sizing.demand.peak(now),
+            have: self.pool.len() + self.starting,
+            memory_room: self.sizing.memory_room,
+            sandbox_bytes: self.sizing.sandbox_bytes,
+        };
+        (self.sizing.target, self.sizing.why) = pool_policy::target(sizing);
+    }
+
+    /// Housekeeping: memory read again, the target recomputed (demand leaves the window), idle sandboxes
+    /// beyond it retired, a few a tick, the longest idle first.
+    pub(super) fn size_pool(&mut self) {
+        self.sizing.memory_room = memory_room();
+        self.retarget_pool();
+        let mut retired = 0;
+        while self.pool.len() > self.sizing.target && retired < SHRINK_PER_TICK {
+            let Some(sb) = self.pool.pop_front() else { break };
+            self.kill_sandbox(sb, KillReason::PoolShrink);
+            retired += 1;
+        }
+        if self.pool.len() + self.starting < self.sizing.target {
+            self.refill_pool();
+        }
+    }
+}
+
 impl Server {
     pub(super) fn refill_pool(&mut self) {
         if self.draining.is_some() {
@@ -116,7 +213,7 @@ impl Server {
             waiting_tenants: self.waiting_tenants(),
             live: self.live_sandboxes(),
             evictable,
-            pool_size: self.config.pool_size,
+            pool_size: self.sizing.target,
             max_starting: self.config.max_starting,
             max_sandboxes: self.config.max_sandboxes,
         };
@@ -208,6 +305,10 @@ impl Server {
         // SAFETY: setting O_NONBLOCK on a pipe descriptor we own.
         unsafe { libc::fcntl(output.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
         let cpu_time = if self.cpus.is_some() { CpuTime::of_sandbox(&sandbox, processes.get(1).copied()) } else { None };
+        let charged = sandbox.memory_current();
+        if charged > 0 {
+            self.sizing.sandbox_bytes = (self.sizing.sandbox_bytes * 7 + charged) / 8;
+        }
         let sb = Sb {
             socket: UnixStream::from_std(socket),
             output,

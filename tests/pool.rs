@@ -1,0 +1,94 @@
+//! The pool sizes itself (issue 14; docs/pool.md): a burst of new tenants raises its target from the minimum
+//! by the demand seen, health says the target and why, every request of the burst is answered 200 (or 503
+//! with `Retry-After`, never a hang), and once the window has passed quietly the pool is back at its minimum,
+//! its extra sandboxes gone. The harness checks at the end that nothing is left behind. No time is asserted.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use common::{wait_until, Daemon};
+use serde_json::json;
+
+#[test]
+fn a_burst_grows_the_pool_and_a_quiet_window_shrinks_it_back() {
+    need_root!("a_burst_grows_the_pool_and_a_quiet_window_shrinks_it_back");
+    let d = Daemon::start("pool-sizing", &["--pool-min", "2", "--pool-max", "24", "--pool-window-ms", "4000"]);
+    let h = d.health();
+    assert_eq!(h["pool"]["size"], 2, "{h}");
+    assert_eq!(h["pool"]["sizing"]["min"], 2, "{h}");
+    assert_eq!(h["pool"]["sizing"]["max"], 24, "{h}");
+    assert!(h["pool"]["sizing"]["why"].as_str().unwrap().starts_with("the minimum"), "{h}");
+
+    // 40 new tenants from 8 clients, one request each.
+    let next = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (next, answers, socket) = (next.clone(), answers.clone(), d.socket.clone());
+            thread::spawn(move || {
+                let mut c = common::Client::connect(&socket);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= 40 {
+                        return;
+                    }
+                    let body = json!({"code": "module.exports = (d) => d.i", "data": {"i": i}}).to_string();
+                    let r =
+                        c.request("POST", &format!("/v1/tenants/burst-{i}/run"), &[("Content-Type", "application/json")], body.as_bytes());
+                    let retry = r.header("retry-after").map(str::to_string);
+                    answers.lock().unwrap().push((i, r.status, r.json(), retry));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), 40);
+    let mut ok = 0;
+    for (i, status, body, retry) in answers.iter() {
+        match status {
+            200 => {
+                assert_eq!(body["result"], json!(i), "{body}");
+                ok += 1;
+            }
+            503 => {
+                assert_eq!(body["error"]["kind"], "overloaded", "{body}");
+                assert!(retry.is_some(), "a 503 without Retry-After: {body}");
+            }
+            _ => panic!("tenant {i}: {status} {body}"),
+        }
+    }
+    assert!(ok > 0, "no request of the burst was served");
+
+    // The demand raised the target (the minimum plus the 40 tenants, within the maximum of 24).
+    let h = d.health();
+    assert_eq!(h["pool"]["size"], 24, "{h}");
+    let why = h["pool"]["sizing"]["why"].as_str().unwrap().to_string();
+    assert!(why.starts_with("the maximum") && why.contains("40 tenants"), "{why}");
+    wait_until(Duration::from_secs(90), "the pool refilled to its raised target", || {
+        let h = d.health();
+        h["pool"]["idle"].as_u64() >= Some(24) || h["pool"]["size"] == 2
+    });
+
+    // Quiet for the window: back at the minimum, the extra sandboxes retired.
+    wait_until(Duration::from_secs(60), "the pool back at its minimum", || {
+        let h = d.health();
+        h["pool"]["size"] == 2 && h["pool"]["idle"] == 2 && h["pool"]["starting"] == 0
+    });
+    let h = d.health();
+    assert!(h["pool"]["sizing"]["why"].as_str().unwrap().starts_with("the minimum"), "{h}");
+    let metrics = d.request("GET", "/metrics", &[], b"").text();
+    let retired = metrics
+        .lines()
+        .find(|l| l.starts_with("taskcell_sandboxes_killed_total{reason=\"pool_shrink\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retired >= 1.0, "no pool sandbox was retired:\n{metrics}");
+    d.assert_healthy();
+}
