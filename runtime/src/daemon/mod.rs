@@ -4,6 +4,7 @@
 //! lives in `server`. See docs/api.md for the API decisions the spec leaves open.
 
 pub mod api;
+pub mod auth;
 mod code_cache;
 mod cpus;
 pub mod egress_policy;
