@@ -67,7 +67,7 @@ fn check_name(name: &str) -> bool {
 /// Writes `response` as the daemon does and checks that it reads back as one well-formed response.
 fn check_response(response: &Response, request_id: &str, keep_alive: bool, kind: &str, message: &str) {
     let mut out = Vec::new();
-    response.write(&mut out, request_id, keep_alive);
+    response.write(&mut out, http::Stamp { request_id, node: "fuzz" }, keep_alive);
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut parsed = httparse::Response::new(&mut headers);
     let head_len = match parsed.parse(&out) {

@@ -266,7 +266,9 @@ mod tests {
         assert!(unauthorized(&forged(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{exp}}}"#), KEY)));
         assert!(unauthorized(&forged(r#"{"alg":"HS256"}"#, &format!(r#"{{"ten":"../x","exp":{exp}}}"#), KEY)));
         let hs512 = Claims { ten: "acme".into(), exp };
-        assert!(unauthorized(&jsonwebtoken::encode(&Header::new(Algorithm::HS512), &hs512, &EncodingKey::from_secret(KEY).unwrap()).unwrap()));
+        assert!(unauthorized(
+            &jsonwebtoken::encode(&Header::new(Algorithm::HS512), &hs512, &EncodingKey::from_secret(KEY).unwrap()).unwrap()
+        ));
         assert!(unauthorized(&forged(r#"{"alg":"none"}"#, &format!(r#"{{"ten":"acme","exp":{exp}}}"#), KEY)));
         let good = token("acme");
         let unsigned = format!("{}.", good.rsplit_once('.').unwrap().0);

@@ -144,6 +144,36 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
     Ok(Parsed::Complete(request, head_len + length))
 }
 
+/// What the TCP listener's token check reads of a request, as soon as its head is complete (before its body).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    pub query: Option<String>,
+    /// The `Authorization` header's value, if there is exactly one (two are no token).
+    pub authorization: Option<String>,
+}
+
+/// The head of the request at the front of `buf`, once it is all there; None while it is not, and for a
+/// malformed one (`parse` then says what is wrong with it).
+pub fn head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(buf) else { return None };
+    let mut values = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("authorization"));
+    let authorization = match (values.next(), values.next()) {
+        (Some(h), None) => std::str::from_utf8(h.value).ok().map(str::to_owned),
+        _ => None,
+    };
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    Some(Head { method: req.method.unwrap_or("").to_string(), path, query, authorization })
+}
+
 /// Reason phrases for the statuses the API uses.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -189,6 +219,21 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// What every response carries besides its own headers: the request's id (`X-Request-Id`) and the name of
+/// the node that answered (`X-Taskcell-Node`, `--node-name`).
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp<'a> {
+    pub request_id: &'a str,
+    pub node: &'a str,
+}
+
+impl Stamp<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(out, "X-Request-Id: {}\r\nX-Taskcell-Node: {}\r\n", self.request_id, self.node);
+    }
+}
+
 /// A response, written whole with Content-Length.
 pub struct Response {
     pub status: u16,
@@ -221,7 +266,7 @@ impl Response {
     }
 
     /// Serialise head and body into `out`.
-    pub fn write(&self, out: &mut Vec<u8>, request_id: &str, keep_alive: bool) {
+    pub fn write(&self, out: &mut Vec<u8>, stamp: Stamp, keep_alive: bool) {
         use std::io::Write;
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         if self.status != 204 {
@@ -229,7 +274,7 @@ impl Response {
         } else {
             out.extend_from_slice(b"Content-Length: 0\r\n");
         }
-        let _ = write!(out, "X-Request-Id: {request_id}\r\n");
+        stamp.write(out);
         for (name, value) in &self.headers {
             let _ = write!(out, "{name}: {value}\r\n");
         }
@@ -240,25 +285,22 @@ impl Response {
     }
 }
 
-/// Headers a task's response may not set: hop-by-hop ones (RFC 9110 7.6.1) and the framing and id headers the
-/// daemon writes itself.
+/// Headers a task's response may not set: hop-by-hop ones (RFC 9110 7.6.1) and the framing, id and node
+/// headers the daemon writes itself.
 pub fn daemon_owned_header(name: &str) -> bool {
-    const OWNED: &[&str] = &["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "x-request-id"];
+    const OWNED: &[&str] =
+        &["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "x-request-id", "x-taskcell-node"];
     OWNED.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// A response a task made on the HTTP endpoint: its status, its headers (names and values already checked by
 /// the frame decoder; hop-by-hop ones, Content-Length and X-Request-Id are dropped here) and its body, with
 /// the daemon's own Content-Length and X-Request-Id. 204 and 304 carry no body.
-pub fn write_task_response(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], body: &[u8], request_id: &str, keep_alive: bool) {
+pub fn write_task_response(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], body: &[u8], stamp: Stamp, keep_alive: bool) {
     use std::io::Write;
     let no_body = status == 204 || status == 304;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nX-Request-Id: {request_id}\r\n",
-        reason(status),
-        if no_body { 0 } else { body.len() }
-    );
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n", reason(status), if no_body { 0 } else { body.len() });
+    stamp.write(out);
     for (name, value) in headers.iter().filter(|(n, _)| !daemon_owned_header(n)) {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -269,12 +311,12 @@ pub fn write_task_response(out: &mut Vec<u8>, status: u16, headers: &[(String, S
 }
 
 /// The head of the chunked log stream.
-pub fn stream_head(out: &mut Vec<u8>, request_id: &str) {
-    use std::io::Write;
-    let _ = write!(
-        out,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\nX-Request-Id: {request_id}\r\nConnection: keep-alive\r\n\r\n"
+pub fn stream_head(out: &mut Vec<u8>, stamp: Stamp) {
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\n",
     );
+    stamp.write(out);
+    out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
 }
 
 /// One chunk of the log stream.
@@ -329,6 +371,18 @@ mod tests {
     }
 
     #[test]
+    fn the_head_is_read_before_the_body() {
+        let raw = b"PUT /v1/tenants/a/tasks/t?x=1 HTTP/1.1\r\nauthorization: Bearer abc\r\nContent-Length: 5\r\n\r\nab";
+        assert!(matches!(parse(raw, &Limits::default()), Ok(Parsed::Partial)));
+        let h = head(raw).expect("the head is complete");
+        assert_eq!((h.method.as_str(), h.path.as_str(), h.query.as_deref()), ("PUT", "/v1/tenants/a/tasks/t", Some("x=1")));
+        assert_eq!(h.authorization.as_deref(), Some("Bearer abc"));
+        assert_eq!(head(b"GET / HTTP/1.1\r\nAuthorization: a\r\n"), None);
+        let twice = head(b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n").unwrap();
+        assert_eq!(twice.authorization, None);
+    }
+
+    #[test]
     fn connection_close_is_honoured() {
         let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert!(!r.keep_alive);
@@ -344,16 +398,20 @@ mod tests {
             ("content-length", "99"),
             ("Proxy-Authenticate", "x"),
             ("X-Request-Id", "mine"),
+            ("X-Taskcell-Node", "forged"),
             ("Set-Cookie", "a=1"),
         ];
         let headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
         let mut out = Vec::new();
-        write_task_response(&mut out, 302, &headers, b"moved", "rid", true);
+        let stamp = Stamp { request_id: "rid", node: "n1" };
+        write_task_response(&mut out, 302, &headers, b"moved", stamp, true);
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "HTTP/1.1 302 Found\r\nContent-Length: 5\r\nX-Request-Id: rid\r\nLocation: /x\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\r\nmoved");
+        assert_eq!(text, "HTTP/1.1 302 Found\r\nContent-Length: 5\r\nX-Request-Id: rid\r\nX-Taskcell-Node: n1\r\nLocation: /x\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\r\nmoved");
         let mut out = Vec::new();
-        write_task_response(&mut out, 204, &[], b"ignored", "rid", false);
-        assert!(String::from_utf8(out).unwrap().ends_with("Content-Length: 0\r\nX-Request-Id: rid\r\nConnection: close\r\n\r\n"));
+        write_task_response(&mut out, 204, &[], b"ignored", stamp, false);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("Content-Length: 0\r\nX-Request-Id: rid\r\nX-Taskcell-Node: n1\r\nConnection: close\r\n\r\n"));
     }
 
     #[test]

@@ -33,6 +33,14 @@ use crate::args::{self, ArgError, Flags};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub socket: PathBuf,
+    /// The socket's group, as given (a name or a number): looked up when the socket is made.
+    pub socket_group: Option<String>,
+    /// `--listen-tcp`: the API on TCP too, every request but health with a bearer token.
+    pub listen_tcp: Option<std::net::SocketAddr>,
+    /// The HS256 key of the TCP listener's tokens (read only with `listen_tcp`).
+    pub token_key: PathBuf,
+    /// Sent as `X-Taskcell-Node` on every response.
+    pub node_name: String,
     pub state_dir: PathBuf,
     /// The pool's least and largest target (see `pool_policy`): `--pool-size` sets both.
     pub pool_min: usize,
@@ -101,6 +109,10 @@ impl Default for Config {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Config {
             socket: PathBuf::from("/run/taskcell/taskcell.sock"),
+            socket_group: None,
+            listen_tcp: None,
+            token_key: PathBuf::from("/etc/taskcell/token.key"),
+            node_name: host_name(),
             state_dir: PathBuf::from("/var/lib/taskcell"),
             pool_min: (cores * 2).clamp(2, 16),
             pool_max: 0,
@@ -146,6 +158,18 @@ impl Config {
         let ms = |v: &str| args::count(&flag, v).map(Duration::from_millis);
         match key {
             "socket" => self.socket = PathBuf::from(value),
+            "socket-group" => self.socket_group = Some(value.to_string()),
+            "listen-tcp" => {
+                self.listen_tcp =
+                    Some(value.parse().map_err(|_| ArgError::Invalid { flag, value: value.into(), what: "IP address and port" })?)
+            }
+            "token-key" => self.token_key = PathBuf::from(value),
+            "node-name" => {
+                if !valid_node_name(value) {
+                    return Err(ArgError::Invalid { flag, value: value.into(), what: "node name (letters, digits, . _ -, at most 253)" });
+                }
+                self.node_name = value.to_string();
+            }
             "state-dir" => self.state_dir = PathBuf::from(value),
             "pool-size" => {
                 self.pool_min = args::count(&flag, value)? as usize;
@@ -241,6 +265,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A node's name as a header carries it: `[A-Za-z0-9._-]{1,253}` (every host name fits).
+fn valid_node_name(name: &str) -> bool {
+    (1..=253).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The host name (of this UTS namespace), the default node name; `taskcell` if it cannot be a header's.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if valid_node_name(name) {
+        name.to_string()
+    } else {
+        "taskcell".to_string()
     }
 }
 
@@ -354,6 +394,12 @@ fn serve(config: Config) -> Result<(), String> {
         Some(dir) => Some(modules_dir(dir, config.rootfs.clone().unwrap_or_else(|| JailerConfig::default().rootfs).as_path())?),
         None => None,
     };
+    // So are a group that does not exist and a token key that will not do.
+    let socket_group = config.socket_group.as_deref().map(group_id).transpose()?;
+    let verifier = match config.listen_tcp {
+        Some(_) => Some(auth::Verifier::new(&auth::read_key(&config.token_key).map_err(|e| crate::error_chain(&e))?)),
+        None => None,
+    };
     raise_nofile();
     // Signals first, before any thread exists, so that every thread inherits the mask.
     let signals = crate::signals::block(&[libc::SIGINT, libc::SIGTERM]).map_err(|e| format!("signalfd: {e}"))?;
@@ -402,7 +448,16 @@ fn serve(config: Config) -> Result<(), String> {
         eprintln!("taskcell: removed {swept} stale cgroup group(s) left by an earlier run");
     }
     let jailer = Arc::new(jailer);
-    let listener = bind_socket(&config.socket)?;
+    let listener = bind_socket(&config.socket, socket_group)?;
+    let tcp = match (config.listen_tcp, verifier) {
+        (Some(addr), Some(verifier)) => {
+            let l = mio::net::TcpListener::bind(addr).map_err(|e| format!("--listen-tcp: binding {addr}: {e}"))?;
+            let bound = l.local_addr().map_err(|e| format!("--listen-tcp {addr}: {e}"))?;
+            eprintln!("taskcell: listening on tcp {bound} (bearer tokens under {})", config.token_key.display());
+            Some((l, verifier))
+        }
+        _ => None,
+    };
     let poll = mio::Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), server::WAKER_TOKEN).map_err(|e| format!("waker: {e}"))?);
     // V8's old space well below the cgroup limit, so that most overruns end as a clean heap failure.
@@ -414,11 +469,12 @@ fn serve(config: Config) -> Result<(), String> {
     let cpus = cpus::CpuClasses::new(config.reserved_cpus);
     let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| (c.all, c.batch)));
     let socket_path = config.socket.clone();
-    let parts = server::Parts { poll, waker, listener, signals, spawner, store, secrets, cpus };
+    let parts = server::Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
     eprintln!(
-        "taskcell: serving on {} (pool {} to {}, timeout {} ms, memory {} bytes, pids {}, {})",
+        "taskcell: serving on {} as node {} (pool {} to {}, timeout {} ms, memory {} bytes, pids {}, {})",
         socket_path.display(),
+        config.node_name,
         config.pool_min,
         config.pool_max,
         config.timeout.as_millis(),
@@ -478,8 +534,9 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     }
 }
 
-/// Bind the front socket (mode 0660), replacing a stale socket file but never a live daemon's.
-fn bind_socket(path: &std::path::Path) -> Result<mio::net::UnixListener, String> {
+/// Bind the front socket (mode 0660, and this group if given), replacing a stale socket file but never a live
+/// daemon's.
+fn bind_socket(path: &std::path::Path, group: Option<u32>) -> Result<mio::net::UnixListener, String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
@@ -490,8 +547,34 @@ fn bind_socket(path: &std::path::Path) -> Result<mio::net::UnixListener, String>
         std::fs::remove_file(path).map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
     }
     let listener = mio::net::UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| format!("--socket-group: chgrp {gid} {}: {e}", path.display()))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
     Ok(listener)
+}
+
+/// `--socket-group`: a group's id, from its name (through NSS, as `chgrp` does) or as a number.
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).map_err(|_| format!("--socket-group {group:?}: not a group name"))?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: a zeroed `group` is a valid value of that plain C struct (null pointers, zero id).
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is to a live local; `buf.len()` is the size of the buffer that `grp`'s strings are
+        // written into, and `found` is either left null or set to `&mut grp`.
+        let rc = unsafe { libc::getgrnam_r(name.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
+        match rc {
+            0 if found.is_null() => return Err(format!("--socket-group {group}: no such group")),
+            0 => return Ok(grp.gr_gid),
+            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
+            errno => return Err(format!("--socket-group {group}: {}", std::io::Error::from_raw_os_error(errno))),
+        }
+    }
 }
 
 /// READY=1 to systemd's NOTIFY_SOCKET, if there is one.

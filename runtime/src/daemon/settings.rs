@@ -23,6 +23,25 @@ const fn s(key: &'static str, value: &'static str, default: &'static str, help: 
 pub const SETTINGS: &[Setting] = &[
     s("config", "FILE", "none", "a JSON object of these settings (keys without the dashes); flags given on the command line win"),
     s("socket", "PATH", "/run/taskcell/taskcell.sock", "the API's Unix socket (mode 0660)"),
+    s(
+        "socket-group",
+        "GROUP",
+        "none",
+        "the socket's group (a name or a number), so that a proxy's user can be let in; the mode stays 0660",
+    ),
+    s(
+        "listen-tcp",
+        "ADDR:PORT",
+        "none",
+        "also serve the API on this TCP address (port 0: a free one, logged); every request but GET /v1/health needs a bearer token",
+    ),
+    s(
+        "token-key",
+        "FILE",
+        "/etc/taskcell/token.key",
+        "the HS256 key of --listen-tcp's tokens: the file's bytes, at least 32, mode 0600 or 0400; never made by the daemon",
+    ),
+    s("node-name", "NAME", "the host name", "this node's name, sent as X-Taskcell-Node on every response"),
     s("state-dir", "DIR", "/var/lib/taskcell", "deployed tasks and their code caches"),
     s("rootfs", "DIR", "the rootfs make built", "the sandboxes' read-only root (Node and its libraries)"),
     s("pool-min", "N", "2 x cores, 2 to 16", "the least pre-warmed sandboxes kept waiting for new tenants"),
@@ -118,6 +137,9 @@ mod tests {
             "RULE" => "api.example.com:443",
             "CIDR" => "10.0.0.0/8",
             "NAME=IP" => "api.test=127.0.0.1",
+            "GROUP" => "daemon",
+            "ADDR:PORT" => "127.0.0.1:0",
+            "NAME" => "node-1.example",
             other => panic!("no example for {other}"),
         }
     }
@@ -139,6 +161,10 @@ mod tests {
         assert_eq!(c.egress.resolve.get("api.test"), Some(&"127.0.0.1".parse().unwrap()));
         assert!(c.set("egress-resolve", "x.test=not-an-ip").is_err());
         assert!(c.set("egress-allow-private", "10.0.0.0/33").is_err());
+        // A node's name goes into a header as it is: nothing that could break one.
+        assert!(c.set("node-name", "a b").is_err() && c.set("node-name", "x\r\nY: z").is_err() && c.set("node-name", "").is_err());
+        assert!(c.set("listen-tcp", "localhost:80").is_err() && c.set("listen-tcp", "127.0.0.1").is_err());
+        c.set("listen-tcp", "[::1]:8080").unwrap();
         let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         let mut sorted = keys.clone();
         sorted.sort();

@@ -11,7 +11,9 @@ pub(super) fn task_json(info: &TaskInfo, default_timeout: Duration) -> serde_jso
 }
 
 impl Server {
-    pub(super) fn handle(&mut self, key: Key, req: Request) {
+    /// Answer one request; `access` is what its listener and token let it reach (checked already, see
+    /// `wire::authorize`), which only the log stream still needs: a tenant's token follows its tenant's events.
+    pub(super) fn handle(&mut self, key: Key, req: Request, access: Access) {
         let request_id = req.request_id.clone().unwrap_or_else(|| self.new_request_id());
         let keep = req.keep_alive;
         let request = match api::parse(&req) {
@@ -34,7 +36,13 @@ impl Server {
                 r.content_type = crate::daemon::metrics::CONTENT_TYPE;
                 self.respond(key, &request_id, keep, r);
             }
-            ApiRequest::Logs { tenant } => self.subscribe(key, &request_id, tenant),
+            ApiRequest::Logs { tenant } => {
+                let tenant = match access {
+                    Access::Tenant(own) => Some(own),
+                    Access::Operator => tenant,
+                };
+                self.subscribe(key, &request_id, tenant)
+            }
             ApiRequest::RunAdhoc { tenant, source, data, settings } => {
                 let timeout = match self.check_settings(&settings) {
                     Ok(timeout) => timeout,
@@ -205,7 +213,7 @@ impl Server {
         }
         self.metrics.http_request(200);
         let Some(conn) = self.conns.get_mut(key) else { return };
-        http::stream_head(&mut conn.output, request_id);
+        http::stream_head(&mut conn.output, http::Stamp { request_id, node: &self.config.node_name });
         conn.state = ConnState::Streaming { tenant, dropped: 0 };
         conn.input.clear();
         self.subscribers.insert(key);

@@ -317,8 +317,8 @@ impl Server {
         self.metrics.invocation("ok");
         self.metrics.observe(inv.started.elapsed());
         let request_id = inv.request_id;
-        self.respond_with(inv.conn, status, inv.keep_alive, |out, keep| {
-            http::write_task_response(out, status, &headers, &body, &request_id, keep)
+        self.respond_with(inv.conn, status, inv.keep_alive, |out, node, keep| {
+            http::write_task_response(out, status, &headers, &body, http::Stamp { request_id: &request_id, node }, keep)
         });
         self.recycle_if_spent(inv.sb);
     }

@@ -5,6 +5,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | `tokens` | what an event's token names ([`tokens::Source`]) |
+//! | `front` | the front listeners (Unix socket, TCP) and their streams, one type each |
 //! | `wire` | client connections: accepting, reading, the per-connection HTTP state machine, writing, back-pressure |
 //! | `handlers` | one handler per endpoint, acting on the typed requests of `daemon::api` |
 //! | `invoke` | invocations: dispatch to a sandbox, completion, deadlines |
@@ -20,6 +21,7 @@
 
 mod egress;
 mod frames;
+mod front;
 mod handlers;
 mod invoke;
 mod placement;
@@ -29,6 +31,7 @@ mod tokens;
 mod wire;
 
 use frames::*;
+use front::{Listener, Stream, Transport};
 use invoke::*;
 use placement::*;
 use pool::*;
@@ -50,11 +53,12 @@ use std::time::{Duration, Instant};
 
 use crate::{Decoder, Frame, RunMeta};
 use bytes::Bytes;
-use mio::net::{UnixListener, UnixStream};
+use mio::net::{TcpListener, UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Waker};
 
 use crate::daemon::api::{self, ApiRequest};
+use crate::daemon::auth::{self, Access};
 use crate::daemon::code_cache::{self, CodeCaches, Lookup};
 use crate::daemon::cpus::{self, CpuClasses, CpuTime};
 use crate::daemon::http::{self, Parsed, Request, Response};
@@ -74,7 +78,11 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 pub struct Server {
     config: Config,
     poll: Poll,
-    listener: Option<UnixListener>,
+    /// The Unix socket, and the TCP listener of `--listen-tcp` with the key its tokens are checked under;
+    /// None once draining.
+    listener: Option<Listener>,
+    tcp_listener: Option<Listener>,
+    verifier: Option<auth::Verifier>,
     signals: OwnedFd,
     conns: Slab<Conn>,
     sbs: Slab<Sb>,
@@ -100,7 +108,7 @@ pub struct Server {
     /// Connections to read, parse or close on the next pass of the loop (see `schedule`): answers never
     /// recurse into parsing the next pipelined request.
     advance_queue: VecDeque<Key>,
-    /// The listener's backlog was not drained in the last turn (connections accepted per turn are bounded).
+    /// A listener's backlog was not drained in the last turn (connections accepted per turn are bounded).
     accept_again: bool,
     cpus: Option<CpuClasses>,
     next_id: u32,
@@ -138,6 +146,8 @@ pub struct Parts {
     pub poll: Poll,
     pub waker: Arc<Waker>,
     pub listener: UnixListener,
+    /// `--listen-tcp`: the bound listener and the verifier of its tokens.
+    pub tcp: Option<(TcpListener, auth::Verifier)>,
     pub signals: OwnedFd,
     pub spawner: Spawner,
     pub store: Arc<Store>,
@@ -147,8 +157,17 @@ pub struct Parts {
 
 impl Server {
     pub fn new(config: Config, parts: Parts) -> io::Result<Server> {
-        let Parts { poll, waker, mut listener, signals, spawner, store, secrets, cpus } = parts;
-        poll.registry().register(&mut listener, Source::Listener.token(), Interest::READABLE)?;
+        let Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus } = parts;
+        let mut listener = Listener::Unix(listener);
+        poll.registry().register(&mut listener, Source::Listener(Transport::Unix).token(), Interest::READABLE)?;
+        let (tcp_listener, verifier) = match tcp {
+            Some((l, verifier)) => {
+                let mut l = Listener::Tcp(l);
+                poll.registry().register(&mut l, Source::Listener(Transport::Tcp).token(), Interest::READABLE)?;
+                (Some(l), Some(verifier))
+            }
+            None => (None, None),
+        };
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)?;
         let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
         let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
@@ -162,6 +181,8 @@ impl Server {
             config,
             poll,
             listener: Some(listener),
+            tcp_listener,
+            verifier,
             signals,
             conns: Slab::default(),
             sbs: Slab::default(),
@@ -243,7 +264,7 @@ impl Server {
             for event in events.iter() {
                 let readable = event.is_readable() || event.is_read_closed();
                 match Source::of(event.token()) {
-                    Some(Source::Listener) => self.accept(),
+                    Some(Source::Listener(transport)) => self.accept(transport),
                     Some(Source::Waker) | None => {}
                     Some(Source::Signals) => self.on_signal(),
                     Some(Source::Conn(k)) => {
@@ -269,7 +290,9 @@ impl Server {
                 }
             }
             if std::mem::take(&mut self.accept_again) {
-                self.accept();
+                // Whichever listener it was: one more accept on the other costs a WouldBlock.
+                self.accept(Transport::Unix);
+                self.accept(Transport::Tcp);
             }
             for key in std::mem::take(&mut self.read_again) {
                 self.on_sandbox_socket(key, true, false);
@@ -365,7 +388,7 @@ impl Server {
             if self.draining.is_none() {
                 eprintln!("taskcell: stopping: finishing in-flight work (up to {} ms)", self.config.drain_timeout.as_millis());
                 self.draining = Some(Instant::now() + self.config.drain_timeout);
-                if let Some(mut l) = self.listener.take() {
+                for mut l in [self.listener.take(), self.tcp_listener.take()].into_iter().flatten() {
                     let _ = self.poll.registry().deregister(&mut l);
                 }
                 let _ = std::fs::remove_file(&self.config.socket);

@@ -6,6 +6,7 @@
 
 use mio::Token;
 
+use super::front::Transport;
 use crate::daemon::slab::Key;
 
 /// Which of a sandbox's descriptors an event is for.
@@ -33,7 +34,8 @@ pub enum End {
 /// One source of events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    Listener,
+    /// A front listener: the Unix socket, or the TCP port of `--listen-tcp`.
+    Listener(Transport),
     Waker,
     Signals,
     Conn(Key),
@@ -51,7 +53,8 @@ impl Source {
     /// sandbox) two bits naming the descriptor.
     pub fn token(self) -> Token {
         match self {
-            Source::Listener => Token(0),
+            Source::Listener(Transport::Unix) => Token(0),
+            Source::Listener(Transport::Tcp) => Token(3),
             Source::Waker => super::WAKER_TOKEN,
             Source::Signals => Token(2),
             Source::Conn(k) => Token(CONN_KIND | (k.gen as usize & GEN_MASK) << 32 | k.index as usize),
@@ -80,9 +83,10 @@ impl Source {
         let gen = ((t.0 >> 32) & GEN_MASK) as u32;
         let low = (t.0 & 0xffff_ffff) as u32;
         Some(match (t.0, t.0 & (0xf << 60)) {
-            (0, _) => Source::Listener,
+            (0, _) => Source::Listener(Transport::Unix),
             (1, _) => Source::Waker,
             (2, _) => Source::Signals,
+            (3, _) => Source::Listener(Transport::Tcp),
             (_, CONN_KIND) => Source::Conn(Key { index: low, gen }),
             (_, SB_KIND) => {
                 let fd = match low & 3 {
@@ -109,7 +113,7 @@ mod tests {
     #[test]
     fn every_source_survives_the_round_trip() {
         let keys = [Key { index: 0, gen: 0 }, Key { index: 7, gen: 3 }, Key { index: u32::MAX >> 2, gen: 0xff_ffff }];
-        let mut all = vec![Source::Listener, Source::Waker, Source::Signals];
+        let mut all = vec![Source::Listener(Transport::Unix), Source::Listener(Transport::Tcp), Source::Waker, Source::Signals];
         for k in keys {
             all.push(Source::Conn(k));
             for fd in [SandboxFd::Socket, SandboxFd::Pid, SandboxFd::Output, SandboxFd::Egress] {

@@ -2,7 +2,9 @@
 //! budget), the per-connection HTTP state machine (`ConnState`), answering and writing. Parsing is
 //! iterative and bounded: at most `PIPELINE_BUDGET` requests of a connection per pass, none while its unsent
 //! answers pass `OUTPUT_HIGH_WATER`; an answer never parses the next request from inside itself, it
-//! schedules the connection for the loop's next pass. Knows no endpoint: whole requests go to `handle`.
+//! schedules the connection for the loop's next pass. Both listeners' connections go through the same code
+//! and limits; a TCP connection's request is first checked against its token (`daemon::auth`) as soon as its
+//! head is in, before its body is read. Knows no endpoint: whole requests go to `handle`.
 
 use super::*;
 
@@ -45,7 +47,9 @@ pub(super) enum ConnState {
 }
 
 pub(super) struct Conn {
-    pub(super) stream: UnixStream,
+    pub(super) stream: Stream,
+    /// What the request being read may reach, once its head has been checked (see `authorize`).
+    pub(super) access: Option<Access>,
     pub(super) input: Vec<u8>,
     pub(super) output: Vec<u8>,
     pub(super) state: ConnState,
@@ -60,18 +64,23 @@ pub(super) struct Conn {
 }
 
 impl Server {
-    pub(super) fn accept(&mut self) {
+    pub(super) fn accept(&mut self, transport: Transport) {
         // Bounded per turn: a connect flood gets its share of the loop, then the others theirs.
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = &self.listener else { return };
+            let listener = match transport {
+                Transport::Unix => &self.listener,
+                Transport::Tcp => &self.tcp_listener,
+            };
+            let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     if self.conns.len() >= self.config.max_connections {
                         self.refuse_connection(stream);
                         continue;
                     }
                     let conn = Conn {
                         stream,
+                        access: None,
                         input: Vec::new(),
                         output: Vec::new(),
                         state: ConnState::Idle,
@@ -104,12 +113,13 @@ impl Server {
 
     /// Past `--max-connections`: one 503 written without waiting (into an empty socket buffer it fits) and
     /// a close, before reading anything. The client learns why; the daemon holds nothing for it.
-    pub(super) fn refuse_connection(&mut self, mut stream: UnixStream) {
+    pub(super) fn refuse_connection(&mut self, mut stream: Stream) {
         self.metrics.connection_refused();
         let request_id = self.new_request_id();
         let msg = format!("too many connections (the limit is {}); retry later", self.config.max_connections);
         let mut out = Vec::new();
-        Response::error(503, "overloaded", &msg, None).header("Retry-After", "1").write(&mut out, &request_id, false);
+        let stamp = http::Stamp { request_id: &request_id, node: &self.config.node_name };
+        Response::error(503, "overloaded", &msg, None).header("Retry-After", "1").write(&mut out, stamp, false);
         let _ = stream.write(&out);
         let _ = stream.shutdown(std::net::Shutdown::Both);
     }
@@ -217,6 +227,20 @@ impl Server {
                 // Back-pressure: parse on once the client has read its answers (`flush` schedules us).
                 return;
             }
+            if conn.access.is_none() {
+                match authorize(conn, self.verifier.as_ref()) {
+                    Ok(access) => conn.access = access,
+                    Err(refusal) => {
+                        // Its body is never read: the lingering close discards it.
+                        let mut r = Response::error(refusal.status(), refusal.kind(), refusal.message(), None);
+                        if refusal.status() == 401 {
+                            r = r.header("WWW-Authenticate", "Bearer");
+                        }
+                        self.fail_conn_with(key, r);
+                        return;
+                    }
+                }
+            }
             let limits = http::Limits { max_head: 16 << 10, max_body: self.config.max_body };
             match http::parse(&conn.input, &limits) {
                 Ok(Parsed::Partial) => {
@@ -231,9 +255,13 @@ impl Server {
                 }
                 Ok(Parsed::Complete(request, used)) => {
                     conn.input.drain(..used);
+                    // The head was checked above once it was complete, and the request is complete now.
+                    let Some(access) = conn.access.take() else {
+                        return self.fail_conn(key, 401, "unauthorized", "the request's head could not be checked");
+                    };
                     conn.state = ConnState::Busy;
                     conn.keep_alive = request.keep_alive && self.draining.is_none();
-                    self.handle(key, request);
+                    self.handle(key, request, access);
                 }
                 Err(e) => {
                     self.fail_conn(key, e.status, e.kind, &e.message);
@@ -247,11 +275,17 @@ impl Server {
 
     /// Answer a framing error and close: the rest of the stream cannot be trusted.
     pub(super) fn fail_conn(&mut self, key: Key, status: u16, kind: &str, message: &str) {
+        self.fail_conn_with(key, Response::error(status, kind, message, None));
+    }
+
+    /// Answer with this response and close, without reading any more of the stream.
+    pub(super) fn fail_conn_with(&mut self, key: Key, response: Response) {
         let request_id = self.new_request_id();
-        self.metrics.http_request(status);
+        self.metrics.http_request(response.status);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.input.clear();
-            Response::error(status, kind, message, None).write(&mut conn.output, &request_id, false);
+            let stamp = http::Stamp { request_id: &request_id, node: &self.config.node_name };
+            response.write(&mut conn.output, stamp, false);
             conn.state = ConnState::Closing;
             conn.keep_alive = false;
             conn.deadline = Instant::now() + LINGER;
@@ -261,15 +295,16 @@ impl Server {
     }
 
     pub(super) fn respond(&mut self, key: Key, request_id: &str, keep_alive: bool, response: Response) {
-        self.respond_with(key, response.status, keep_alive, |out, keep| response.write(out, request_id, keep));
+        self.respond_with(key, response.status, keep_alive, |out, node, keep| response.write(out, http::Stamp { request_id, node }, keep));
     }
 
-    /// Answer with a response that `write` puts into the connection's output (told whether to keep it alive).
-    pub(super) fn respond_with(&mut self, key: Key, status: u16, keep_alive: bool, write: impl FnOnce(&mut Vec<u8>, bool)) {
+    /// Answer with a response that `write` puts into the connection's output (told this node's name and
+    /// whether to keep the connection alive).
+    pub(super) fn respond_with(&mut self, key: Key, status: u16, keep_alive: bool, write: impl FnOnce(&mut Vec<u8>, &str, bool)) {
         self.metrics.http_request(status);
         let Some(conn) = self.conns.get_mut(key) else { return };
         let keep = keep_alive && conn.keep_alive && self.draining.is_none();
-        write(&mut conn.output, keep);
+        write(&mut conn.output, &self.config.node_name, keep);
         conn.state = if keep { ConnState::Idle } else { ConnState::Closing };
         conn.deadline = Instant::now() + if keep { IDLE_TIMEOUT } else { LINGER };
         self.flush(key);
@@ -321,5 +356,20 @@ impl Server {
     pub(super) fn new_request_id(&mut self) -> String {
         self.request_seq += 1;
         format!("{}-{:x}", self.boot_id, self.request_seq)
+    }
+}
+
+/// What the request at the front of a connection's input may reach: everything on the Unix socket (its file
+/// mode decided who could connect); on TCP, what its token allows, decided from its head alone. `Ok(None)`
+/// while the head is incomplete (or malformed: the parser answers that).
+fn authorize(conn: &Conn, verifier: Option<&auth::Verifier>) -> Result<Option<Access>, auth::Refusal> {
+    match conn.stream.transport() {
+        Transport::Unix => Ok(Some(Access::Operator)),
+        Transport::Tcp => {
+            let Some(head) = http::head(&conn.input) else { return Ok(None) };
+            // serve never binds TCP without a key; a verifier missing here refuses everything all the same.
+            let verifier = verifier.ok_or_else(|| auth::Refusal::Unauthorized("this node has no token key".into()))?;
+            verifier.authorize(&head.method, &head.path, head.query.as_deref(), head.authorization.as_deref()).map(Some)
+        }
     }
 }
