@@ -3,11 +3,13 @@
 //! `taskcell serve` is the daemon (the `runtime` library's `daemon`); `taskcell jail` runs one command in a one-off sandbox with
 //! exactly the isolation tenants get (see `jail`); `deploy`, `call`, `tasks`, `rm`, `logs` and `health` are the
 //! command line for people, talking to a running daemon over its socket (see `cli`); `modules` installs the
-//! operator's npm modules that `serve --modules` hands to tenant code (see `modules`).
+//! operator's npm modules that `serve --modules` hands to tenant code (see `modules`); `token` makes the bearer
+//! tokens of a node's TCP listener (see `token`).
 
 mod cli;
 mod jail;
 mod modules;
+mod token;
 
 // The daemon and what it shares with the other commands live in the runtime library.
 use runtime::{args, daemon, signals};
@@ -18,7 +20,8 @@ const USAGE: &str = "usage:
   taskcell serve [--config FILE] [--socket PATH] [--state-dir DIR] [--pool-size N] [--rootfs DIR]
                  [--timeout-ms N] [--memory BYTES] [--pids N]
   taskcell jail [--memory BYTES] [--pids N] [--bind-ro HOST:INSIDE]... [--rootfs DIR] -- CMD [ARGS...]
-  taskcell modules add|list|remove --dir DIR [NAME@VERSION...]   (taskcell modules --help)";
+  taskcell modules add|list|remove --dir DIR [NAME@VERSION...]   (taskcell modules --help)
+  taskcell token --tenant TENANT|'*' --ttl DURATION [--key FILE]   (a bearer token for serve --listen-tcp)";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
         Some("jail") => jail::main(argv.collect()),
         Some("serve") => daemon::main(argv.collect()),
         Some("modules") => modules::main(argv.collect()),
+        Some("token") => token::main(argv.collect()),
         Some(cmd) if cli::is_command(cmd) => cli::main(cmd, argv.collect()),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}\n\n{}", cli::usage());

@@ -1,12 +1,15 @@
-//! A small HTTP/1.1 client over the daemon's Unix socket: one request a connection (`Connection: close`), the
+//! A small HTTP/1.1 client over the daemon's Unix socket or, with `--url`, over TCP with a bearer token: one
+//! request a connection (`Connection: close`), the
 //! response head parsed with `httparse`, then the body read whole (`Content-Length`, chunked, or to the end of
 //! the stream) or, for the log stream, chunk by chunk as the daemon sends it.
 //!
 //! It knows nothing of the API: which paths, bodies and statuses mean what is the commands' business (`super`).
 
+use std::fmt;
 use std::io::{self, BufRead, BufReader, Cursor, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Longest response head accepted (the daemon's are a few hundred bytes).
 const MAX_HEAD: usize = 64 * 1024;
@@ -16,16 +19,95 @@ const MAX_BODY: u64 = 64 << 20;
 /// Longest line of chunked framing (a chunk size with its extensions, or a trailer).
 const MAX_CHUNK_LINE: u64 = 4096;
 
+/// Where the daemon listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Socket(PathBuf),
+    /// `--url http://HOST:PORT`: HOST:PORT as given.
+    Tcp(String),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Address::Socket(path) => write!(f, "{}", path.display()),
+            Address::Tcp(host) => write!(f, "http://{host}"),
+        }
+    }
+}
+
+impl Address {
+    /// `http://HOST[:PORT][/]` (port 80 when none); anything else is refused with the reason.
+    pub fn from_url(url: &str) -> Result<Address, String> {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(if url.starts_with("https://") {
+                "https is not spoken here: use http:// to a node, or a TLS proxy in front of it".to_string()
+            } else {
+                "a URL is http://HOST:PORT".to_string()
+            });
+        };
+        let host = rest.strip_suffix('/').unwrap_or(rest);
+        if host.is_empty() || host.contains(['/', '?', '#', '@']) || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err("a URL is http://HOST:PORT, without a path".to_string());
+        }
+        let has_port = match host.rsplit_once(':') {
+            Some((h, port)) => {
+                !h.ends_with(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']'))
+            }
+            None => false,
+        };
+        Ok(Address::Tcp(if has_port { host.to_string() } else { format!("{host}:80") }))
+    }
+}
+
+/// The daemon to talk to, and the token to show it (TCP only: the socket's mode is its guard).
+#[derive(Clone, Debug)]
+pub struct Daemon {
+    pub address: Address,
+    pub token: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot reach the daemon at {}", socket.display())]
-    Connect { socket: PathBuf, source: io::Error },
-    #[error("talking to the daemon at {}", socket.display())]
-    Io { socket: PathBuf, source: io::Error },
-    #[error("the daemon at {} closed the connection before the response was complete", socket.display())]
-    Truncated { socket: PathBuf },
-    #[error("the daemon at {} sent a malformed response: {what}", socket.display())]
-    Malformed { socket: PathBuf, what: String },
+    #[error("cannot reach the daemon at {daemon}")]
+    Connect { daemon: Address, source: io::Error },
+    #[error("talking to the daemon at {daemon}")]
+    Io { daemon: Address, source: io::Error },
+    #[error("the daemon at {daemon} closed the connection before the response was complete")]
+    Truncated { daemon: Address },
+    #[error("the daemon at {daemon} sent a malformed response: {what}")]
+    Malformed { daemon: Address, what: String },
+}
+
+/// A connection to the daemon, over either transport.
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+        }
+    }
 }
 
 /// A request to send: the target is sent exactly as given (the daemon checks names, not the client).
@@ -49,9 +131,9 @@ pub struct Whole {
 }
 
 struct Body {
-    reader: BufReader<io::Chain<Cursor<Vec<u8>>, UnixStream>>,
+    reader: BufReader<io::Chain<Cursor<Vec<u8>>, Conn>>,
     framing: Framing,
-    socket: PathBuf,
+    daemon: Address,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -64,15 +146,23 @@ enum Framing {
 }
 
 /// Connect, send the request, and read the response head.
-pub fn send(socket: &Path, req: &Request) -> Result<Response, HttpError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| HttpError::Connect { socket: socket.into(), source })?;
-    let io_err = |source| HttpError::Io { socket: socket.into(), source };
+pub fn send(daemon: &Daemon, req: &Request) -> Result<Response, HttpError> {
+    let address = &daemon.address;
+    let connect_err = |source| HttpError::Connect { daemon: address.clone(), source };
+    let (mut stream, host) = match address {
+        Address::Socket(path) => (Conn::Unix(UnixStream::connect(path).map_err(connect_err)?), "localhost"),
+        Address::Tcp(host) => (Conn::Tcp(TcpStream::connect(host.as_str()).map_err(connect_err)?), host.as_str()),
+    };
+    let io_err = |source| HttpError::Io { daemon: address.clone(), source };
     let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: taskcell/{}\r\nConnection: close\r\n",
+        "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: taskcell/{}\r\nConnection: close\r\n",
         req.method,
         req.target,
         env!("CARGO_PKG_VERSION")
     );
+    if let (Address::Tcp(_), Some(token)) = (address, &daemon.token) {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
     if let Some(ct) = req.content_type {
         head.push_str(&format!("Content-Type: {ct}\r\n"));
     }
@@ -83,25 +173,25 @@ pub fn send(socket: &Path, req: &Request) -> Result<Response, HttpError> {
     let sent = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(req.body));
     // A daemon that refuses a request early (413 as soon as the head announces too large a body) answers and
     // closes before it has read everything: its answer says more than our broken pipe, so read it first.
-    match (read_head(stream, socket), sent) {
+    match (read_head(stream, address), sent) {
         (Ok(r), _) => Ok(r),
         (Err(_), Err(e)) => Err(io_err(e)),
         (Err(e), Ok(())) => Err(e),
     }
 }
 
-fn read_head(mut stream: UnixStream, socket: &Path) -> Result<Response, HttpError> {
-    let malformed = |what: String| HttpError::Malformed { socket: socket.into(), what };
+fn read_head(mut stream: Conn, daemon: &Address) -> Result<Response, HttpError> {
+    let malformed = |what: String| HttpError::Malformed { daemon: daemon.clone(), what };
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(HttpError::Io { socket: socket.into(), source }),
+            Err(source) => return Err(HttpError::Io { daemon: daemon.clone(), source }),
         };
         if n == 0 {
-            return Err(HttpError::Truncated { socket: socket.into() });
+            return Err(HttpError::Truncated { daemon: daemon.clone() });
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -117,7 +207,7 @@ fn read_head(mut stream: UnixStream, socket: &Path) -> Result<Response, HttpErro
                 let framing = framing(status, &headers).map_err(malformed)?;
                 let rest = buf.split_off(len);
                 let reader = BufReader::new(Cursor::new(rest).chain(stream));
-                return Ok(Response { status, body: Body { reader, framing, socket: socket.into() } });
+                return Ok(Response { status, body: Body { reader, framing, daemon: daemon.clone() } });
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(malformed(format!("a head over {MAX_HEAD} bytes"))),
             Ok(httparse::Status::Partial) => {}
@@ -223,7 +313,7 @@ impl Body {
         let mut line = Vec::new();
         let n = (&mut self.reader).take(MAX_CHUNK_LINE).read_until(b'\n', &mut line).map_err(|e| self.io(e))?;
         if n == 0 {
-            return Err(HttpError::Truncated { socket: self.socket.clone() });
+            return Err(HttpError::Truncated { daemon: self.daemon.clone() });
         }
         if !line.ends_with(b"\n") {
             return Err(self.malformed(format!("a chunk line over {MAX_CHUNK_LINE} bytes")));
@@ -237,20 +327,21 @@ impl Body {
 
     fn io(&self, e: io::Error) -> HttpError {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            HttpError::Truncated { socket: self.socket.clone() }
+            HttpError::Truncated { daemon: self.daemon.clone() }
         } else {
-            HttpError::Io { socket: self.socket.clone(), source: e }
+            HttpError::Io { daemon: self.daemon.clone(), source: e }
         }
     }
 
     fn malformed(&self, what: String) -> HttpError {
-        HttpError::Malformed { socket: self.socket.clone(), what }
+        HttpError::Malformed { daemon: self.daemon.clone(), what }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::thread;
 
     /// A one-shot server on a socket in a temporary directory: reads the request head, writes `answer`.
@@ -274,8 +365,12 @@ mod tests {
         (path, server)
     }
 
+    fn at(path: &Path) -> Daemon {
+        Daemon { address: Address::Socket(path.to_path_buf()), token: Some("never-sent".into()) }
+    }
+
     fn get(path: &Path) -> Result<Whole, HttpError> {
-        send(path, &Request { method: "GET", target: "/v1/x", content_type: None, body: b"" })?.whole()
+        send(&at(path), &Request { method: "GET", target: "/v1/x", content_type: None, body: b"" })?.whole()
     }
 
     #[test]
@@ -286,6 +381,8 @@ mod tests {
         let req = String::from_utf8(server.join().unwrap()).unwrap();
         assert!(req.starts_with("GET /v1/x HTTP/1.1\r\n"), "{req}");
         assert!(req.contains("Connection: close\r\n") && !req.contains("Content-Length"), "{req}");
+        // The socket's mode guards it: a token goes over TCP only.
+        assert!(!req.contains("Authorization"), "{req}");
         let _ = std::fs::remove_file(&path);
     }
 
@@ -293,7 +390,7 @@ mod tests {
     fn chunked_body_piece_by_piece() {
         let (path, server) =
             serve(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nTrailer: t\r\n\r\n");
-        let mut r = send(&path, &Request { method: "GET", target: "/v1/logs", content_type: None, body: b"" }).unwrap();
+        let mut r = send(&at(&path), &Request { method: "GET", target: "/v1/logs", content_type: None, body: b"" }).unwrap();
         assert_eq!(r.next_piece().unwrap(), Some(b"abc".to_vec()));
         assert_eq!(r.next_piece().unwrap(), Some(b"de".to_vec()));
         assert_eq!(r.next_piece().unwrap(), None);
@@ -305,7 +402,7 @@ mod tests {
     #[test]
     fn a_cut_chunked_stream_is_truncated() {
         let (path, server) = serve(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
-        let mut r = send(&path, &Request { method: "GET", target: "/v1/logs", content_type: None, body: b"" }).unwrap();
+        let mut r = send(&at(&path), &Request { method: "GET", target: "/v1/logs", content_type: None, body: b"" }).unwrap();
         assert_eq!(r.next_piece().unwrap(), Some(b"abc".to_vec()));
         server.join().unwrap();
         assert!(matches!(r.next_piece(), Err(HttpError::Truncated { .. })));
@@ -334,7 +431,7 @@ mod tests {
     #[test]
     fn posts_carry_their_length() {
         let (path, server) = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        let r = send(&path, &Request { method: "POST", target: "/v1/t", content_type: Some("application/json"), body: b"" })
+        let r = send(&at(&path), &Request { method: "POST", target: "/v1/t", content_type: Some("application/json"), body: b"" })
             .unwrap()
             .whole()
             .unwrap();
@@ -342,6 +439,17 @@ mod tests {
         let req = String::from_utf8(server.join().unwrap()).unwrap();
         assert!(req.contains("Content-Length: 0\r\n") && req.contains("Content-Type: application/json\r\n"), "{req}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn urls_name_a_host_and_port() {
+        assert_eq!(Address::from_url("http://127.0.0.1:8080"), Ok(Address::Tcp("127.0.0.1:8080".into())));
+        assert_eq!(Address::from_url("http://node-1.example/"), Ok(Address::Tcp("node-1.example:80".into())));
+        assert_eq!(Address::from_url("http://[::1]:9"), Ok(Address::Tcp("[::1]:9".into())));
+        assert_eq!(Address::from_url("http://[::1]"), Ok(Address::Tcp("[::1]:80".into())));
+        for bad in ["https://x:1", "x:1", "http://", "http://x:1/v1", "http://u@x:1", "http://x y:1"] {
+            assert!(Address::from_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The command line for people, as Auth0's `wt` was for Webtasks: `deploy`, `call`, `tasks`, `rm`, `logs` and
-//! `health`, each one request to a running daemon over its socket.
+//! `health`, each one request to a running daemon over its socket, or over TCP with `--url` and `--token`.
 //!
 //! This module owns the commands' arguments, the requests they make and their exit statuses (0 done, 1 the
 //! daemon refused or could not be reached, 2 a usage error); the wire is `http`, the human forms are `render`.
@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::args::{ArgError, Flags};
-use http::{HttpError, Request, Whole};
+use http::{Address, Daemon, HttpError, Request, Whole};
 use render::Paint;
 
 /// Where the daemon listens unless `--socket` or `$TASKCELL_SOCKET` says otherwise (the unit's socket).
@@ -82,6 +82,8 @@ const COMMANDS: &[Command] = &[
 ];
 
 const OPTIONS: &str = "    --socket PATH   the daemon's socket (default: $TASKCELL_SOCKET, else /run/taskcell/taskcell.sock)
+    --url URL       a node's TCP listener instead, http://HOST:PORT (default: $TASKCELL_URL, if set)
+    --token TOKEN   the bearer token for --url (default: $TASKCELL_TOKEN; make one with taskcell token)
     --json          print the daemon's JSON answer exactly as received (logs: its NDJSON lines)";
 
 pub fn is_command(name: &str) -> bool {
@@ -100,7 +102,10 @@ pub fn usage() -> String {
 }
 
 fn command_usage(c: &Command) -> String {
-    format!("usage: taskcell {} [--socket PATH] [--json] {}\n  {}\n  options:\n{OPTIONS}", c.name, c.args, c.about)
+    format!(
+        "usage: taskcell {} [--socket PATH | --url URL --token TOKEN] [--json] {}\n  {}\n  options:\n{OPTIONS}",
+        c.name, c.args, c.about
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +134,7 @@ enum CliError {
 }
 
 struct Options {
-    socket: PathBuf,
+    daemon: Daemon,
     json: bool,
     args: Vec<String>,
     /// `deploy --model M --timeout-ms N`: the task's settings (the daemon checks them).
@@ -140,10 +145,12 @@ struct Options {
 fn parse(c: &Command, raw: Vec<String>) -> Result<Options, CliError> {
     let mut flags = Flags::new(raw);
     let (mut socket, mut json, mut args) = (None, false, Vec::new());
-    let (mut model, mut timeout_ms) = (None, None);
+    let (mut model, mut timeout_ms, mut url, mut token) = (None, None, None, None);
     while let Some((flag, inline)) = flags.next_flag() {
         match flag.as_str() {
             "--socket" => socket = Some(PathBuf::from(flags.value(&flag, inline)?)),
+            "--url" => url = Some(flags.value(&flag, inline)?),
+            "--token" => token = Some(flags.value(&flag, inline)?),
             "--model" if c.name == "deploy" => model = Some(flags.value(&flag, inline)?),
             "--timeout-ms" if c.name == "deploy" => timeout_ms = Some(flags.value(&flag, inline)?),
             "--json" if inline.is_none() => json = true,
@@ -159,10 +166,21 @@ fn parse(c: &Command, raw: Vec<String>) -> Result<Options, CliError> {
         let given = if args.is_empty() { "none".to_string() } else { format!("{args:?}") };
         return Err(CliError::Usage(format!("expects {want}; given {given}")));
     }
-    let socket = socket
-        .or_else(|| std::env::var_os("TASKCELL_SOCKET").filter(|s| !s.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    Ok(Options { socket, json, args, model, timeout_ms })
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let address = match (socket, url) {
+        (Some(_), Some(_)) => return Err(CliError::Usage("--socket and --url name two daemons: give one".into())),
+        (Some(path), None) => Address::Socket(path),
+        (None, Some(url)) => Address::from_url(&url).map_err(|why| CliError::Usage(format!("--url {url:?}: {why}")))?,
+        (None, None) => match (env("TASKCELL_URL"), env("TASKCELL_SOCKET")) {
+            (Some(url), _) => Address::from_url(&url).map_err(|why| CliError::Usage(format!("TASKCELL_URL {url:?}: {why}")))?,
+            (None, socket) => Address::Socket(PathBuf::from(socket.as_deref().unwrap_or(DEFAULT_SOCKET))),
+        },
+    };
+    let token = token.or_else(|| env("TASKCELL_TOKEN"));
+    if token.as_deref().is_some_and(|t| t.bytes().any(|b| b <= b' ' || b == 0x7f)) {
+        return Err(CliError::Usage("the token holds a space or control character: it is not a token".into()));
+    }
+    Ok(Options { daemon: Daemon { address, token }, json, args, model, timeout_ms })
 }
 
 pub fn main(name: &str, raw: Vec<String>) -> ExitCode {
@@ -193,7 +211,11 @@ fn report(c: &Command, e: CliError) -> ExitCode {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
-    if let CliError::Http(HttpError::Connect { source, .. }) = &e {
+    if let CliError::Http(HttpError::Connect { source, daemon: Address::Tcp(_) }) = &e {
+        if source.kind() == io::ErrorKind::ConnectionRefused {
+            text.push_str("\n(is `taskcell serve --listen-tcp` running there? --url or TASKCELL_URL names another node)");
+        }
+    } else if let CliError::Http(HttpError::Connect { source, .. }) = &e {
         text.push_str(match source.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
                 "\n(is `taskcell serve` running there? --socket PATH or TASKCELL_SOCKET names another socket)"
@@ -201,6 +223,13 @@ fn report(c: &Command, e: CliError) -> ExitCode {
             io::ErrorKind::PermissionDenied => "\n(the socket is mode 0660: run as its owner or a member of its group)",
             _ => "",
         });
+    }
+    if let CliError::Server { kind, .. } = &e {
+        if kind == "unauthorized" {
+            text.push_str(
+                "\n(a node's TCP listener needs a valid token in --token or TASKCELL_TOKEN; an operator makes one with taskcell token)",
+            );
+        }
     }
     if let CliError::InputNotJson { from: "argument", .. } = &e {
         text.push_str("\n(quote JSON for the shell: taskcell call acme greet '{\"name\": \"Ada\"}'; strings too: '\"Ada\"')");
@@ -395,7 +424,7 @@ fn logs(o: &Options) -> Result<(), CliError> {
         Some(t) => format!("/v1/logs?tenant={t}"),
         None => "/v1/logs".to_string(),
     };
-    let mut r = http::send(&o.socket, &Request { method: "GET", target: &target, content_type: None, body: b"" })?;
+    let mut r = http::send(&o.daemon, &Request { method: "GET", target: &target, content_type: None, body: b"" })?;
     if r.status != 200 {
         // An error (503 when the daemon has too many subscribers) comes with a body of known length.
         return answer(o, &r.whole()?);
@@ -459,7 +488,7 @@ fn event(stdout: &mut impl Write, paint: Paint, line: &[u8]) -> Result<(), CliEr
 /// Send a request and read the whole answer; print it as received with `--json`; an error status becomes
 /// `CliError::Server` (its logs printed first, as the task wrote them before it failed).
 fn exchange(o: &Options, req: &Request) -> Result<Whole, CliError> {
-    let r = http::send(&o.socket, req)?.whole()?;
+    let r = http::send(&o.daemon, req)?.whole()?;
     answer(o, &r)?;
     Ok(r)
 }
@@ -547,7 +576,12 @@ mod tests {
     #[test]
     fn flags_and_arguments() {
         let o = parse(cmd("call"), args(&["--socket=/s", "acme", "--json", "greet", "-1"])).unwrap();
-        assert_eq!((o.socket, o.json, o.args), (PathBuf::from("/s"), true, args(&["acme", "greet", "-1"])));
+        assert_eq!((o.daemon.address, o.json, o.args), (Address::Socket("/s".into()), true, args(&["acme", "greet", "-1"])));
+        let o = parse(cmd("tasks"), args(&["--url", "http://127.0.0.1:7", "--token=t.k.n", "acme"])).unwrap();
+        assert_eq!((o.daemon.address, o.daemon.token.as_deref()), (Address::Tcp("127.0.0.1:7".into()), Some("t.k.n")));
+        assert!(matches!(parse(cmd("tasks"), args(&["--url", "http://x:1", "--socket", "/s", "acme"])), Err(CliError::Usage(_))));
+        assert!(matches!(parse(cmd("tasks"), args(&["--url", "https://x:1", "acme"])), Err(CliError::Usage(_))));
+        assert!(matches!(parse(cmd("tasks"), args(&["--token", "a b", "acme"])), Err(CliError::Usage(_))));
         let o = parse(cmd("call"), args(&["acme", "greet", "{\"a\":\"b=c\"}"])).unwrap();
         assert_eq!(o.args[2], "{\"a\":\"b=c\"}");
         let o = parse(cmd("deploy"), args(&["--socket", "/s", "--", "acme", "greet", "--weird"])).unwrap();
