@@ -1,4 +1,5 @@
-//! An HTTP/1.1 client over a Unix stream socket: one connection, keep-alive, one request at a time.
+//! An HTTP/1.1 client over a Unix stream socket (or a TCP connection, for a node's `--listen-tcp`): one
+//! connection, keep-alive, one request at a time.
 //!
 //! Responses are framed by `Content-Length` ([`Client::read_response`]); a chunked stream (the log stream) is
 //! read head first and then chunk by chunk ([`Client::read_stream_head`], [`Client::read_chunk`]). Raw bytes can
@@ -9,6 +10,7 @@
 //! The parsing is in pure functions over bytes ([`parse_head`], [`parse_chunk`]), unit-tested on canned input.
 
 use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -162,9 +164,38 @@ pub fn encode(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -
     out
 }
 
+/// A client's connection, over either transport.
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(t),
+            Conn::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.write_all(buf),
+            Conn::Tcp(s) => s.write_all(buf),
+        }
+    }
+}
+
 /// One connection.
 pub struct Client {
-    stream: UnixStream,
+    stream: Conn,
     buf: Vec<u8>,
     /// Bytes received on this connection so far.
     received: u64,
@@ -181,13 +212,21 @@ impl Client {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(HANG))?;
         stream.set_write_timeout(Some(HANG))?;
-        Ok(Client { stream, buf: Vec::new(), received: 0 })
+        Ok(Client { stream: Conn::Unix(stream), buf: Vec::new(), received: 0 })
+    }
+
+    /// Connect over TCP, with reads and writes that time out after [`HANG`]; panics saying to what.
+    pub fn connect_tcp(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(HANG)).expect("set the read timeout");
+        stream.set_write_timeout(Some(HANG)).expect("set the write timeout");
+        Client { stream: Conn::Tcp(stream), buf: Vec::new(), received: 0 }
     }
 
     /// A client on a stream connected elsewhere (its reads time out after [`HANG`]).
     pub fn from_stream(stream: UnixStream) -> Client {
         stream.set_read_timeout(Some(HANG)).expect("set the read timeout");
-        Client { stream, buf: Vec::new(), received: 0 }
+        Client { stream: Conn::Unix(stream), buf: Vec::new(), received: 0 }
     }
 
     /// How long a read may block from now on.
@@ -195,8 +234,12 @@ impl Client {
         self.stream.set_read_timeout(Some(t)).expect("set the read timeout");
     }
 
+    /// The Unix stream of a client made with `connect` or `from_stream` (panics for a TCP one).
     pub fn stream(&self) -> &UnixStream {
-        &self.stream
+        match &self.stream {
+            Conn::Unix(s) => s,
+            Conn::Tcp(_) => panic!("a TCP client has no Unix stream"),
+        }
     }
 
     /// Send a request and read its response; panics on a hang or a broken connection.
