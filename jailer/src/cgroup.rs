@@ -26,6 +26,8 @@ pub enum CgroupError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("writing {value:?} to {path}")]
     Write { path: PathBuf, value: String, source: std::io::Error },
+    #[error("opening {path}")]
+    Open { path: PathBuf, source: std::io::Error },
     #[error("creating cgroup {path}")]
     Create { path: PathBuf, source: std::io::Error },
     #[error("removing cgroup {path}")]
@@ -230,6 +232,29 @@ impl Cgroup {
             return None;
         }
         fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(&self.dirs[0]).ok().map(std::os::fd::OwnedFd::from)
+    }
+
+    /// On v1, the `tasks` file of the sandbox's directory in each hierarchy, opened for writing (close-on-exec,
+    /// lifted to 10 and above), for the child to join by writing "0" to each (`child/cgroup.rs`); empty on v2.
+    ///
+    /// Why the child and `tasks`: writing a pid to `cgroup.procs` moves a whole thread group, for which the
+    /// kernel write-locks the global cgroup threadgroup rwsem, which waits for an RCU grace period (5-15 ms
+    /// here) while holding cgroup_mutex, so that concurrent spawns (and every cgroup mkdir and rmdir) queue
+    /// behind it. A thread moving itself through `tasks` cannot exit or exec meanwhile, and the kernel skips
+    /// that lock (`cgroup_procs_write_start`: pid 0, one thread); the child is single-threaded, so its thread
+    /// is the whole process. The kernel checks the opener's credentials (ours, root), not the writer's.
+    pub fn join_files(&self) -> Result<Vec<std::os::fd::OwnedFd>, CgroupError> {
+        use std::os::fd::AsFd;
+        if self.v2 {
+            return Ok(Vec::new());
+        }
+        let mut files = Vec::new();
+        for dir in &self.dirs {
+            let path = dir.join("tasks");
+            let file = fs::OpenOptions::new().write(true).open(&path).map_err(|source| CgroupError::Open { path: path.clone(), source })?;
+            files.push(crate::plan::lift(file.as_fd()).map_err(|source| CgroupError::Open { path, source })?);
+        }
+        Ok(files)
     }
 
     /// Move `pid` (and so everything it will start) into this cgroup.

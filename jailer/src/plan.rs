@@ -2,7 +2,7 @@
 //! the pipes.
 //!
 //! Parent side, before the fork, and free to allocate: every C string (argv, the fixed minimal envp), the
-//! rlimits, the stdio and socket descriptors lifted to 10 and above (so that moving them to 0-4 in the child
+//! rlimits, the stdio, socket and cgroup descriptors lifted to 10 and above (so that moving them to 0-4 in the child
 //! can never overwrite one another), and references to what is prepared once per jailer (the mount plan, the
 //! init program, the namespace limits). The child ([`crate::child`]) only borrows it, and allocates nothing.
 
@@ -32,6 +32,9 @@ pub(crate) struct ChildPlan<'a> {
     pub(crate) init: BorrowedFd<'a>,
     pub(crate) ns_limits: &'a NamespaceLimits,
     pub(crate) slice_ns: Option<u64>,
+    /// On cgroup v1, the sandbox cgroup's `tasks` file in each hierarchy, which the child writes "0" to
+    /// (see [`crate::cgroup::Cgroup::join_files`]) and closes at once; empty when it is placed otherwise.
+    pub(crate) cgroup_tasks: Vec<OwnedFd>,
 }
 
 /// What a [`ChildPlan`] borrows from its jailer: prepared once, the same for every sandbox.
@@ -44,7 +47,7 @@ pub(crate) struct Shared<'a> {
 }
 
 impl<'a> ChildPlan<'a> {
-    pub(crate) fn new(shared: Shared<'a>, spec: SandboxSpec) -> Result<ChildPlan<'a>, JailError> {
+    pub(crate) fn new(shared: Shared<'a>, spec: SandboxSpec, cgroup_tasks: Vec<OwnedFd>) -> Result<ChildPlan<'a>, JailError> {
         if spec.argv.is_empty() {
             return Err(JailError::NoCommand);
         }
@@ -94,6 +97,7 @@ impl<'a> ChildPlan<'a> {
             init: shared.init,
             ns_limits: shared.ns_limits,
             slice_ns: config.slice_ns,
+            cgroup_tasks,
         })
     }
 }

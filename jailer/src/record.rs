@@ -16,6 +16,7 @@ pub(crate) const LEN: usize = 12;
 pub enum Step {
     DeathSignal,
     AwaitParent,
+    JoinCgroup,
     BecomeUser,
     CgroupNamespace,
     Mount(MountStepCode),
@@ -63,14 +64,16 @@ impl Step {
             Step::Init => 16,
             Step::InitExec => 17,
             Step::NamespaceLimits => 18,
+            Step::JoinCgroup => 19,
         };
         (n, 0)
     }
 
     fn from_code(code: u32, sub: u32) -> Step {
-        const ALL: [Step; 17] = [
+        const ALL: [Step; 18] = [
             Step::DeathSignal,
             Step::AwaitParent,
+            Step::JoinCgroup,
             Step::BecomeUser,
             Step::CgroupNamespace,
             Step::Hostname,
@@ -99,6 +102,7 @@ impl std::fmt::Display for Step {
         let text = match self {
             Step::DeathSignal => "PR_SET_PDEATHSIG",
             Step::AwaitParent => "waiting for the parent",
+            Step::JoinCgroup => "joining the sandbox's cgroup",
             Step::BecomeUser => "setresuid/setresgid to the sandbox user",
             Step::CgroupNamespace => "unshare(CLONE_NEWCGROUP)",
             Step::Mount(code) => MountStep::from_code(*code).map_or("mount", MountStep::describe),

@@ -3,8 +3,9 @@
 //! The parent prepares everything (the cgroup with its limits, then the [`crate::plan`]: paths, argv, envp,
 //! descriptors) and clones the child ([`crate::child`]) into new user, mount, network, PID, IPC and UTS
 //! namespaces. The child runs the one ordered recipe, which makes only system calls, while the parent writes
-//! its maps, moves it into its cgroup, releases it and reads its status pipe: a fixed-size failure record
-//! ([`crate::record`]) or end-of-file, which means `execve` succeeded.
+//! its maps, moves it into its cgroup (unless it was born there, or joins it itself on v1), releases it and
+//! reads its status pipe: a fixed-size failure record ([`crate::record`]) or end-of-file, which means
+//! `execve` succeeded.
 //!
 //! docs/jailer.md lists the same steps in the same order.
 
@@ -168,7 +169,7 @@ impl Jailer {
         user::check_no_groups()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let limits = spec.limits.clone().unwrap_or_else(|| self.config.limits.clone());
-        // The cgroup exists, limited, before the child does: it joins before running a line of its own code.
+        // The cgroup exists, limited, before the child does: it is in it before it runs a line of the sandbox's.
         let cgroup = self.cgroups.sandbox(&format!("sb-{n}"), &limits)?;
         let shared = Shared {
             config: &self.config,
@@ -177,7 +178,15 @@ impl Jailer {
             ns_limits: &self.ns_limits,
             last_cap: self.last_cap,
         };
-        let plan = ChildPlan::new(shared, spec)?;
+        // On v1 the child joins the cgroup itself (see `Cgroup::join_files`); on v2 it is born there.
+        let cgroup_tasks = match cgroup.join_files() {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        let plan = ChildPlan::new(shared, spec, cgroup_tasks)?;
         // The child's ends lifted to 10 and above, as every descriptor it is given: none can sit where the child
         // moves its stdio, socket and init program (0-4).
         let (go_r, go_w) = pipe()?;
@@ -198,7 +207,8 @@ impl Jailer {
         // The child's ends: ours must be closed so that end-of-file means what it should on both sides.
         drop((go_r, status_w, exit_w));
         let mut sandbox = Sandbox { pid, host_uid: 0, pidfd, exit_report: exit_r, cgroup: Some(cgroup), exit: None };
-        let outcome = self.finish_parent_side(go_w, status_r, &mut sandbox, born_in_cgroup);
+        let placed = born_in_cgroup || !plan.cgroup_tasks.is_empty();
+        let outcome = self.finish_parent_side(go_w, status_r, &mut sandbox, placed);
         drop(plan);
         match outcome {
             Ok(()) => Ok(sandbox),
@@ -210,7 +220,8 @@ impl Jailer {
         }
     }
 
-    fn finish_parent_side(&self, go_w: OwnedFd, status_r: OwnedFd, sandbox: &mut Sandbox, born_in_cgroup: bool) -> Result<(), JailError> {
+    /// `placed`: the child was born in its cgroup or joins it itself; otherwise the parent moves it there.
+    fn finish_parent_side(&self, go_w: OwnedFd, status_r: OwnedFd, sandbox: &mut Sandbox, placed: bool) -> Result<(), JailError> {
         let host = user::host_id(self.config.uid_base, sandbox.pid)?;
         sandbox.host_uid = host;
         user::write_maps(sandbox.pid, host)?;
@@ -218,7 +229,7 @@ impl Jailer {
             let path = format!("/proc/{}/oom_score_adj", sandbox.pid);
             std::fs::write(&path, adj.to_string()).map_err(|source| JailError::Os { what: "writing oom_score_adj", source })?;
         }
-        if !born_in_cgroup {
+        if !placed {
             sandbox.cgroup.as_ref().expect("set above").attach(sandbox.pid)?;
         }
         // Release the child, then learn whether it reached execve.

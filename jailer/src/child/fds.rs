@@ -7,9 +7,10 @@ use super::check;
 use crate::pid::INIT_FD;
 use crate::plan::{ChildPipes, ChildPlan};
 
-/// Close every descriptor but the pipes and the ones the sandbox will be given (stdio, socket, the init).
+/// Close every descriptor but the pipes, the ones the sandbox will be given (stdio, socket, the init) and the
+/// cgroup `tasks` files that the next steps write and close (v1 has three hierarchies: memory, pids, cpu).
 pub(super) fn close_inherited(plan: &ChildPlan, pipes: &ChildPipes) -> Result<(), i32> {
-    let mut keep = [-1 as RawFd; 8];
+    let mut keep = [-1 as RawFd; 11];
     keep[0] = pipes.go;
     keep[1] = pipes.status;
     keep[2] = pipes.exit;
@@ -24,6 +25,9 @@ pub(super) fn close_inherited(plan: &ChildPlan, pipes: &ChildPipes) -> Result<()
         keep[6] = sock.as_raw_fd();
     }
     keep[7] = plan.init.as_raw_fd();
+    for (slot, fd) in keep[8..].iter_mut().zip(&plan.cgroup_tasks) {
+        *slot = fd.as_raw_fd();
+    }
     keep.sort_unstable();
     let mut from: RawFd = 0;
     for fd in keep {

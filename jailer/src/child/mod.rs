@@ -1,7 +1,7 @@
 //! The child's side of the fork: everything that runs between `clone` and `execve`.
 //!
 //! [`clone_child`] is the only way in. In the child it runs [`recipe`], the ordered steps of making a
-//! sandbox, and the helpers below, one file per concern (`pid`, `sync`, `fds`, `user`, `mount`, `net`,
+//! sandbox, and the helpers below, one file per concern (`pid`, `sync`, `fds`, `cgroup`, `user`, `mount`, `net`,
 //! `rlimit`, `sched`, `caps`, `seccomp`). The child is a copy of a threaded process: another thread may have
 //! held the allocator's or any other lock at the moment of the fork, so nothing here allocates, locks or
 //! logs. Only system calls on what the parent prepared ([`ChildPlan`], [`ChildPipes`], the mount plan) and on
@@ -12,6 +12,7 @@
 //! the same order as [`recipe`].
 
 mod caps;
+mod cgroup;
 mod fds;
 mod mount;
 mod net;
@@ -110,8 +111,13 @@ fn recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i32)> {
     // Let go of every descriptor of the supervisor's that the sandbox does not need (its listening socket,
     // its state-directory lock, other sandboxes' pipes): a dying child must not hold them even for a moment.
     fds::close_inherited(plan, pipes).map_err(|e| (Step::Descriptors, e))?;
-    // Wait for the parent to write our uid/gid maps and move us into our cgroup (EOF: the parent is gone).
+    // Wait for the parent to write our uid/gid maps (and, on v2 without clone3, move us into our cgroup);
+    // EOF: the parent is gone.
     sync::await_parent(pipes).map_err(|e| (Step::AwaitParent, e))?;
+    // On cgroup v1, move into our cgroup ourselves, through the `tasks` files the parent opened, before any
+    // step that allocates: the kernel then skips the global lock and RCU grace period that moving another
+    // process costs (see `Cgroup::join_files`). Those descriptors are closed here.
+    cgroup::join(plan).map_err(|e| (Step::JoinCgroup, e))?;
     // Take on the mapped uid/gid 1000 before creating any file (unmapped ids cannot own files).
     user::become_sandbox_user().map_err(|e| (Step::BecomeUser, e))?;
     // Changing uid cleared the death signal: set it again, then make sure the parent did not die meanwhile.
