@@ -9,8 +9,10 @@
 //! where a cgroup with processes cannot also have controllers enabled for its children, so on v2 the jailer moves
 //! itself into `OWN/taskcell-supervisor` first (systemd's `Delegate=yes` makes OWN ours to arrange).
 //!
-//! Parent side only: the sandbox joins its cgroup before it runs any code of its own (the parent writes its pid
-//! while the child waits), and the child then makes a cgroup namespace rooted there.
+//! Parent side, but for one write: the sandbox is in its cgroup before it runs any code of its own. On v2 it is
+//! born there (clone3's CLONE_INTO_CGROUP), or the parent writes its pid while the child waits; on v1 the child
+//! writes "0" to the `tasks` files the parent opened for it ([`Cgroup::join_files`], `child/cgroup.rs`), which
+//! spares the kernel's global threadgroup lock. The child then makes a cgroup namespace rooted there.
 //!
 //! Files are written directly rather than through cgroups-rs: the jailer needs a handful of files on either
 //! version (limits, `cgroup.procs`, `cgroup.kill`, the OOM-kill counters) and exact control of the order.

@@ -114,9 +114,10 @@ fn recipe(plan: &ChildPlan, pipes: &ChildPipes) -> Result<Never, (Step, i32)> {
     // Wait for the parent to write our uid/gid maps (and, on v2 without clone3, move us into our cgroup);
     // EOF: the parent is gone.
     sync::await_parent(pipes).map_err(|e| (Step::AwaitParent, e))?;
-    // On cgroup v1, move into our cgroup ourselves, through the `tasks` files the parent opened, before any
-    // step that allocates: the kernel then skips the global lock and RCU grace period that moving another
-    // process costs (see `Cgroup::join_files`). Those descriptors are closed here.
+    // On cgroup v1, move into our cgroup ourselves, through the `tasks` files the parent opened, before any step
+    // that makes something the cgroup should be charged for: a thread moving itself spares the kernel's global
+    // lock and RCU grace period that moving another process costs (see `Cgroup::join_files`). Those descriptors
+    // are closed here.
     cgroup::join(plan).map_err(|e| (Step::JoinCgroup, e))?;
     // Take on the mapped uid/gid 1000 before creating any file (unmapped ids cannot own files).
     user::become_sandbox_user().map_err(|e| (Step::BecomeUser, e))?;
