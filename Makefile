@@ -3,7 +3,7 @@ CARGO ?= cargo
 ROOTFS := target/rootfs
 BIN := target/release/taskcell
 
-.PHONY: all build rootfs run test bench bench-quick clean
+.PHONY: all build rootfs run test cluster-test bench bench-quick clean
 
 all: build rootfs
 
@@ -25,6 +25,10 @@ run: all
 # Needs root (namespaces, cgroups): .ci/run runs it as root.
 test: all
 	$(CARGO) test --release --workspace -- --test-threads=4
+
+# Many nodes on one machine (three daemons behind HAProxy; needs the haproxy package): part of `make test` too.
+cluster-test: all
+	$(CARGO) test --release --test cluster -- --nocapture
 
 bench: all
 	$(CARGO) run --release -p taskcell-bench -- --taskcell $(BIN)
