@@ -4,7 +4,8 @@
 //! exactly the isolation tenants get (see `jail`); `deploy`, `call`, `tasks`, `rm`, `logs` and `health` are the
 //! command line for people, talking to a running daemon over its socket (see `cli`); `modules` installs the
 //! operator's npm modules that `serve --modules` hands to tenant code (see `modules`); `token` makes the bearer
-//! tokens of a node's TCP listener (see `token`).
+//! tokens of a node's TCP listener (see `token`); `log-hub` is the hub that carries every node's log events to
+//! every node's `/v1/logs` (the runtime library's `daemon::log_hub`).
 
 mod cli;
 mod jail;
@@ -21,7 +22,8 @@ const USAGE: &str = "usage:
                  [--timeout-ms N] [--memory BYTES] [--pids N]
   taskcell jail [--memory BYTES] [--pids N] [--bind-ro HOST:INSIDE]... [--rootfs DIR] -- CMD [ARGS...]
   taskcell modules add|list|remove --dir DIR [NAME@VERSION...]   (taskcell modules --help)
-  taskcell token --tenant TENANT|'*' --ttl DURATION [--key FILE]   (a bearer token for serve --listen-tcp)";
+  taskcell token --tenant TENANT|'*' --ttl DURATION [--key FILE]   (a bearer token for serve --listen-tcp)
+  taskcell log-hub --in tcp://HOST:PORT --out tcp://HOST:PORT   (live logs across nodes: serve --log-hub-in/-out)";
 
 fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         Some("serve") => daemon::main(argv.collect()),
         Some("modules") => modules::main(argv.collect()),
         Some("token") => token::main(argv.collect()),
+        Some("log-hub") => daemon::log_hub::hub_main(argv.collect()),
         Some(cmd) if cli::is_command(cmd) => cli::main(cmd, argv.collect()),
         Some("-h") | Some("--help") | Some("help") => {
             println!("{USAGE}\n\n{}", cli::usage());

@@ -83,6 +83,27 @@ pub fn dropped_line(count: u64) -> Vec<u8> {
     line
 }
 
+/// An event line with this node's name added as its last field, `node`: every line a node streams or hands to
+/// the log hub carries it. `line` is one JSON object and a newline, as `event_line` makes them; a node's name
+/// needs no escaping (`valid_node_name`).
+pub fn with_node(line: &[u8], node: &str) -> Vec<u8> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let Some(open) = body.strip_suffix(b"}") else { return line.to_vec() };
+    let mut out = Vec::with_capacity(line.len() + node.len() + 12);
+    out.extend_from_slice(open);
+    out.extend_from_slice(if open.len() > 1 { b",\"node\":\"" } else { b"\"node\":\"" });
+    out.extend_from_slice(node.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    out
+}
+
+/// The line that tells the hub's subscribers how many of a tenant's events this node could not deliver.
+pub fn hub_dropped_line(tenant: &str, node: &str, count: u64) -> Vec<u8> {
+    let mut line = serde_json::json!({"time": now_rfc3339(), "tenant": tenant, "node": node, "dropped": count}).to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
 pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as i64;
@@ -110,6 +131,17 @@ mod tests {
     #[test]
     fn empty_logs_are_an_empty_array() {
         assert_eq!(Captured::default().finish(), b"[]");
+    }
+
+    #[test]
+    fn the_node_is_added_to_a_line() {
+        let line = with_node(&event_line("acme", None, Some("r1"), "log", "a } \\\" b"), "node-1.x");
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!((v["node"].as_str(), v["message"].as_str(), v["tenant"].as_str()), (Some("node-1.x"), Some("a } \\\" b"), Some("acme")));
+        assert_eq!(with_node(b"{}\n", "n"), b"{\"node\":\"n\"}\n");
+        let v: serde_json::Value = serde_json::from_slice(&hub_dropped_line("acme", "b", 3)).unwrap();
+        assert_eq!((v["dropped"].as_u64(), v["node"].as_str()), (Some(3), Some("b")));
     }
 
     #[test]

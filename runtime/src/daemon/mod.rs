@@ -9,6 +9,7 @@ mod code_cache;
 mod cpus;
 pub mod egress_policy;
 pub mod http;
+pub mod log_hub;
 mod logs;
 mod metrics;
 mod pool_policy;
