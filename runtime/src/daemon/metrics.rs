@@ -35,6 +35,9 @@ pub struct Gauges {
     /// A counter, but kept by the log fan-out, which drops events for slow subscribers.
     pub log_events_dropped: u64,
     pub egress_open: u64,
+    /// With a log hub: this node's events the hub did not get (a counter, kept by the publisher), and whether
+    /// the connection to it is up.
+    pub log_hub: Option<(u64, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -204,6 +207,14 @@ impl Metrics {
         let dropped = "taskcell_log_events_dropped_total";
         family(o, dropped, "counter", "Log events not delivered to a subscriber too slow to keep up.");
         sample(o, dropped, &[], gauges.log_events_dropped);
+        if let Some((hub_dropped, connected)) = gauges.log_hub {
+            let name = "taskcell_log_hub_events_dropped_total";
+            family(o, name, "counter", "This node's log events not delivered to the log hub (unreachable, too slow, queue full).");
+            sample(o, name, &[], hub_dropped);
+            let name = "taskcell_log_hub_connected";
+            family(o, name, "gauge", "1 while the connection to the log hub's input is up.");
+            sample(o, name, &[], connected as u64);
+        }
 
         let name = "taskcell_invocation_duration_seconds";
         family(o, name, "histogram", "Time the daemon spent on an invocation, in seconds.");

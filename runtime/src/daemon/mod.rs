@@ -86,6 +86,10 @@ pub struct Config {
     /// The key that seals tenants' secrets at rest (outside the state directory).
     pub secrets_key: PathBuf,
     pub egress: EgressConfig,
+    /// `--log-hub-in`: the log hub's input, where this node publishes its log events (see `log_hub`).
+    pub log_hub_in: Option<String>,
+    /// `--log-hub-out`: the hub's output, where this node's `/v1/logs` hears every other node's events.
+    pub log_hub_out: Option<String>,
 }
 
 /// The operator's egress settings (`--egress-*`), checked when given.
@@ -145,6 +149,8 @@ impl Default for Config {
             modules: None,
             secrets_key: PathBuf::from("/etc/taskcell/secrets.key"),
             egress: EgressConfig::default(),
+            log_hub_in: None,
+            log_hub_out: None,
         }
     }
 }
@@ -238,6 +244,12 @@ impl Config {
                 let Some(egress_policy::Destination::Name(name)) = egress_policy::Destination::parse(name) else { return Err(bad()) };
                 let ip = egress_policy::parse_ip(ip).ok_or_else(bad)?;
                 self.egress.resolve.insert(name, ip);
+            }
+            "log-hub-in" | "log-hub-out" => {
+                if !log_hub::valid_endpoint(value) || value.ends_with(":*") {
+                    return Err(ArgError::Invalid { flag, value: value.into(), what: "ZeroMQ address (tcp://HOST:PORT)" });
+                }
+                *if key == "log-hub-in" { &mut self.log_hub_in } else { &mut self.log_hub_out } = Some(value.to_string());
             }
             "egress-max-conns" => self.egress.max_conns = args::count(&flag, value)?.max(1) as usize,
             _ => return Err(ArgError::Unknown(flag)),

@@ -108,6 +108,18 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("egress-resolve", "NAME=IP", "none", "egress resolves NAME to IP without asking DNS, like curl --resolve; repeatable"),
     s("egress-max-conns", "N", "32", "egress connections an invocation may open (and at most 64 open at once a sandbox)"),
+    s(
+        "log-hub-in",
+        "tcp://HOST:PORT",
+        "none",
+        "the log hub's input (taskcell log-hub --in): this node publishes its log events there, dropping (counted) what the hub cannot take",
+    ),
+    s(
+        "log-hub-out",
+        "tcp://HOST:PORT",
+        "none",
+        "the log hub's output (taskcell log-hub --out): this node's /v1/logs also streams every other node's events from there",
+    ),
 ];
 
 /// `taskcell serve --help`.
@@ -140,6 +152,7 @@ mod tests {
             "GROUP" => "daemon",
             "ADDR:PORT" => "127.0.0.1:0",
             "NAME" => "node-1.example",
+            "tcp://HOST:PORT" => "tcp://127.0.0.1:5555",
             other => panic!("no example for {other}"),
         }
     }
@@ -165,6 +178,7 @@ mod tests {
         assert!(c.set("node-name", "a b").is_err() && c.set("node-name", "x\r\nY: z").is_err() && c.set("node-name", "").is_err());
         assert!(c.set("listen-tcp", "localhost:80").is_err() && c.set("listen-tcp", "127.0.0.1").is_err());
         c.set("listen-tcp", "[::1]:8080").unwrap();
+        assert!(c.set("log-hub-in", "127.0.0.1:5555").is_err() && c.set("log-hub-out", "tcp://127.0.0.1").is_err());
         let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         let mut sorted = keys.clone();
         sorted.sort();

@@ -214,22 +214,57 @@ impl Server {
         self.metrics.http_request(200);
         let Some(conn) = self.conns.get_mut(key) else { return };
         http::stream_head(&mut conn.output, http::Stamp { request_id, node: &self.config.node_name });
+        if let Some(hub) = self.hub.as_mut() {
+            hub.follow(key, tenant.as_deref());
+        }
         conn.state = ConnState::Streaming { tenant, dropped: 0 };
         conn.input.clear();
         self.subscribers.insert(key);
         self.flush(key);
     }
 
+    /// Whether an event would reach anyone: this node's subscribers or the log hub.
+    fn events_wanted(&self) -> bool {
+        !self.subscribers.is_empty() || self.hub.as_ref().is_some_and(|h| h.publishes())
+    }
+
     pub(super) fn publish(&mut self, tenant: &str, task: Option<&str>, request_id: Option<&str>, level: &str, message: &str) {
-        if self.subscribers.is_empty() {
+        if !self.events_wanted() {
             return;
         }
         let line = logs::event_line(tenant, task, request_id, level, message);
         self.publish_line(tenant, &line);
     }
 
-    /// One finished event line to every subscriber of `tenant`'s events.
+    /// One of this node's finished event lines, stamped with the node's name, to every subscriber of `tenant`'s
+    /// events here and to the log hub. This node's subscribers have its own events from here, never from the
+    /// hub (the subscriber thread skips them), so that each arrives once, and even while the hub is away.
     pub(super) fn publish_line(&mut self, tenant: &str, line: &[u8]) {
+        if !self.events_wanted() {
+            return;
+        }
+        let line = logs::with_node(line, &self.config.node_name);
+        if let Some(hub) = self.hub.as_mut() {
+            hub.offer(tenant, &line);
+        }
+        self.fan_out(tenant, &line);
+    }
+
+    /// `count` of `tenant`'s events were lost before they got here (from another node, through the hub):
+    /// each of its subscribers is told, as for its own drops, before its next event.
+    pub(super) fn note_dropped(&mut self, tenant: &str, count: u64) {
+        for key in self.subscribers.iter().copied().collect::<Vec<Key>>() {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let ConnState::Streaming { tenant: filter, dropped } = &mut conn.state else { continue };
+            if filter.as_deref().is_none_or(|f| f == tenant) {
+                *dropped += count;
+                self.log_dropped += count;
+            }
+        }
+    }
+
+    /// One finished line (with its `node`) to every subscriber of `tenant`'s events on this node.
+    pub(super) fn fan_out(&mut self, tenant: &str, line: &[u8]) {
         if self.subscribers.is_empty() {
             return;
         }
@@ -276,6 +311,7 @@ impl Server {
                 "tenant_limit": self.code_caches.tenant_limit(),
                 "largest_tenant_bytes": self.code_caches.largest_tenant_bytes(),
             },
+            "log_hub": self.hub.as_ref().map(|h| h.health(&self.config)),
             "cpus": self.cpus.map(|c| serde_json::json!({"all": c.all.list(), "reserved": c.reserved.list(), "batch": c.batch.list()})),
         })
         .to_string()
@@ -290,6 +326,7 @@ impl Server {
             log_subscribers: self.subscribers.len() as u64,
             log_events_dropped: self.log_dropped,
             egress_open: self.open_egress_tunnels() as u64,
+            log_hub: self.hub.as_ref().map(|h| h.stats()),
         }
     }
 }

@@ -62,6 +62,7 @@ use crate::daemon::auth::{self, Access};
 use crate::daemon::code_cache::{self, CodeCaches, Lookup};
 use crate::daemon::cpus::{self, CpuClasses, CpuTime};
 use crate::daemon::http::{self, Parsed, Request, Response};
+use crate::daemon::log_hub;
 use crate::daemon::logs::{self, Captured};
 use crate::daemon::metrics::{ColdStart, Gauges, Metrics};
 use crate::daemon::pool_policy;
@@ -140,6 +141,8 @@ pub struct Server {
     egress_lists: HashMap<String, (Vec<String>, Vec<crate::daemon::egress_policy::Rule>)>,
     resolver: Sender<ResolveJob>,
     resolved: Receiver<ResolveDone>,
+    /// `--log-hub-in` and `--log-hub-out` (see `daemon::log_hub`): where events go to and come from other nodes.
+    hub: Option<HubLink>,
 }
 
 pub struct Parts {
@@ -174,6 +177,7 @@ impl Server {
         let (resolver, resolved) = start_resolver_threads(RESOLVER_THREADS, waker.clone());
         let stored =
             store.egress_lists().map_err(|e| io::Error::other(format!("reading egress allow-lists: {}", crate::error_chain(&e))))?;
+        let hub = HubLink::start(&config, &waker).map_err(|e| io::Error::other(crate::error_chain(&e)))?;
         let code_cache_bytes = config.code_cache_bytes;
         let boot_id = format!("{:08x}", std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ rand_u32());
         Ok(Server {
@@ -224,6 +228,7 @@ impl Server {
             egress_lists: HashMap::new(),
             resolver,
             resolved,
+            hub,
         })
         .map(|mut server| {
             for (tenant, allow) in stored {
@@ -253,7 +258,11 @@ impl Server {
             if let Some((t, _, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
-            let more_to_do = !self.read_again.is_empty() || !self.advance_queue.is_empty() || self.accept_again || self.egress_more_to_do();
+            let more_to_do = !self.read_again.is_empty()
+                || !self.advance_queue.is_empty()
+                || self.accept_again
+                || self.egress_more_to_do()
+                || self.hub.as_ref().is_some_and(|h| h.again);
             let timeout = if more_to_do { Duration::ZERO } else { wake_at.saturating_duration_since(now) };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -309,6 +318,7 @@ impl Server {
             self.collect_spawned();
             self.collect_resolved();
             self.collect_store_results();
+            self.collect_hub_events();
             self.fire_deadlines();
             self.move_busy_sandboxes();
             if Instant::now() >= next_housekeeping {
@@ -452,6 +462,10 @@ impl Server {
             if let Err(e) = spawned.sandbox.destroy() {
                 eprintln!("taskcell: removing a sandbox's cgroup: {}", crate::error_chain(&e));
             }
+        }
+        // The log hub's threads: what was queued for the hub is not waited for (events are best effort).
+        if let Some(hub) = self.hub.as_mut() {
+            hub.stop();
         }
         // Let the reaper finish what it was given: closing its channel ends its loop.
         let (tx, _) = mpsc::channel();

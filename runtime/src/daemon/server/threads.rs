@@ -1,6 +1,7 @@
 //! The helper threads: the store thread (deploys and egress allow-lists written and fsynced, deletes, code
 //! caches read from disk), the reaper thread (dead sandboxes' cgroups removed) and the resolver threads (egress
-//! names looked up), and the messages to and from them.
+//! names looked up), and the messages to and from them; and the loop's end of the log hub's threads
+//! (`daemon::log_hub`: this node's events out to the hub, the other nodes' in).
 
 use super::*;
 
@@ -253,6 +254,112 @@ impl Server {
             if let Some((conn, keep_alive, request_id, response)) = done.reply {
                 self.respond(conn, &request_id, keep_alive, response);
             }
+        }
+    }
+}
+
+/// Other nodes' events taken from the log hub's subscriber thread in one turn of the loop.
+const HUB_EVENTS_PER_TURN: usize = 256;
+
+/// The loop's ends of the log hub's threads (see `daemon::log_hub`): the publisher of this node's events
+/// (`--log-hub-in`) and the subscriber to every other node's (`--log-hub-out`).
+pub(super) struct HubLink {
+    publisher: Option<log_hub::Publisher>,
+    subscriber: Option<log_hub::Subscriber>,
+    /// The publisher's counts (zero without `--log-hub-in`).
+    stats: Arc<log_hub::Stats>,
+    /// Each `/v1/logs` stream's subscription at the hub, taken back when the stream closes.
+    follows: HashMap<Key, Vec<u8>>,
+    /// More events were waiting than one turn takes: poll without sleeping.
+    pub(super) again: bool,
+}
+
+impl HubLink {
+    pub(super) fn start(config: &Config, waker: &Arc<Waker>) -> Result<Option<HubLink>, log_hub::HubError> {
+        if config.log_hub_in.is_none() && config.log_hub_out.is_none() {
+            return Ok(None);
+        }
+        let ctx = zmq::Context::new();
+        let instance = log_hub::instance_id(&config.node_name);
+        let publisher = match &config.log_hub_in {
+            Some(at) => Some(log_hub::Publisher::start(&ctx, at, &instance, &config.node_name)?),
+            None => None,
+        };
+        let subscriber = match &config.log_hub_out {
+            Some(at) => Some(log_hub::Subscriber::start(&ctx, at, &instance, waker.clone())?),
+            None => None,
+        };
+        let stats = publisher.as_ref().map(|p| p.stats.clone()).unwrap_or_default();
+        eprintln!(
+            "taskcell: log hub: publishing to {}, following {}",
+            config.log_hub_in.as_deref().unwrap_or("nowhere"),
+            config.log_hub_out.as_deref().unwrap_or("nothing")
+        );
+        Ok(Some(HubLink { publisher, subscriber, stats, follows: HashMap::new(), again: false }))
+    }
+
+    pub(super) fn publishes(&self) -> bool {
+        self.publisher.is_some()
+    }
+
+    pub(super) fn offer(&mut self, tenant: &str, line: &[u8]) {
+        if let Some(p) = self.publisher.as_mut() {
+            p.offer(tenant, line);
+        }
+    }
+
+    /// A new `/v1/logs` stream: its tenant's events (or everyone's) from the other nodes too.
+    pub(super) fn follow(&mut self, key: Key, tenant: Option<&str>) {
+        let Some(sub) = &self.subscriber else { return };
+        let topic = tenant.map(log_hub::topic).unwrap_or_default();
+        sub.follow(log_hub::Follow::Subscribe(topic.clone()));
+        self.follows.insert(key, topic);
+    }
+
+    pub(super) fn unfollow(&mut self, key: Key) {
+        if let (Some(sub), Some(topic)) = (&self.subscriber, self.follows.remove(&key)) {
+            sub.follow(log_hub::Follow::Unsubscribe(topic));
+        }
+    }
+
+    pub(super) fn stop(&mut self) {
+        if let Some(p) = self.publisher.as_mut() {
+            p.stop();
+        }
+        if let Some(s) = self.subscriber.as_mut() {
+            s.stop();
+        }
+    }
+
+    /// Published events the hub did not get, and whether it is connected now.
+    pub(super) fn stats(&self) -> (u64, bool) {
+        (self.stats.dropped.load(std::sync::atomic::Ordering::Relaxed), self.stats.connected.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub(super) fn health(&self, config: &Config) -> serde_json::Value {
+        let (dropped, connected) = self.stats();
+        serde_json::json!({
+            "in": config.log_hub_in,
+            "out": config.log_hub_out,
+            "connected": self.publishes().then_some(connected),
+            "dropped": dropped,
+        })
+    }
+}
+
+impl Server {
+    /// Other nodes' events, at most a turn's worth, to this node's subscribers (each checked by the
+    /// subscriber thread already: tenant, shape, not this node's own).
+    pub(super) fn collect_hub_events(&mut self) {
+        let Some(hub) = self.hub.as_mut() else { return };
+        let Some(sub) = &hub.subscriber else { return };
+        let batch: Vec<log_hub::Incoming> = sub.events.try_iter().take(HUB_EVENTS_PER_TURN).collect();
+        hub.again = batch.len() == HUB_EVENTS_PER_TURN;
+        for event in batch {
+            if event.dropped_before > 0 {
+                self.note_dropped(&event.tenant, event.dropped_before);
+            }
+            self.fan_out(&event.tenant, &event.line);
         }
     }
 }

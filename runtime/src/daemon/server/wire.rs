@@ -350,7 +350,11 @@ impl Server {
         if let Some(mut conn) = self.conns.remove(key) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
-        self.subscribers.remove(&key);
+        if self.subscribers.remove(&key) {
+            if let Some(hub) = self.hub.as_mut() {
+                hub.unfollow(key);
+            }
+        }
     }
 
     pub(super) fn new_request_id(&mut self) -> String {
