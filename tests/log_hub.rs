@@ -95,8 +95,45 @@ fn held_endpoint() -> (TcpListener, String) {
     (l, at)
 }
 
-fn node(name: &str, node: &str, hub_in: &str, hub_out: &str) -> Daemon {
-    Daemon::start(name, &["--node-name", node, "--log-hub-in", hub_in, "--log-hub-out", hub_out])
+fn node(name: &str, node: &str, hub_in: &str, hub_out: &str, more: &[&str]) -> Daemon {
+    let mut flags = vec!["--node-name", node, "--log-hub-in", hub_in, "--log-hub-out", hub_out];
+    flags.extend_from_slice(more);
+    Daemon::start(name, &flags)
+}
+
+/// The HS256 key of a node's TCP listener, in a file removed when dropped.
+struct TokenKey(PathBuf);
+
+impl TokenKey {
+    fn new() -> TokenKey {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("taskcell-it-{}-{}.key", std::process::id(), unique("hub-key")));
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        TokenKey(path)
+    }
+
+    fn token(&self, tenant: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_taskcell"))
+            .args(["token", "--tenant", tenant, "--ttl", "1h", "--key", self.0.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "taskcell token: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for TokenKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The TCP address a daemon logged it listens on (it was given port 0).
+fn tcp_addr(d: &Daemon) -> std::net::SocketAddr {
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    let line = log.lines().find_map(|l| l.strip_prefix("taskcell: listening on tcp ")).unwrap_or_else(|| panic!("no tcp line in\n{log}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// A `/v1/logs` stream, read line by line.
@@ -107,8 +144,11 @@ struct Stream {
 
 impl Stream {
     fn open(d: &Daemon, path: &str) -> Stream {
-        let mut client = d.client();
-        client.send("GET", path, &[], b"").unwrap();
+        Stream::on(d.client(), path, &[])
+    }
+
+    fn on(mut client: Client, path: &str, headers: &[(&str, &str)]) -> Stream {
+        client.send("GET", path, headers, b"").unwrap();
         assert_eq!(client.read_stream_head().unwrap().0, 200);
         Stream { client, partial: Vec::new() }
     }
@@ -187,12 +227,17 @@ fn metric(d: &Daemon, name: &str) -> Option<f64> {
 fn every_node_streams_every_nodes_events_once() {
     need_root!("every_node_streams_every_nodes_events_once");
     let mut hub = Hub::start("hub", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0");
-    let a = node("hub-a", "node-a", &hub.input, &hub.output);
-    let b = node("hub-b", "node-b", &hub.input, &hub.output);
+    let key = TokenKey::new();
+    let tcp = ["--listen-tcp", "127.0.0.1:0", "--token-key", key.0.to_str().unwrap()];
+    let a = node("hub-a", "node-a", &hub.input, &hub.output, &tcp);
+    let b = node("hub-b", "node-b", &hub.input, &hub.output, &[]);
     let (t, other) = (unique("hubt"), unique("hubo"));
     let mut all = Stream::open(&a, "/v1/logs");
     let mut only_t = Stream::open(&a, &format!("/v1/logs?tenant={t}"));
-    probe_until_through(&b, "node-b", &t, &mut [&mut all, &mut only_t]);
+    // A tenant's token on TCP follows its tenant's events only, from every node, without asking for them.
+    let bearer = format!("Bearer {}", key.token(&t));
+    let mut token_t = Stream::on(Client::connect_tcp(tcp_addr(&a)), "/v1/logs", &[("Authorization", &bearer)]);
+    probe_until_through(&b, "node-b", &t, &mut [&mut all, &mut only_t, &mut token_t]);
     // The other tenant's subscription is the empty one (all's): probes for it come through too.
     probe_until_through(&b, "node-b", &other, &mut [&mut all]);
 
@@ -203,7 +248,7 @@ fn every_node_streams_every_nodes_events_once() {
     // Last, through the hub: anything of a's own that came back from the hub would be in by then.
     log_run(&a, &t, "end-a");
     log_run(&b, &t, "end-b");
-    for (name, stream) in [("all", &mut all), ("only_t", &mut only_t)] {
+    for (name, stream) in [("all", &mut all), ("only_t", &mut only_t), ("token_t", &mut token_t)] {
         let (mut end_a, mut end_b) = (false, false);
         let mut seen = stream.until("end-a and end-b", |e| {
             end_a |= is(e, "end-a", "node-a");
@@ -230,7 +275,7 @@ fn every_node_streams_every_nodes_events_once() {
         wait_until(Duration::from_secs(30), "the node's connection to the hub", || d.health()["log_hub"]["connected"] == true);
         assert_eq!(metric(d, "taskcell_log_hub_connected"), Some(1.0));
     }
-    drop((all, only_t));
+    drop((all, only_t, token_t));
     let status = hub.signal(libc::SIGTERM);
     assert!(status.success(), "the hub exits cleanly on SIGTERM: {status}");
 }
@@ -240,8 +285,8 @@ fn an_absent_or_dead_hub_never_fails_a_run_and_its_losses_are_reported() {
     need_root!("an_absent_or_dead_hub_never_fails_a_run_and_its_losses_are_reported");
     let ((held_in, input), (held_out, output)) = (held_endpoint(), held_endpoint());
     // No hub yet (something that accepts TCP connections and never answers): the nodes serve all the same.
-    let a = node("nohub-a", "node-a", &input, &output);
-    let b = node("nohub-b", "node-b", &input, &output);
+    let a = node("nohub-a", "node-a", &input, &output, &[]);
+    let b = node("nohub-b", "node-b", &input, &output, &[]);
     let t = unique("nohub");
     let mut stream = Stream::open(&a, &format!("/v1/logs?tenant={t}"));
     for n in 0..3 {
