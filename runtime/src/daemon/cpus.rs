@@ -71,6 +71,12 @@ impl CpuTime {
         t.total().map(|_| t)
     }
 
+    /// Whether the counter only moves by clock ticks (10 ms here): a single tick can land in any short window
+    /// of a process that barely ran, so one busy window is not evidence enough.
+    pub fn coarse(&self) -> bool {
+        matches!(self.unit, Unit::Ticks(_))
+    }
+
     /// CPU time used so far (user and system, every thread).
     pub fn total(&self) -> Option<Duration> {
         use std::os::unix::fs::FileExt;

@@ -243,7 +243,7 @@ impl Server {
         );
         self.deadlines.insert((deadline, id), ());
         if self.cpus.is_some() {
-            self.busy_checks.push_back((Instant::now() + cpus::BUSY_WINDOW, id, None));
+            self.busy_checks.push_back((Instant::now() + cpus::BUSY_WINDOW, id, None, 0));
         }
         self.flush_sandbox(sb);
     }

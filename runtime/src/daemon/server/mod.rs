@@ -96,9 +96,9 @@ pub struct Server {
     invocations: HashMap<u32, Invocation>,
     deadlines: BTreeMap<(Instant, u32), ()>,
     /// When to look at a running invocation's sandbox's CPU time, to move it to the batch CPUs if it is busy,
-    /// with its CPU time at the previous look (None: the first); in time order (each is the time it was
-    /// pushed plus the same window).
-    busy_checks: VecDeque<(Instant, u32, Option<Duration>)>,
+    /// with its CPU time at the previous look (None: the first) and how many busy windows in a row it has
+    /// seen; in time order (each is the time it was pushed plus the same window).
+    busy_checks: VecDeque<(Instant, u32, Option<Duration>, u8)>,
     /// When each tenant was last seen busy (most of a CPU during an invocation, a memory kill).
     busy_tenants: HashMap<String, Instant>,
     code_caches: CodeCaches,
@@ -255,7 +255,7 @@ impl Server {
             if let Some(((t, _), _)) = self.deadlines.first_key_value() {
                 wake_at = wake_at.min(*t);
             }
-            if let Some((t, _, _)) = self.busy_checks.front() {
+            if let Some((t, _, _, _)) = self.busy_checks.front() {
                 wake_at = wake_at.min(*t);
             }
             let more_to_do = !self.read_again.is_empty()

@@ -30,11 +30,12 @@ impl Sb {
 
 impl Server {
     /// Invocations still running at their check: their sandbox's CPU time since the previous check decides
-    /// (at least `BUSY_CPU` in the window: busy, to the batch CPUs); otherwise look again a window later.
+    /// (at least `BUSY_CPU` in the window: busy, to the batch CPUs; with a counter of clock ticks, two such
+    /// windows in a row); otherwise look again a window later.
     pub(super) fn move_busy_sandboxes(&mut self) {
         let Some(cpus) = self.cpus else { return };
         let now = Instant::now();
-        while let Some(&(t, id, then)) = self.busy_checks.front() {
+        while let Some(&(t, id, then, strikes)) = self.busy_checks.front() {
             if t > now {
                 break;
             }
@@ -44,17 +45,21 @@ impl Server {
             if s.on_batch || s.killed.is_some() {
                 continue;
             }
+            let needed = if s.cpu_time.as_ref().is_some_and(|c| c.coarse()) { 2 } else { 1 };
             // No counter (it could not be opened): as long as it runs, the invocation counts as busy.
             let busy = match (s.cpu_time.as_ref().and_then(|c| c.total()), then) {
-                (Some(total), Some(then)) if total.saturating_sub(then) < cpus::BUSY_CPU => {
-                    self.busy_checks.push_back((now + cpus::BUSY_WINDOW, id, Some(total)));
-                    false
+                (Some(total), Some(then)) => {
+                    let strikes = if total.saturating_sub(then) >= cpus::BUSY_CPU { strikes + 1 } else { 0 };
+                    if strikes < needed {
+                        self.busy_checks.push_back((now + cpus::BUSY_WINDOW, id, Some(total), strikes));
+                    }
+                    strikes >= needed
                 }
                 (Some(total), None) => {
-                    self.busy_checks.push_back((now + cpus::BUSY_WINDOW, id, Some(total)));
+                    self.busy_checks.push_back((now + cpus::BUSY_WINDOW, id, Some(total), 0));
                     false
                 }
-                _ => true,
+                (None, _) => true,
             };
             if !busy {
                 continue;
