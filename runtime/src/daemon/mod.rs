@@ -17,6 +17,7 @@ pub mod routes;
 mod secrets;
 mod server;
 mod settings;
+pub mod shared_store;
 mod slab;
 mod spawner;
 pub mod store;
@@ -90,6 +91,9 @@ pub struct Config {
     pub log_hub_in: Option<String>,
     /// `--log-hub-out`: the hub's output, where this node's `/v1/logs` hears every other node's events.
     pub log_hub_out: Option<String>,
+    /// `--store postgres://...`: the database that is every node's source of truth (see `shared_store`); None:
+    /// the state directory alone.
+    pub store: Option<String>,
 }
 
 /// The operator's egress settings (`--egress-*`), checked when given.
@@ -151,6 +155,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             log_hub_in: None,
             log_hub_out: None,
+            store: None,
         }
     }
 }
@@ -250,6 +255,14 @@ impl Config {
                     return Err(ArgError::Invalid { flag, value: value.into(), what: "ZeroMQ address (tcp://HOST:PORT)" });
                 }
                 *if key == "log-hub-in" { &mut self.log_hub_in } else { &mut self.log_hub_out } = Some(value.to_string());
+            }
+            "store" => {
+                shared_store::parse_url(value).map_err(|_| ArgError::Invalid {
+                    flag,
+                    value: value.into(),
+                    what: "PostgreSQL URL (postgres://...)",
+                })?;
+                self.store = Some(value.to_string());
             }
             "egress-max-conns" => self.egress.max_conns = args::count(&flag, value)?.max(1) as usize,
             _ => return Err(ArgError::Unknown(flag)),
@@ -389,6 +402,31 @@ pub fn main(raw: Vec<String>) -> ExitCode {
     }
 }
 
+/// `--store`: the database's two clients, the follower caught up if the database answers now (so that a node
+/// started after a deploy serves it from its first request), or not (it serves its local copy meanwhile).
+fn shared_parts(url: &str, store: &Arc<store::Store>, state_dir: &std::path::Path) -> Result<server::SharedParts, String> {
+    let config = shared_store::parse_url(url).map_err(|e| format!("--store: {}", crate::error_chain(&e)))?;
+    let mut follower = shared_store::Follower::new(config.clone(), store.clone(), state_dir);
+    let from = follower.version;
+    let client = match follower.connect() {
+        Ok(mut client) => match follower.catch_up(&mut client, &mut |_| {}) {
+            Ok(n) => {
+                eprintln!("taskcell: store: PostgreSQL, {n} change(s) applied after version {from}, now at {}", follower.version);
+                Some(client)
+            }
+            Err(e) => {
+                eprintln!("taskcell: store: catching up: {} (serving the local copy meanwhile)", crate::error_chain(&e));
+                None
+            }
+        },
+        Err(e) => {
+            eprintln!("taskcell: store: {} (serving the local copy; deploys refused until it is back)", crate::error_chain(&e));
+            None
+        }
+    };
+    Ok(server::SharedParts { writer: shared_store::Writer::new(config), follower, client })
+}
+
 /// Raise the soft limit on open files to the hard one: every connection and sandbox holds descriptors.
 fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit read and write a local rlimit.
@@ -482,7 +520,11 @@ fn serve(config: Config) -> Result<(), String> {
     let cpus = cpus::CpuClasses::new(config.reserved_cpus);
     let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| (c.all, c.batch)));
     let socket_path = config.socket.clone();
-    let parts = server::Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus };
+    let shared = match &config.store {
+        Some(url) => Some(shared_parts(url, &store, &config.state_dir)?),
+        None => None,
+    };
+    let parts = server::Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus, shared };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
     eprintln!(
         "taskcell: serving on {} as node {} (pool {} to {}, timeout {} ms, memory {} bytes, pids {}, {})",

@@ -120,6 +120,12 @@ pub const SETTINGS: &[Setting] = &[
         "none",
         "the log hub's output (taskcell log-hub --out): this node's /v1/logs also streams every other node's events from there",
     ),
+    s(
+        "store",
+        "postgres://URL",
+        "none",
+        "PostgreSQL as every node's source of truth for deployed tasks (the state directory stays the local copy); a deploy is answered once committed there, 503 store_unavailable while it cannot be reached",
+    ),
 ];
 
 /// `taskcell serve --help`.
@@ -153,6 +159,7 @@ mod tests {
             "ADDR:PORT" => "127.0.0.1:0",
             "NAME" => "node-1.example",
             "tcp://HOST:PORT" => "tcp://127.0.0.1:5555",
+            "postgres://URL" => "postgres://taskcell@127.0.0.1:5432/taskcell",
             other => panic!("no example for {other}"),
         }
     }
@@ -178,6 +185,7 @@ mod tests {
         assert!(c.set("node-name", "a b").is_err() && c.set("node-name", "x\r\nY: z").is_err() && c.set("node-name", "").is_err());
         assert!(c.set("listen-tcp", "localhost:80").is_err() && c.set("listen-tcp", "127.0.0.1").is_err());
         c.set("listen-tcp", "[::1]:8080").unwrap();
+        assert!(c.set("store", "host=/tmp user=x").is_err() && c.set("store", "http://x").is_err());
         assert!(c.set("log-hub-in", "127.0.0.1:5555").is_err() && c.set("log-hub-out", "tcp://127.0.0.1").is_err());
         let keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
         let mut sorted = keys.clone();

@@ -84,7 +84,7 @@ impl Server {
                 Err(r) => self.respond(key, &request_id, keep, r),
             },
             ApiRequest::DeleteTask { tenant, task } => {
-                self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task })
+                self.send_store_job(StoreJob::Delete { conn: key, keep_alive: keep, request_id, tenant, task, existed: None })
             }
             ApiRequest::RunTask { tenant, task, data } => self.run_task(key, request_id, keep, tenant, task, data, None),
             ApiRequest::Http { tenant, task, http, body } => self.run_task(key, request_id, keep, tenant, task, body, Some(http)),

@@ -269,6 +269,7 @@ impl Server {
                 source: source.clone(),
                 settings: settings.clone(),
                 cache: cache.clone(),
+                created: None,
             };
             self.send_store_job(job);
             return;

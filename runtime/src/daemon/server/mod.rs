@@ -67,6 +67,7 @@ use crate::daemon::logs::{self, Captured};
 use crate::daemon::metrics::{ColdStart, Gauges, Metrics};
 use crate::daemon::pool_policy;
 use crate::daemon::secrets::{self, Secrets};
+use crate::daemon::shared_store;
 use crate::daemon::slab::{Key, Slab};
 use crate::daemon::spawner::{Spawned, Spawner};
 use crate::daemon::store::{self, Store, TaskInfo, TaskSettings};
@@ -120,7 +121,12 @@ pub struct Server {
     /// Tenants' secrets, opened (see `daemon::secrets`).
     secrets: Secrets,
     store_jobs: Sender<StoreJob>,
+    /// `--store`: deploys and deletes go to the database thread first, which passes them on to the store thread
+    /// once committed.
+    db_jobs: Option<Sender<StoreJob>>,
     store_done: Receiver<StoreDone>,
+    /// `--store`: what other nodes changed, already applied to the local store by the follower.
+    store_changes: Option<Receiver<shared_store::Applied>>,
     /// Store jobs sent and not yet answered: a drain waits for them.
     store_pending: usize,
     reaper: Sender<jailer::Sandbox>,
@@ -156,11 +162,21 @@ pub struct Parts {
     pub store: Arc<Store>,
     pub secrets: Secrets,
     pub cpus: Option<CpuClasses>,
+    /// `--store`: the database's clients (see `daemon::shared_store`).
+    pub shared: Option<SharedParts>,
+}
+
+/// The shared store's writer (for the database thread) and follower (for its own thread), with the follower's
+/// connection if it has one already.
+pub struct SharedParts {
+    pub writer: shared_store::Writer,
+    pub follower: shared_store::Follower,
+    pub client: Option<postgres::Client>,
 }
 
 impl Server {
     pub fn new(config: Config, parts: Parts) -> io::Result<Server> {
-        let Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus } = parts;
+        let Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus, shared } = parts;
         let mut listener = Listener::Unix(listener);
         poll.registry().register(&mut listener, Source::Listener(Transport::Unix).token(), Interest::READABLE)?;
         let (tcp_listener, verifier) = match tcp {
@@ -172,7 +188,7 @@ impl Server {
             None => (None, None),
         };
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)?;
-        let (store_jobs, store_done) = start_store_thread(store.clone(), waker.clone());
+        let (store_jobs, db_jobs, store_done, store_changes) = start_store_thread(store.clone(), waker.clone(), shared);
         let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
         let (resolver, resolved) = start_resolver_threads(RESOLVER_THREADS, waker.clone());
         let stored =
@@ -211,7 +227,9 @@ impl Server {
             store,
             secrets,
             store_jobs,
+            db_jobs,
             store_done,
+            store_changes,
             store_pending: 0,
             reaper,
             reaper_thread: Some(reaper_thread),
@@ -318,6 +336,7 @@ impl Server {
             self.collect_spawned();
             self.collect_resolved();
             self.collect_store_results();
+            self.collect_store_changes();
             self.collect_hub_events();
             self.fire_deadlines();
             self.move_busy_sandboxes();

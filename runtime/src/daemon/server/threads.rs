@@ -17,6 +17,8 @@ pub(super) enum StoreJob {
         source: Bytes,
         settings: TaskSettings,
         cache: Bytes,
+        /// `--store`: whether the database had no such task before (it decides `201` or `200`).
+        created: Option<bool>,
     },
     Delete {
         conn: Key,
@@ -24,31 +26,15 @@ pub(super) enum StoreJob {
         request_id: String,
         tenant: String,
         task: String,
+        /// `--store`: whether the database had the task (it decides `204` or `404`).
+        existed: Option<bool>,
     },
     /// Read a task's code cache from disk (a version the loop does not hold in memory).
-    LoadCache {
-        tenant: String,
-        task: String,
-        sha: String,
-        key: String,
-    },
+    LoadCache { tenant: String, task: String, sha: String, key: String },
     /// Write a tenant's secrets file (sealed values only), then send `response`.
-    WriteSecrets {
-        conn: Key,
-        keep_alive: bool,
-        request_id: String,
-        dir: std::path::PathBuf,
-        write: secrets::FileWrite,
-        response: Response,
-    },
+    WriteSecrets { conn: Key, keep_alive: bool, request_id: String, dir: std::path::PathBuf, write: secrets::FileWrite, response: Response },
     /// Replace a tenant's egress allow-list (entries already checked).
-    PutEgress {
-        conn: Key,
-        keep_alive: bool,
-        request_id: String,
-        tenant: String,
-        allow: Vec<String>,
-    },
+    PutEgress { conn: Key, keep_alive: bool, request_id: String, tenant: String, allow: Vec<String> },
 }
 
 pub(super) struct StoreDone {
@@ -76,17 +62,28 @@ pub(super) enum CodeCacheUpdate {
     },
 }
 
-pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sender<StoreJob>, Receiver<StoreDone>) {
+/// The store thread's jobs, the database thread's (`--store`), their answers, and the follower's changes.
+type StoreThreads = (Sender<StoreJob>, Option<Sender<StoreJob>>, Receiver<StoreDone>, Option<Receiver<shared_store::Applied>>);
+
+pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: Option<SharedParts>) -> StoreThreads {
     let (jobs_tx, jobs) = mpsc::channel::<StoreJob>();
     let (done_tx, done) = mpsc::channel::<StoreDone>();
+    let (db_jobs, changes) = match shared {
+        Some(SharedParts { writer, follower, client }) => {
+            let db_jobs = start_database_thread(writer, jobs_tx.clone(), done_tx.clone(), waker.clone());
+            (Some(db_jobs), Some(start_follower_thread(follower, client, waker.clone())))
+        }
+        None => (None, None),
+    };
     std::thread::Builder::new()
         .name("store".into())
         .spawn(move || {
             for job in jobs {
                 let done = match job {
-                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, settings, cache } => {
+                    StoreJob::Put { conn, keep_alive, request_id, tenant, task, source, settings, cache, created: shared } => {
                         let (response, code_cache) = match store.put_with(&tenant, &task, &source, &settings) {
                             Ok((info, created)) => {
+                                let created = shared.unwrap_or(created);
                                 let body = serde_json::json!({"tenant": tenant, "task": task, "sha256": info.sha256, "size": info.size});
                                 let response = Response::json(if created { 201 } else { 200 }, body.to_string())
                                     .header("ETag", format!("\"{}\"", info.sha256));
@@ -106,8 +103,8 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
                         };
                         StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache, egress: None }
                     }
-                    StoreJob::Delete { conn, keep_alive, request_id, tenant, task } => {
-                        let response = match store.delete(&tenant, &task) {
+                    StoreJob::Delete { conn, keep_alive, request_id, tenant, task, existed } => {
+                        let response = match store.delete(&tenant, &task).map(|local| existed.unwrap_or(local)) {
                             Ok(true) => Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Bytes::new() },
                             Ok(false) => Response::error(404, "not_found", &format!("tenant {tenant} has no task {task}"), None),
                             Err(e) => Response::error(500, "internal", &format!("deleting the task: {}", crate::error_chain(&e)), None),
@@ -160,7 +157,86 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>) -> (Sende
             }
         })
         .expect("spawning the store thread");
-    (jobs_tx, done)
+    (jobs_tx, db_jobs, done, changes)
+}
+
+/// `--store`: the database thread commits each deploy and delete, then hands it to the store thread to apply
+/// locally and answer; one the database cannot take is answered here (503 while it cannot be reached).
+fn start_database_thread(
+    mut writer: shared_store::Writer,
+    store_jobs: Sender<StoreJob>,
+    done_tx: Sender<StoreDone>,
+    waker: Arc<Waker>,
+) -> Sender<StoreJob> {
+    let (jobs_tx, jobs) = mpsc::channel::<StoreJob>();
+    std::thread::Builder::new()
+        .name("database".into())
+        .spawn(move || {
+            for mut job in jobs {
+                let outcome = match &mut job {
+                    StoreJob::Put { tenant, task, source, settings, created, .. } => {
+                        writer.put_task(tenant, task, source, settings).map(|c| *created = Some(c))
+                    }
+                    StoreJob::Delete { tenant, task, existed, .. } => writer.delete_task(tenant, task).map(|e| *existed = Some(e)),
+                    _ => Ok(()),
+                };
+                let failed = match outcome {
+                    Ok(()) => {
+                        if store_jobs.send(job).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => e,
+                };
+                let (StoreJob::Put { conn, keep_alive, request_id, .. } | StoreJob::Delete { conn, keep_alive, request_id, .. }) = job else {
+                    continue;
+                };
+                let why = crate::error_chain(&failed);
+                eprintln!("taskcell: store: {why}");
+                let response = if failed.unreachable() {
+                    Response::error(
+                        503,
+                        "store_unavailable",
+                        &format!("the shared store cannot be reached, so deploys are refused until it is back (deployed tasks are still served): {why}"),
+                        None,
+                    )
+                    .header("Retry-After", "1")
+                } else {
+                    Response::error(500, "internal", &format!("the shared store refused the change: {why}"), None)
+                };
+                let done = StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None };
+                if done_tx.send(done).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        })
+        .expect("spawning the database thread");
+    jobs_tx
+}
+
+/// `--store`: the follower on a thread of its own, its changes (already applied locally) to the loop.
+fn start_follower_thread(
+    follower: shared_store::Follower,
+    client: Option<postgres::Client>,
+    waker: Arc<Waker>,
+) -> Receiver<shared_store::Applied> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("store-follower".into())
+        .spawn(move || {
+            follower.run(
+                |applied| {
+                    let sent = tx.send(applied).is_ok();
+                    let _ = waker.wake();
+                    sent
+                },
+                client,
+            )
+        })
+        .expect("spawning the store follower thread");
+    rx
 }
 
 /// Threads that look egress names up (getaddrinfo blocks for as long as DNS takes).
@@ -223,8 +299,22 @@ pub(super) fn start_reaper_thread(batch: Option<jailer::sched::CpuSet>) -> (Send
 
 impl Server {
     pub(super) fn send_store_job(&mut self, job: StoreJob) {
-        if self.store_jobs.send(job).is_ok() {
+        let to = match (&self.db_jobs, &job) {
+            (Some(db), StoreJob::Put { .. } | StoreJob::Delete { .. }) => db,
+            _ => &self.store_jobs,
+        };
+        if to.send(job).is_ok() {
             self.store_pending += 1;
+        }
+    }
+
+    /// `--store`: other nodes' changes, already in the local store: the code caches made for the old versions go.
+    pub(super) fn collect_store_changes(&mut self) {
+        let Some(changes) = &self.store_changes else { return };
+        for change in changes.try_iter().collect::<Vec<_>>() {
+            match change {
+                shared_store::Applied::Task { tenant, task } => self.code_caches.forget(&tenant, &task),
+            }
         }
     }
 

@@ -1,0 +1,374 @@
+//! The shared store (`--store postgres://...`, issue 15): PostgreSQL as the source of truth for deployed tasks,
+//! the state directory as each node's local copy. The only module that talks to the database.
+//!
+//! Every change takes the next value of one sequence (`taskcell_version`) as its version, in a transaction that
+//! first takes one advisory lock, so that versions commit in the order they were taken and "everything after
+//! version N" never skips a change that was still in flight. A deleted task stays as a row without a source (a
+//! tombstone), so that a node catching up hears of the delete too. The transaction ends with a NOTIFY, which
+//! PostgreSQL delivers at COMMIT.
+//!
+//! Two connections, each on a thread of its own and never on the event loop: the [`Writer`] (deploys and deletes,
+//! answered only once committed) and the [`Follower`] (LISTEN, plus a poll every [`POLL`] in case a notification
+//! was lost, and a catch-up by version at every (re)connection), which applies what other nodes changed to the
+//! local [`Store`] and records the last version applied in `<state-dir>/store-version`. Requests only ever read
+//! the local store: a node whose database is gone keeps serving what it has, and refuses deploys.
+//!
+//! Secrets and egress lists are not here yet: they stay in each node's state directory.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+
+use super::store::{self, Store, StoreError, TaskSettings};
+
+/// The channel every change is announced on (payload: its version).
+const CHANNEL: &str = "taskcell_changes";
+/// Held for the length of every writing transaction (and the schema's creation): see the module's doc.
+const WRITE_LOCK: i64 = 0x7461_736b_6365_6c6c; // "taskcell"
+/// How long a connection attempt may take: a deploy waits at most this long before its 503.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The follower's poll when no notification comes (a lost one costs at most this).
+pub const POLL: Duration = Duration::from_secs(2);
+/// Changes read per query while catching up.
+const BATCH: i64 = 500;
+/// Where the last version applied locally is kept, in the state directory.
+const VERSION_FILE: &str = "store-version";
+
+const SCHEMA: &str = "
+BEGIN;
+SELECT pg_advisory_xact_lock(8386110886206860396);
+CREATE SEQUENCE IF NOT EXISTS taskcell_version;
+CREATE TABLE IF NOT EXISTS taskcell_tasks (
+    tenant text NOT NULL,
+    task text NOT NULL,
+    source bytea,
+    settings text NOT NULL DEFAULT '{}',
+    version bigint NOT NULL,
+    PRIMARY KEY (tenant, task)
+);
+CREATE INDEX IF NOT EXISTS taskcell_tasks_by_version ON taskcell_tasks (version);
+COMMIT;
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedStoreError {
+    #[error("the store is not a postgres:// or postgresql:// URL")]
+    NotUrl,
+    #[error("the store's URL is not valid")]
+    Url(#[source] postgres::Error),
+    #[error("connecting to the store")]
+    Connect(#[source] postgres::Error),
+    #[error("making the store's tables")]
+    Schema(#[source] postgres::Error),
+    #[error("writing {tenant}/{task} to the store")]
+    Write {
+        tenant: String,
+        task: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("reading the store's changes after version {after}")]
+    Changes {
+        after: i64,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("listening for the store's changes")]
+    Listen(#[source] postgres::Error),
+    #[error("applying version {version} locally")]
+    Apply {
+        version: i64,
+        #[source]
+        source: StoreError,
+    },
+    #[error("the settings of version {version} are not valid")]
+    BadSettings {
+        version: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SharedStoreError {
+    /// The database could not be reached or went away (as opposed to a change it refused).
+    pub fn unreachable(&self) -> bool {
+        match self {
+            SharedStoreError::Connect(_) => true,
+            SharedStoreError::Write { source, .. } | SharedStoreError::Changes { source, .. } => {
+                source.is_closed() || source.as_db_error().is_none()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `postgres://` or `postgresql://`, as libpq takes it (`?host=/dir` for a Unix socket).
+pub fn parse_url(url: &str) -> Result<postgres::Config, SharedStoreError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        // postgres::Config also takes "key=value" strings: the flag promises a URL, so only a URL.
+        return Err(SharedStoreError::NotUrl);
+    }
+    let mut config = postgres::Config::from_str(url).map_err(SharedStoreError::Url)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.application_name("taskcell");
+    Ok(config)
+}
+
+fn connect(config: &postgres::Config) -> Result<Client, SharedStoreError> {
+    let mut client = config.connect(NoTls).map_err(SharedStoreError::Connect)?;
+    client.batch_execute(SCHEMA).map_err(SharedStoreError::Schema)?;
+    Ok(client)
+}
+
+/// Deploys and deletes, committed before they are answered. Used by the database thread alone.
+pub struct Writer {
+    config: postgres::Config,
+    client: Option<Client>,
+}
+
+impl Writer {
+    pub fn new(config: postgres::Config) -> Writer {
+        Writer { config, client: None }
+    }
+
+    /// The connection, made again if the last one broke.
+    fn client(&mut self) -> Result<&mut Client, SharedStoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.client = Some(connect(&self.config)?);
+        }
+        Ok(self.client.as_mut().expect("connected just above"))
+    }
+
+    /// Store a task's new version; `Ok(true)` if the task did not exist before.
+    pub fn put_task(&mut self, tenant: &str, task: &str, source: &[u8], settings: &TaskSettings) -> Result<bool, SharedStoreError> {
+        let settings = serde_json::to_string(settings).expect("settings serialize");
+        let result = self.client().and_then(|client| {
+            let werr = |source| SharedStoreError::Write { tenant: tenant.into(), task: task.into(), source };
+            let mut tx = client.transaction().map_err(werr)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).map_err(werr)?;
+            let existed = tx
+                .query_opt("SELECT source IS NOT NULL FROM taskcell_tasks WHERE tenant = $1 AND task = $2", &[&tenant, &task])
+                .map_err(werr)?
+                .is_some_and(|row| row.get::<_, bool>(0));
+            let row = tx
+                .query_one(
+                    "INSERT INTO taskcell_tasks (tenant, task, source, settings, version)
+                     VALUES ($1, $2, $3, $4, nextval('taskcell_version'))
+                     ON CONFLICT (tenant, task) DO UPDATE
+                     SET source = EXCLUDED.source, settings = EXCLUDED.settings, version = EXCLUDED.version
+                     RETURNING version",
+                    &[&tenant, &task, &source, &settings],
+                )
+                .map_err(werr)?;
+            let version: i64 = row.get(0);
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()]).map_err(werr)?;
+            tx.commit().map_err(werr)?;
+            Ok(!existed)
+        });
+        self.forget_broken(&result);
+        result
+    }
+
+    /// Delete a task (leaving its tombstone); `Ok(false)` if it did not exist.
+    pub fn delete_task(&mut self, tenant: &str, task: &str) -> Result<bool, SharedStoreError> {
+        let result = self.client().and_then(|client| {
+            let werr = |source| SharedStoreError::Write { tenant: tenant.into(), task: task.into(), source };
+            let mut tx = client.transaction().map_err(werr)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).map_err(werr)?;
+            let row = tx
+                .query_opt(
+                    "UPDATE taskcell_tasks SET source = NULL, settings = '{}', version = nextval('taskcell_version')
+                     WHERE tenant = $1 AND task = $2 AND source IS NOT NULL RETURNING version",
+                    &[&tenant, &task],
+                )
+                .map_err(werr)?;
+            let Some(row) = row else { return Ok(false) };
+            let version: i64 = row.get(0);
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()]).map_err(werr)?;
+            tx.commit().map_err(werr)?;
+            Ok(true)
+        });
+        self.forget_broken(&result);
+        result
+    }
+
+    fn forget_broken<T>(&mut self, result: &Result<T, SharedStoreError>) {
+        if result.as_ref().is_err_and(SharedStoreError::unreachable) {
+            self.client = None;
+        }
+    }
+}
+
+/// A change another node (or this one) made, now applied to the local store: what the event loop must forget.
+#[derive(Debug)]
+pub enum Applied {
+    /// A task's source or settings changed, or it was deleted: its code cache is stale.
+    Task { tenant: String, task: String },
+}
+
+/// Keeps the local store up to date with the database.
+pub struct Follower {
+    config: postgres::Config,
+    store: Arc<Store>,
+    version_file: PathBuf,
+    /// The last version applied locally.
+    pub version: i64,
+}
+
+impl Follower {
+    pub fn new(config: postgres::Config, store: Arc<Store>, state_dir: &Path) -> Follower {
+        let version_file = state_dir.join(VERSION_FILE);
+        let version = std::fs::read_to_string(&version_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        Follower { config, store, version_file, version }
+    }
+
+    pub fn connect(&self) -> Result<Client, SharedStoreError> {
+        let mut client = connect(&self.config)?;
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(SharedStoreError::Listen)?;
+        Ok(client)
+    }
+
+    /// Apply every change after the last one applied; each applied change is passed to `applied`.
+    pub fn catch_up(&mut self, client: &mut Client, applied: &mut dyn FnMut(Applied)) -> Result<usize, SharedStoreError> {
+        let mut count = 0;
+        loop {
+            let after = self.version;
+            let rows = client
+                .query(
+                    "SELECT version, tenant, task, source, settings FROM taskcell_tasks WHERE version > $1 ORDER BY version LIMIT $2",
+                    &[&after, &BATCH],
+                )
+                .map_err(|source| SharedStoreError::Changes { after, source })?;
+            if rows.is_empty() {
+                return Ok(count);
+            }
+            for row in &rows {
+                let version: i64 = row.get(0);
+                let tenant: String = row.get(1);
+                let task: String = row.get(2);
+                let source: Option<Vec<u8>> = row.get(3);
+                let settings: String = row.get(4);
+                if self.apply(version, &tenant, &task, source.as_deref(), &settings)? {
+                    applied(Applied::Task { tenant, task });
+                }
+                self.version = version;
+                count += 1;
+            }
+            self.save_version()?;
+        }
+    }
+
+    /// One change to the local store; `false` if it already had it (this node's own deploy, usually).
+    fn apply(&self, version: i64, tenant: &str, task: &str, source: Option<&[u8]>, settings: &str) -> Result<bool, SharedStoreError> {
+        let local = |source| SharedStoreError::Apply { version, source };
+        let current = self.store.get(tenant, task).map_err(local)?;
+        match source {
+            Some(source) => {
+                let settings: TaskSettings =
+                    serde_json::from_str(settings).map_err(|source| SharedStoreError::BadSettings { version, source })?;
+                let sha = store::sha256_hex(source);
+                if current.is_some_and(|(info, _)| info.sha256 == sha && info.settings == settings) {
+                    return Ok(false);
+                }
+                self.store.put_with(tenant, task, source, &settings).map_err(local)?;
+                self.store.forget_code_cache(tenant, task);
+                Ok(true)
+            }
+            None if current.is_none() => Ok(false),
+            None => {
+                self.store.delete(tenant, task).map_err(local)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn save_version(&self) -> Result<(), SharedStoreError> {
+        let tmp = self.version_file.with_extension("tmp");
+        fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SharedStoreError + 'a {
+            move |source| SharedStoreError::Io { op, path: path.to_path_buf(), source }
+        }
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("creating", &tmp))?;
+        // Not fsynced: a version file older than the tasks only makes a restart apply a few changes again.
+        writeln!(f, "{}", self.version).map_err(io("writing", &tmp))?;
+        std::fs::rename(&tmp, &self.version_file).map_err(io("renaming", &self.version_file))
+    }
+
+    /// The follower's life on its thread: connect, catch up, then wait for notifications (or the poll) and catch
+    /// up again; on any failure, log it once, reconnect every second and catch up. Returns when `applied` says so.
+    pub fn run(mut self, mut applied: impl FnMut(Applied) -> bool, mut client: Option<Client>) {
+        let mut down_since_logged = false;
+        let mut keep_going = true;
+        while keep_going {
+            let mut c = match client.take() {
+                Some(c) => c,
+                None => match self.connect() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if !down_since_logged {
+                            eprintln!("taskcell: store: {} (serving the local copy, retrying every second)", crate::error_chain(&e));
+                            down_since_logged = true;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+            };
+            if down_since_logged {
+                eprintln!("taskcell: store: connected again, catching up from version {}", self.version);
+                down_since_logged = false;
+            }
+            let result = (|| -> Result<(), SharedStoreError> {
+                loop {
+                    let mut stop = false;
+                    self.catch_up(&mut c, &mut |a| stop |= !applied(a))?;
+                    if stop {
+                        keep_going = false;
+                        return Ok(());
+                    }
+                    // Wait for one notification or the poll, then take whatever else has arrived.
+                    c.notifications().timeout_iter(POLL).next().map_err(SharedStoreError::Listen)?;
+                    while c.notifications().iter().next().map_err(SharedStoreError::Listen)?.is_some() {}
+                }
+            })();
+            if let Err(e) = result {
+                eprintln!("taskcell: store: {}", crate::error_chain(&e));
+                down_since_logged = true;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_postgres_urls_are_taken() {
+        assert!(parse_url("postgres://taskcell@127.0.0.1:5432/taskcell").is_ok());
+        assert!(parse_url("postgresql://postgres@localhost/postgres?host=/tmp/pg").is_ok());
+        assert!(parse_url("host=/tmp user=postgres").is_err());
+        assert!(parse_url("mysql://x").is_err());
+        assert!(SCHEMA.contains(&WRITE_LOCK.to_string()), "the schema takes the writers' lock");
+        assert_eq!(parse_url("postgres://x@localhost/db").unwrap().get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+    }
+}

@@ -1,0 +1,223 @@
+//! `--store postgres://...` (issue 15): two or three real daemons on this machine sharing one real PostgreSQL,
+//! a server of the test's own (initdb in a temporary directory, run as the `postgres` user on a Unix socket in
+//! that directory only, stopped and removed when the test ends, panics included).
+//!
+//! Without PostgreSQL's binaries these tests print a loud SKIPPED, and fail under CI (`.ci/run` installs the
+//! `postgresql` package). "Within a second" is not asserted: tests poll for the change, never time it.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Daemon};
+use serde_json::Value;
+
+/// Longest a change may take to reach another node before the test calls it lost (a hang detector).
+const SYNC_GUARD: Duration = Duration::from_secs(15);
+
+/// A PostgreSQL server of the test's own. Dropped: stopped (by its pid) and its directory removed.
+struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+/// The directory of `initdb` and `postgres` (Debian keeps them under /usr/lib/postgresql/VERSION/bin).
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
+    versions.sort();
+    versions.into_iter().rev().find(|b| b.join("initdb").is_file() && b.join("postgres").is_file())
+}
+
+/// Run as the `postgres` user (the server refuses root): setpriv execs in place, so a pid is the server's own.
+fn as_postgres(program: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+    c
+}
+
+impl Postgres {
+    /// A fresh, running server, or None (after a loud note) where PostgreSQL is not installed outside CI.
+    fn start(test: &str) -> Option<Postgres> {
+        let Some(bin) = postgres_bin() else {
+            eprintln!("\n**********\nSKIPPED: PostgreSQL is not installed (apt-get install postgresql): {test}\n**********\n");
+            assert!(std::env::var_os("CI").is_none(), "{test} needs PostgreSQL, and CI is set: .ci/run must install it");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("taskcell-pg-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("the server's directory");
+        let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status().expect("chown");
+        assert!(status.success(), "chown {} to postgres", dir.display());
+        let mut pg = Postgres { bin, dir, server: None };
+        let out = as_postgres(&pg.bin.join("initdb"))
+            .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "-D"])
+            .arg(pg.dir.join("data"))
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        pg.run();
+        Some(pg)
+    }
+
+    /// Start the server (again) on the same data, and wait until it takes connections.
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("the server's log");
+        let child = as_postgres(&self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-k")
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup the log"))
+            .stderr(log)
+            .spawn()
+            .expect("start postgres");
+        self.server = Some(child);
+        let started = Instant::now();
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready")).arg("-q").arg("-h").arg(&self.dir).status().is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "postgres did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop the server (a fast shutdown: it disconnects the daemons) and wait for it to be gone.
+    fn stop(&mut self) {
+        let Some(mut child) = self.server.take() else { return };
+        // SAFETY: kill(2) on the pid of our own child, which has not been waited for, so not reused.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let started = Instant::now();
+        while child.try_wait().ok().flatten().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@localhost/postgres?host={}", self.dir.display())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// `pg_dump` of the whole database, as text.
+    #[allow(dead_code)]
+    fn dump(&self) -> Vec<u8> {
+        let out =
+            as_postgres(&self.bin.join("pg_dump")).arg("-h").arg(&self.dir).args(["-U", "postgres", "postgres"]).output().expect("pg_dump");
+        assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn node(name: &str, pg: &Postgres) -> Daemon {
+    Daemon::start(name, &["--store", &pg.url(), "--node-name", name])
+}
+
+/// The task's result on this node, or its error kind.
+fn result(d: &Daemon, tenant: &str, task: &str) -> Result<Value, String> {
+    let r = d.run_task(tenant, task, b"{}");
+    if r.status == 200 {
+        Ok(r.json()["result"].clone())
+    } else {
+        Err(format!("{} {}", r.status, r.text()))
+    }
+}
+
+fn wait_for(d: &Daemon, tenant: &str, task: &str, want: &Value, what: &str) {
+    wait_until(SYNC_GUARD, what, || result(d, tenant, task).as_ref() == Ok(want));
+}
+
+const V1: &str = "module.exports = () => ({v: 1})\n";
+const V2: &str = "module.exports = () => ({v: 2})\n";
+
+#[test]
+fn a_deploy_through_one_node_runs_on_the_other() {
+    need_root!("a_deploy_through_one_node_runs_on_the_other");
+    let Some(pg) = Postgres::start("deploy-sync") else { return };
+    let (a, b) = (node("pg-a", &pg), node("pg-b", &pg));
+    let t = common::unique("pgt");
+
+    let r = a.put_task(&t, "hello", V1);
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_for(&b, &t, "hello", &serde_json::json!({"v": 1}), "node b runs the task deployed through node a");
+
+    // A new version through the other node: 200 (the database knew the task), and back to the first.
+    let r = b.put_task(&t, "hello", V2);
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for(&a, &t, "hello", &serde_json::json!({"v": 2}), "node a runs the version deployed through node b");
+
+    // A delete reaches the other node too.
+    let r = a.request("DELETE", &format!("/v1/tenants/{t}/tasks/hello"), &[], b"");
+    assert_eq!(r.status, 204, "{}", r.text());
+    wait_until(SYNC_GUARD, "node b forgets the task deleted through node a", || b.run_task(&t, "hello", b"{}").status == 404);
+    b.request("DELETE", &format!("/v1/tenants/{t}/tasks/hello"), &[], b"").assert_error(404, "not_found");
+}
+
+#[test]
+fn a_node_started_after_a_deploy_serves_it() {
+    need_root!("a_node_started_after_a_deploy_serves_it");
+    let Some(pg) = Postgres::start("late-node") else { return };
+    let a = node("pg-a", &pg);
+    let t = common::unique("pgt");
+    assert_eq!(a.put_task(&t, "hello", V1).status, 201);
+    assert_eq!(a.put_task(&t, "gone", V1).status, 201);
+
+    // Caught up before it answers its first request: no polling here.
+    let b = node("pg-b", &pg);
+    assert_eq!(result(&b, &t, "hello"), Ok(serde_json::json!({"v": 1})));
+
+    // Down while the task changes and another is deleted: back, it has both changes at once.
+    b.signal(libc::SIGTERM);
+    b.wait_exit(Duration::from_secs(15));
+    assert_eq!(a.put_task(&t, "hello", V2).status, 200);
+    assert_eq!(a.request("DELETE", &format!("/v1/tenants/{t}/tasks/gone"), &[], b"").status, 204);
+    b.restart();
+    assert_eq!(result(&b, &t, "hello"), Ok(serde_json::json!({"v": 2})));
+    b.run_task(&t, "gone", b"{}").assert_error(404, "not_found");
+}
+
+#[test]
+fn losing_the_database_keeps_serving_and_refuses_deploys() {
+    need_root!("losing_the_database_keeps_serving_and_refuses_deploys");
+    let Some(mut pg) = Postgres::start("db-down") else { return };
+    let (a, b) = (node("pg-a", &pg), node("pg-b", &pg));
+    let t = common::unique("pgt");
+    assert_eq!(a.put_task(&t, "hello", V1).status, 201);
+    wait_for(&b, &t, "hello", &serde_json::json!({"v": 1}), "node b has the task before the database goes");
+
+    pg.stop();
+    for d in [&a, &b] {
+        assert_eq!(result(d, &t, "hello"), Ok(serde_json::json!({"v": 1})), "a node without its database serves what it has");
+    }
+    let r = a.put_task(&t, "hello", V2);
+    let e = r.assert_error(503, "store_unavailable");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("cannot be reached")), "{e}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    b.request("DELETE", &format!("/v1/tenants/{t}/tasks/hello"), &[], b"").assert_error(503, "store_unavailable");
+    assert_eq!(result(&a, &t, "hello"), Ok(serde_json::json!({"v": 1})), "a refused deploy changes nothing");
+
+    pg.run();
+    wait_until(SYNC_GUARD, "node a takes deploys again once the database is back", || a.put_task(&t, "hello", V2).status == 200);
+    wait_for(&b, &t, "hello", &serde_json::json!({"v": 2}), "node b hears of the deploy made after the database came back");
+    a.assert_running("after the database came back");
+    b.assert_running("after the database came back");
+}
