@@ -112,7 +112,6 @@ impl Postgres {
     }
 
     /// `pg_dump` of the whole database, as text.
-    #[allow(dead_code)]
     fn dump(&self) -> Vec<u8> {
         let out =
             as_postgres(&self.bin.join("pg_dump")).arg("-h").arg(&self.dir).args(["-U", "postgres", "postgres"]).output().expect("pg_dump");
@@ -130,6 +129,26 @@ impl Drop for Postgres {
 
 fn node(name: &str, pg: &Postgres) -> Daemon {
     Daemon::start(name, &["--store", &pg.url(), "--node-name", name])
+}
+
+/// Nodes of one cluster share the secrets key (one file here, in the database's directory).
+fn node_with_key(name: &str, pg: &Postgres) -> Daemon {
+    let key = pg.dir.join("secrets.key");
+    if !key.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).expect("the key");
+        std::io::Write::write_all(&mut f, &[7u8; 32]).expect("write the key");
+    }
+    Daemon::start(name, &["--store", &pg.url(), "--node-name", name, "--secrets-key", key.to_str().unwrap()])
+}
+
+fn put_secret(d: &Daemon, tenant: &str, name: &str, value: &str) -> common::Response {
+    d.request("PUT", &format!("/v1/tenants/{tenant}/secrets/{name}"), &[("Content-Type", "text/plain")], value.as_bytes())
+}
+
+fn put_egress(d: &Daemon, tenant: &str, allow: &[&str]) -> common::Response {
+    let body = serde_json::json!({ "allow": allow }).to_string();
+    d.request("PUT", &format!("/v1/tenants/{tenant}/egress"), &[("Content-Type", "application/json")], body.as_bytes())
 }
 
 /// The task's result on this node, or its error kind.
@@ -170,6 +189,41 @@ fn a_deploy_through_one_node_runs_on_the_other() {
     assert_eq!(r.status, 204, "{}", r.text());
     wait_until(SYNC_GUARD, "node b forgets the task deleted through node a", || b.run_task(&t, "hello", b"{}").status == 404);
     b.request("DELETE", &format!("/v1/tenants/{t}/tasks/hello"), &[], b"").assert_error(404, "not_found");
+}
+
+#[test]
+fn secrets_and_egress_lists_reach_the_other_node_and_the_database_holds_no_value() {
+    need_root!("secrets_and_egress_lists_reach_the_other_node_and_the_database_holds_no_value");
+    let Some(pg) = Postgres::start("secrets-egress") else { return };
+    let (a, b) = (node_with_key("pg-a", &pg), node_with_key("pg-b", &pg));
+    let t = common::unique("pgt");
+    let value = "s3cret-only-in-sandboxes-9f2c";
+
+    assert_eq!(put_secret(&a, &t, "TOKEN", value).status, 201);
+    let read = "module.exports = (d, ctx) => ctx.secrets.TOKEN === undefined ? null : ctx.secrets.TOKEN";
+    wait_until(SYNC_GUARD, "node b's sandbox sees the secret set through node a", || {
+        let r = b.run(&t, read, Value::Null);
+        r.status == 200 && r.json()["result"] == value
+    });
+    let dump = pg.dump();
+    let contains = |needle: &[u8]| dump.windows(needle.len()).any(|w| w == needle);
+    // The sealed file is a bytea, which pg_dump writes in hex: the value must be in neither form.
+    let hex = |b: &[u8]| b.iter().map(|c| format!("{c:02x}")).collect::<String>();
+    assert!(contains(b"taskcell_secrets") && contains(hex(b"\"TOKEN\"").as_bytes()), "the dump has the sealed secret");
+    assert!(!contains(value.as_bytes()) && !contains(hex(value.as_bytes()).as_bytes()), "a secret's value is in pg_dump's output");
+
+    // Deleted through the other node: gone on the first too.
+    assert_eq!(b.request("DELETE", &format!("/v1/tenants/{t}/secrets/TOKEN"), &[], b"").status, 204);
+    wait_until(SYNC_GUARD, "node a forgets the secret deleted through node b", || {
+        let r = a.run(&t, read, Value::Null);
+        r.status == 200 && r.json()["result"].is_null()
+    });
+
+    let r = put_egress(&a, &t, &["api.example.com:443"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_until(SYNC_GUARD, "node b has the allow-list put through node a", || {
+        b.get(&format!("/v1/tenants/{t}/egress")).json()["allow"] == serde_json::json!(["api.example.com:443"])
+    });
 }
 
 #[test]
@@ -214,6 +268,10 @@ fn losing_the_database_keeps_serving_and_refuses_deploys() {
     assert_eq!(r.header("retry-after"), Some("1"));
     b.request("DELETE", &format!("/v1/tenants/{t}/tasks/hello"), &[], b"").assert_error(503, "store_unavailable");
     assert_eq!(result(&a, &t, "hello"), Ok(serde_json::json!({"v": 1})), "a refused deploy changes nothing");
+    put_egress(&a, &t, &["api.example.com:443"]).assert_error(503, "store_unavailable");
+    assert_eq!(a.get(&format!("/v1/tenants/{t}/egress")).json()["allow"], serde_json::json!([]));
+    put_secret(&b, &t, "TOKEN", "refused-value").assert_error(503, "store_unavailable");
+    assert_eq!(b.get(&format!("/v1/tenants/{t}/secrets")).json()["secrets"], serde_json::json!([]), "a refused secret is not held");
 
     pg.run();
     wait_until(SYNC_GUARD, "node a takes deploys again once the database is back", || a.put_task(&t, "hello", V2).status == 200);

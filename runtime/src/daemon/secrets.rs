@@ -185,6 +185,11 @@ pub struct FileWrite {
     pub contents: Option<Vec<u8>>,
 }
 
+/// `STATE/secrets`.
+pub fn dir_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("secrets")
+}
+
 /// Every tenant's secrets, owned by the event loop.
 pub struct Secrets {
     dir: PathBuf,
@@ -197,7 +202,7 @@ impl Secrets {
     /// Load every tenant's file from `STATE/secrets` (on the main thread, before serving). Without a key,
     /// secrets are unavailable and the API says why; the daemon serves everything else.
     pub fn open(state_dir: &Path, key: Result<Key, String>) -> Secrets {
-        let dir = state_dir.join("secrets");
+        let dir = dir_in(state_dir);
         let mut me = Secrets { dir, key, tenants: HashMap::new(), next_version: 1 };
         if let Err(e) = me.load_all() {
             eprintln!("taskcell: secrets: {}", crate::error_chain(&e));
@@ -234,6 +239,30 @@ impl Secrets {
             self.tenants.insert(tenant.to_string(), t);
         }
         Ok(())
+    }
+
+    /// Take a tenant's file as it now is on disk (`--store`: another node's change, or this node's own one that
+    /// the database refused, undone): its values replace those held, under a new version, so that its
+    /// sandboxes are sent them before their next invocation.
+    pub fn replace(&mut self, write: &FileWrite) {
+        let Ok(key) = &self.key else { return };
+        let mut t = TenantSecrets { version: self.next_version, entries: BTreeMap::new() };
+        self.next_version += 1;
+        if let Some(contents) = &write.contents {
+            let Ok(file) = serde_json::from_slice::<TenantFile>(contents) else {
+                eprintln!("taskcell: secrets: the shared file of {} is not a secrets file of taskcell's; ignored", write.tenant);
+                return;
+            };
+            for (name, stored) in file.secrets {
+                match key.open(&write.tenant, &name, &stored.sealed) {
+                    Some(value) => {
+                        t.entries.insert(name, Entry { value, updated: stored.updated, sealed: stored.sealed });
+                    }
+                    None => eprintln!("taskcell: secrets: {}/{name} does not open with this key; ignored", write.tenant),
+                }
+            }
+        }
+        self.tenants.insert(write.tenant.clone(), t);
     }
 
     /// Why secrets cannot be used, if they cannot.
@@ -318,6 +347,16 @@ impl Secrets {
     }
 }
 
+/// One tenant's file as it is on disk now (None: it has no secrets).
+pub fn read_file(dir: &Path, tenant: &str) -> Result<FileWrite, SecretsError> {
+    let path = dir.join(format!("{tenant}.json"));
+    match std::fs::read(&path) {
+        Ok(contents) => Ok(FileWrite { tenant: tenant.to_string(), contents: Some(contents) }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(FileWrite { tenant: tenant.to_string(), contents: None }),
+        Err(source) => Err(SecretsError::Io { what: "reading", path, source }),
+    }
+}
+
 /// Write (or remove) one tenant's file durably: on the store thread, never on the loop.
 pub fn write_file(dir: &Path, write: &FileWrite) -> Result<(), SecretsError> {
     let io = |what, path: &Path, source| SecretsError::Io { what, path: path.to_path_buf(), source };
@@ -330,7 +369,10 @@ pub fn write_file(dir: &Path, write: &FileWrite) -> Result<(), SecretsError> {
             Err(e) => return Err(io("removing", &target, e)),
         },
         Some(contents) => {
-            let tmp = dir.join(format!(".tmp-{}-{}", write.tenant, std::process::id()));
+            // Unique to the write: the store thread and `--store`'s follower may write one tenant's file at once.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!(".tmp-{}-{}-{n}", write.tenant, std::process::id()));
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)

@@ -124,7 +124,7 @@ pub const SETTINGS: &[Setting] = &[
         "store",
         "postgres://URL",
         "none",
-        "PostgreSQL as every node's source of truth for deployed tasks (the state directory stays the local copy); a deploy is answered once committed there, 503 store_unavailable while it cannot be reached",
+        "PostgreSQL as every node's source of truth for tasks, secrets (sealed) and egress lists (the state directory stays the local copy); a deploy is answered once committed there, 503 store_unavailable while it cannot be reached",
     ),
 ];
 

@@ -1,5 +1,7 @@
-//! The shared store (`--store postgres://...`, issue 15): PostgreSQL as the source of truth for deployed tasks,
-//! the state directory as each node's local copy. The only module that talks to the database.
+//! The shared store (`--store postgres://...`, issue 15): PostgreSQL as the source of truth for deployed tasks
+//! and their settings, tenants' egress allow-lists and secrets (each tenant's secrets file as it is at rest,
+//! values sealed under the node's key, which every node of a cluster shares: the database never holds a value
+//! in the clear), the state directory as each node's local copy. The only module that talks to the database.
 //!
 //! Every change takes the next value of one sequence (`taskcell_version`) as its version, in a transaction that
 //! first takes one advisory lock, so that versions commit in the order they were taken and "everything after
@@ -12,8 +14,6 @@
 //! was lost, and a catch-up by version at every (re)connection), which applies what other nodes changed to the
 //! local [`Store`] and records the last version applied in `<state-dir>/store-version`. Requests only ever read
 //! the local store: a node whose database is gone keeps serving what it has, and refuses deploys.
-//!
-//! Secrets and egress lists are not here yet: they stay in each node's state directory.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,6 +25,7 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
+use super::secrets::{self, FileWrite};
 use super::store::{self, Store, StoreError, TaskSettings};
 
 /// The channel every change is announced on (payload: its version).
@@ -53,6 +54,18 @@ CREATE TABLE IF NOT EXISTS taskcell_tasks (
     PRIMARY KEY (tenant, task)
 );
 CREATE INDEX IF NOT EXISTS taskcell_tasks_by_version ON taskcell_tasks (version);
+CREATE TABLE IF NOT EXISTS taskcell_egress (
+    tenant text PRIMARY KEY,
+    allow text NOT NULL,
+    version bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS taskcell_egress_by_version ON taskcell_egress (version);
+CREATE TABLE IF NOT EXISTS taskcell_secrets (
+    tenant text PRIMARY KEY,
+    sealed bytea,
+    version bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS taskcell_secrets_by_version ON taskcell_secrets (version);
 COMMIT;
 ";
 
@@ -66,10 +79,9 @@ pub enum SharedStoreError {
     Connect(#[source] postgres::Error),
     #[error("making the store's tables")]
     Schema(#[source] postgres::Error),
-    #[error("writing {tenant}/{task} to the store")]
+    #[error("writing {change} to the store")]
     Write {
-        tenant: String,
-        task: String,
+        change: String,
         #[source]
         source: postgres::Error,
     },
@@ -93,6 +105,18 @@ pub enum SharedStoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the egress allow-list of version {version} is not valid")]
+    BadEgress {
+        version: i64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("applying version {version}'s secrets locally")]
+    ApplySecrets {
+        version: i64,
+        #[source]
+        source: super::secrets::SecretsError,
+    },
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -107,11 +131,18 @@ impl SharedStoreError {
     pub fn unreachable(&self) -> bool {
         match self {
             SharedStoreError::Connect(_) => true,
-            SharedStoreError::Write { source, .. } | SharedStoreError::Changes { source, .. } => {
-                source.is_closed() || source.as_db_error().is_none()
-            }
+            SharedStoreError::Write { source, .. } | SharedStoreError::Changes { source, .. } => lost(source),
             _ => false,
         }
+    }
+}
+
+/// The connection is gone (closed, or never answered), or the server is shutting down or starting (SQLSTATE
+/// classes 08, connection exception, and 57, operator intervention): not a refusal of the change itself.
+fn lost(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => e.is_closed() || db.code().code().starts_with("08") || db.code().code().starts_with("57"),
     }
 }
 
@@ -157,57 +188,114 @@ impl Writer {
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
+    /// One change in one transaction under the writers' lock; `f` returns its answer and the version it took
+    /// (None: nothing changed, nothing to announce).
+    fn change<T, F>(&mut self, change: impl FnOnce() -> String, f: F) -> Result<T, SharedStoreError>
+    where
+        F: FnOnce(&mut postgres::Transaction<'_>) -> Result<(T, Option<i64>), postgres::Error>,
+    {
+        // A connection made before the server restarted fails only when used: then once more on a new one.
+        let reused = self.client.as_ref().is_some_and(|c| !c.is_closed());
+        let mut f = Some(f);
+        let attempt = |me: &mut Writer, f: &mut Option<F>| -> Result<Option<T>, postgres::Error> {
+            let Some(client) = me.client.as_mut() else { return Ok(None) };
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+            let (answer, version) = (f.take().expect("run once past the lock"))(&mut tx)?;
+            if let Some(version) = version {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()])?;
+            }
+            tx.commit()?;
+            Ok(Some(answer))
+        };
+        self.client()?;
+        let mut result = attempt(self, &mut f);
+        // Retried only if it failed before the change itself ran (on a connection found dead): once the change
+        // was sent, whether it committed is unknown, and the client is told so (503) rather than guessed for.
+        if reused && f.is_some() && result.as_ref().is_err_and(lost) {
+            self.client = None;
+            self.client()?;
+            result = attempt(self, &mut f);
+        }
+        let result = match result {
+            Ok(answer) => Ok(answer.expect("connected just above")),
+            Err(source) => Err(SharedStoreError::Write { change: change(), source }),
+        };
+        self.forget_broken(&result);
+        result
+    }
+
     /// Store a task's new version; `Ok(true)` if the task did not exist before.
     pub fn put_task(&mut self, tenant: &str, task: &str, source: &[u8], settings: &TaskSettings) -> Result<bool, SharedStoreError> {
         let settings = serde_json::to_string(settings).expect("settings serialize");
-        let result = self.client().and_then(|client| {
-            let werr = |source| SharedStoreError::Write { tenant: tenant.into(), task: task.into(), source };
-            let mut tx = client.transaction().map_err(werr)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).map_err(werr)?;
-            let existed = tx
-                .query_opt("SELECT source IS NOT NULL FROM taskcell_tasks WHERE tenant = $1 AND task = $2", &[&tenant, &task])
-                .map_err(werr)?
-                .is_some_and(|row| row.get::<_, bool>(0));
-            let row = tx
-                .query_one(
+        self.change(
+            || format!("task {tenant}/{task}"),
+            |tx| {
+                let existed = tx
+                    .query_opt("SELECT source IS NOT NULL FROM taskcell_tasks WHERE tenant = $1 AND task = $2", &[&tenant, &task])?
+                    .is_some_and(|row| row.get::<_, bool>(0));
+                let row = tx.query_one(
                     "INSERT INTO taskcell_tasks (tenant, task, source, settings, version)
                      VALUES ($1, $2, $3, $4, nextval('taskcell_version'))
                      ON CONFLICT (tenant, task) DO UPDATE
                      SET source = EXCLUDED.source, settings = EXCLUDED.settings, version = EXCLUDED.version
                      RETURNING version",
                     &[&tenant, &task, &source, &settings],
-                )
-                .map_err(werr)?;
-            let version: i64 = row.get(0);
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()]).map_err(werr)?;
-            tx.commit().map_err(werr)?;
-            Ok(!existed)
-        });
-        self.forget_broken(&result);
-        result
+                )?;
+                Ok((!existed, Some(row.get(0))))
+            },
+        )
     }
 
     /// Delete a task (leaving its tombstone); `Ok(false)` if it did not exist.
     pub fn delete_task(&mut self, tenant: &str, task: &str) -> Result<bool, SharedStoreError> {
-        let result = self.client().and_then(|client| {
-            let werr = |source| SharedStoreError::Write { tenant: tenant.into(), task: task.into(), source };
-            let mut tx = client.transaction().map_err(werr)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).map_err(werr)?;
-            let row = tx
-                .query_opt(
+        self.change(
+            || format!("the delete of task {tenant}/{task}"),
+            |tx| {
+                let row = tx.query_opt(
                     "UPDATE taskcell_tasks SET source = NULL, settings = '{}', version = nextval('taskcell_version')
                      WHERE tenant = $1 AND task = $2 AND source IS NOT NULL RETURNING version",
                     &[&tenant, &task],
-                )
-                .map_err(werr)?;
-            let Some(row) = row else { return Ok(false) };
-            let version: i64 = row.get(0);
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()]).map_err(werr)?;
-            tx.commit().map_err(werr)?;
-            Ok(true)
-        });
-        self.forget_broken(&result);
-        result
+                )?;
+                Ok(match row {
+                    Some(row) => (true, Some(row.get(0))),
+                    None => (false, None),
+                })
+            },
+        )
+    }
+
+    /// Replace a tenant's egress allow-list.
+    pub fn put_egress(&mut self, tenant: &str, allow: &[String]) -> Result<(), SharedStoreError> {
+        let allow = serde_json::to_string(allow).expect("strings serialize");
+        self.change(
+            || format!("the egress allow-list of {tenant}"),
+            |tx| {
+                let row = tx.query_one(
+                    "INSERT INTO taskcell_egress (tenant, allow, version) VALUES ($1, $2, nextval('taskcell_version'))
+                     ON CONFLICT (tenant) DO UPDATE SET allow = EXCLUDED.allow, version = EXCLUDED.version
+                     RETURNING version",
+                    &[&tenant, &allow],
+                )?;
+                Ok(((), Some(row.get(0))))
+            },
+        )
+    }
+
+    /// Replace a tenant's secrets file (sealed values only; None: it has none left).
+    pub fn put_secrets(&mut self, file: &FileWrite) -> Result<(), SharedStoreError> {
+        self.change(
+            || format!("the secrets of {}", file.tenant),
+            |tx| {
+                let row = tx.query_one(
+                    "INSERT INTO taskcell_secrets (tenant, sealed, version) VALUES ($1, $2, nextval('taskcell_version'))
+                     ON CONFLICT (tenant) DO UPDATE SET sealed = EXCLUDED.sealed, version = EXCLUDED.version
+                     RETURNING version",
+                    &[&file.tenant, &file.contents],
+                )?;
+                Ok(((), Some(row.get(0))))
+            },
+        )
     }
 
     fn forget_broken<T>(&mut self, result: &Result<T, SharedStoreError>) {
@@ -217,17 +305,22 @@ impl Writer {
     }
 }
 
-/// A change another node (or this one) made, now applied to the local store: what the event loop must forget.
-#[derive(Debug)]
+/// A change another node (or this one) made, now applied to the local state directory: what the event loop
+/// must take in.
 pub enum Applied {
     /// A task's source or settings changed, or it was deleted: its code cache is stale.
     Task { tenant: String, task: String },
+    /// A tenant's allow-list, in force from now.
+    Egress { tenant: String, allow: Vec<String> },
+    /// A tenant's secrets file as it now is (sealed values).
+    Secrets(FileWrite),
 }
 
 /// Keeps the local store up to date with the database.
 pub struct Follower {
     config: postgres::Config,
     store: Arc<Store>,
+    secrets_dir: PathBuf,
     version_file: PathBuf,
     /// The last version applied locally.
     pub version: i64,
@@ -237,7 +330,7 @@ impl Follower {
     pub fn new(config: postgres::Config, store: Arc<Store>, state_dir: &Path) -> Follower {
         let version_file = state_dir.join(VERSION_FILE);
         let version = std::fs::read_to_string(&version_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        Follower { config, store, version_file, version }
+        Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, version }
     }
 
     pub fn connect(&self) -> Result<Client, SharedStoreError> {
@@ -253,7 +346,12 @@ impl Follower {
             let after = self.version;
             let rows = client
                 .query(
-                    "SELECT version, tenant, task, source, settings FROM taskcell_tasks WHERE version > $1 ORDER BY version LIMIT $2",
+                    "SELECT version, 'task', tenant, task, source, settings FROM taskcell_tasks WHERE version > $1
+                     UNION ALL
+                     SELECT version, 'egress', tenant, '', convert_to(allow, 'UTF8'), '' FROM taskcell_egress WHERE version > $1
+                     UNION ALL
+                     SELECT version, 'secrets', tenant, '', sealed, '' FROM taskcell_secrets WHERE version > $1
+                     ORDER BY 1 LIMIT $2",
                     &[&after, &BATCH],
                 )
                 .map_err(|source| SharedStoreError::Changes { after, source })?;
@@ -262,12 +360,25 @@ impl Follower {
             }
             for row in &rows {
                 let version: i64 = row.get(0);
-                let tenant: String = row.get(1);
-                let task: String = row.get(2);
-                let source: Option<Vec<u8>> = row.get(3);
-                let settings: String = row.get(4);
-                if self.apply(version, &tenant, &task, source.as_deref(), &settings)? {
-                    applied(Applied::Task { tenant, task });
+                let kind: &str = row.get(1);
+                let tenant: String = row.get(2);
+                let data: Option<Vec<u8>> = row.get(4);
+                let change = match kind {
+                    "task" => {
+                        let task: String = row.get(3);
+                        let settings: String = row.get(5);
+                        self.apply_task(version, &tenant, &task, data.as_deref(), &settings)?.then_some(Applied::Task { tenant, task })
+                    }
+                    "egress" => {
+                        let allow: Vec<String> = serde_json::from_slice(data.as_deref().unwrap_or(b"[]"))
+                            .map_err(|source| SharedStoreError::BadEgress { version, source })?;
+                        self.store.put_egress(&tenant, &allow).map_err(|source| SharedStoreError::Apply { version, source })?;
+                        Some(Applied::Egress { tenant, allow })
+                    }
+                    _ => self.apply_secrets(version, FileWrite { tenant, contents: data })?,
+                };
+                if let Some(change) = change {
+                    applied(change);
                 }
                 self.version = version;
                 count += 1;
@@ -276,8 +387,22 @@ impl Follower {
         }
     }
 
-    /// One change to the local store; `false` if it already had it (this node's own deploy, usually).
-    fn apply(&self, version: i64, tenant: &str, task: &str, source: Option<&[u8]>, settings: &str) -> Result<bool, SharedStoreError> {
+    /// A tenant's secrets file to the local state directory, unless it is there already (this node's own change).
+    fn apply_secrets(&self, version: i64, file: FileWrite) -> Result<Option<Applied>, SharedStoreError> {
+        let local = |source| SharedStoreError::ApplySecrets { version, source };
+        // The tenant's name becomes a file's name: checked here, whatever wrote the row.
+        if !store::valid_name(&file.tenant) {
+            return Ok(None);
+        }
+        if secrets::read_file(&self.secrets_dir, &file.tenant).map_err(local)?.contents == file.contents {
+            return Ok(None);
+        }
+        secrets::write_file(&self.secrets_dir, &file).map_err(local)?;
+        Ok(Some(Applied::Secrets(file)))
+    }
+
+    /// One task's change to the local store; `false` if it already had it (this node's own deploy, usually).
+    fn apply_task(&self, version: i64, tenant: &str, task: &str, source: Option<&[u8]>, settings: &str) -> Result<bool, SharedStoreError> {
         let local = |source| SharedStoreError::Apply { version, source };
         let current = self.store.get(tenant, task).map_err(local)?;
         match source {

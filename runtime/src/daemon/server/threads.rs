@@ -43,6 +43,8 @@ pub(super) struct StoreDone {
     pub(super) code_cache: CodeCacheUpdate,
     /// An allow-list now stored: in force from the moment its answer is sent.
     pub(super) egress: Option<(String, Vec<String>)>,
+    /// `--store`: a tenant's secrets file as it is on disk, to hold again (a change the database refused).
+    pub(super) secrets: Option<secrets::FileWrite>,
 }
 
 /// What a finished store job changes in the loop's code caches.
@@ -101,7 +103,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
                                 CodeCacheUpdate::None,
                             ),
                         };
-                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache, egress: None }
+                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache, egress: None, secrets: None }
                     }
                     StoreJob::Delete { conn, keep_alive, request_id, tenant, task, existed } => {
                         let response = match store.delete(&tenant, &task).map(|local| existed.unwrap_or(local)) {
@@ -113,18 +115,29 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
                             reply: Some((conn, keep_alive, request_id, response)),
                             code_cache: CodeCacheUpdate::Forget { tenant, task },
                             egress: None,
+                            secrets: None,
                         }
                     }
                     StoreJob::LoadCache { tenant, task, sha, key } => {
                         let cache = store.code_cache(&tenant, &task, &sha).unwrap_or_default();
-                        StoreDone { reply: None, code_cache: CodeCacheUpdate::Set { tenant, task, key, cache }, egress: None }
+                        StoreDone {
+                            reply: None,
+                            code_cache: CodeCacheUpdate::Set { tenant, task, key, cache },
+                            egress: None,
+                            secrets: None,
+                        }
                     }
                     StoreJob::WriteSecrets { conn, keep_alive, request_id, dir, write, response } => {
                         let response = match secrets::write_file(&dir, &write) {
                             Ok(()) => response,
                             Err(e) => Response::error(500, "internal", &format!("storing the secrets: {}", crate::error_chain(&e)), None),
                         };
-                        StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None }
+                        StoreDone {
+                            reply: Some((conn, keep_alive, request_id, response)),
+                            code_cache: CodeCacheUpdate::None,
+                            egress: None,
+                            secrets: None,
+                        }
                     }
                     StoreJob::PutEgress { conn, keep_alive, request_id, tenant, allow } => match store.put_egress(&tenant, &allow) {
                         Ok(()) => {
@@ -133,6 +146,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
                                 reply: Some((conn, keep_alive, request_id, response)),
                                 code_cache: CodeCacheUpdate::None,
                                 egress: Some((tenant, allow)),
+                                secrets: None,
                             }
                         }
                         Err(e) => {
@@ -146,6 +160,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
                                 reply: Some((conn, keep_alive, request_id, response)),
                                 code_cache: CodeCacheUpdate::None,
                                 egress: None,
+                                secrets: None,
                             }
                         }
                     },
@@ -160,7 +175,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
     (jobs_tx, db_jobs, done, changes)
 }
 
-/// `--store`: the database thread commits each deploy and delete, then hands it to the store thread to apply
+/// `--store`: the database thread commits each deploy, delete, allow-list and secrets file, then hands it to the store thread to apply
 /// locally and answer; one the database cannot take is answered here (503 while it cannot be reached).
 fn start_database_thread(
     mut writer: shared_store::Writer,
@@ -178,7 +193,9 @@ fn start_database_thread(
                         writer.put_task(tenant, task, source, settings).map(|c| *created = Some(c))
                     }
                     StoreJob::Delete { tenant, task, existed, .. } => writer.delete_task(tenant, task).map(|e| *existed = Some(e)),
-                    _ => Ok(()),
+                    StoreJob::PutEgress { tenant, allow, .. } => writer.put_egress(tenant, allow),
+                    StoreJob::WriteSecrets { write, .. } => writer.put_secrets(write),
+                    StoreJob::LoadCache { .. } => Ok(()),
                 };
                 let failed = match outcome {
                     Ok(()) => {
@@ -189,8 +206,20 @@ fn start_database_thread(
                     }
                     Err(e) => e,
                 };
-                let (StoreJob::Put { conn, keep_alive, request_id, .. } | StoreJob::Delete { conn, keep_alive, request_id, .. }) = job else {
-                    continue;
+                // The loop changed its secrets before asking: it holds the file on disk again.
+                let mut secrets = None;
+                let (conn, keep_alive, request_id) = match job {
+                    StoreJob::Put { conn, keep_alive, request_id, .. }
+                    | StoreJob::Delete { conn, keep_alive, request_id, .. }
+                    | StoreJob::PutEgress { conn, keep_alive, request_id, .. } => (conn, keep_alive, request_id),
+                    StoreJob::WriteSecrets { conn, keep_alive, request_id, dir, write, .. } => {
+                        match secrets::read_file(&dir, &write.tenant) {
+                            Ok(file) => secrets = Some(file),
+                            Err(e) => eprintln!("taskcell: store: {}", crate::error_chain(&e)),
+                        }
+                        (conn, keep_alive, request_id)
+                    }
+                    StoreJob::LoadCache { .. } => continue,
                 };
                 let why = crate::error_chain(&failed);
                 eprintln!("taskcell: store: {why}");
@@ -205,7 +234,7 @@ fn start_database_thread(
                 } else {
                     Response::error(500, "internal", &format!("the shared store refused the change: {why}"), None)
                 };
-                let done = StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None };
+                let done = StoreDone { reply: Some((conn, keep_alive, request_id, response)), code_cache: CodeCacheUpdate::None, egress: None, secrets };
                 if done_tx.send(done).is_err() {
                     return;
                 }
@@ -300,7 +329,7 @@ pub(super) fn start_reaper_thread(batch: Option<jailer::sched::CpuSet>) -> (Send
 impl Server {
     pub(super) fn send_store_job(&mut self, job: StoreJob) {
         let to = match (&self.db_jobs, &job) {
-            (Some(db), StoreJob::Put { .. } | StoreJob::Delete { .. }) => db,
+            (Some(db), StoreJob::Put { .. } | StoreJob::Delete { .. } | StoreJob::PutEgress { .. } | StoreJob::WriteSecrets { .. }) => db,
             _ => &self.store_jobs,
         };
         if to.send(job).is_ok() {
@@ -314,6 +343,8 @@ impl Server {
         for change in changes.try_iter().collect::<Vec<_>>() {
             match change {
                 shared_store::Applied::Task { tenant, task } => self.code_caches.forget(&tenant, &task),
+                shared_store::Applied::Egress { tenant, allow } => self.set_egress_list(tenant, allow),
+                shared_store::Applied::Secrets(file) => self.secrets.replace(&file),
             }
         }
     }
@@ -340,6 +371,9 @@ impl Server {
             }
             if let Some((tenant, allow)) = done.egress {
                 self.set_egress_list(tenant, allow);
+            }
+            if let Some(file) = done.secrets {
+                self.secrets.replace(&file);
             }
             if let Some((conn, keep_alive, request_id, response)) = done.reply {
                 self.respond(conn, &request_id, keep_alive, response);
