@@ -258,7 +258,9 @@ fn losing_the_database_keeps_serving_and_refuses_deploys() {
     assert_eq!(a.put_task(&t, "hello", V1).status, 201);
     wait_for(&b, &t, "hello", &serde_json::json!({"v": 1}), "node b has the task before the database goes");
 
+    assert_eq!(b.health()["store"]["connected"], true, "{}", b.health());
     pg.stop();
+    wait_until(SYNC_GUARD, "node b's health says the store is gone", || b.health()["store"]["connected"] == false);
     for d in [&a, &b] {
         assert_eq!(result(d, &t, "hello"), Ok(serde_json::json!({"v": 1})), "a node without its database serves what it has");
     }
@@ -276,6 +278,7 @@ fn losing_the_database_keeps_serving_and_refuses_deploys() {
     pg.run();
     wait_until(SYNC_GUARD, "node a takes deploys again once the database is back", || a.put_task(&t, "hello", V2).status == 200);
     wait_for(&b, &t, "hello", &serde_json::json!({"v": 2}), "node b hears of the deploy made after the database came back");
+    assert_eq!(b.health()["store"]["connected"], true, "{}", b.health());
     a.assert_running("after the database came back");
     b.assert_running("after the database came back");
 }

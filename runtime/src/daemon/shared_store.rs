@@ -19,6 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -316,6 +317,25 @@ pub enum Applied {
     Secrets(FileWrite),
 }
 
+/// What `/v1/health` tells of the follower (kept by it, read by the loop).
+#[derive(Default)]
+pub struct Status {
+    /// Its connection is up and listening.
+    pub connected: AtomicBool,
+    /// The last version applied locally.
+    pub version: AtomicI64,
+}
+
+impl Status {
+    pub fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "postgres",
+            "connected": self.connected.load(Ordering::Relaxed),
+            "version": self.version.load(Ordering::Relaxed),
+        })
+    }
+}
+
 /// Keeps the local store up to date with the database.
 pub struct Follower {
     config: postgres::Config,
@@ -324,18 +344,21 @@ pub struct Follower {
     version_file: PathBuf,
     /// The last version applied locally.
     pub version: i64,
+    pub status: Arc<Status>,
 }
 
 impl Follower {
     pub fn new(config: postgres::Config, store: Arc<Store>, state_dir: &Path) -> Follower {
         let version_file = state_dir.join(VERSION_FILE);
         let version = std::fs::read_to_string(&version_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, version }
+        let status = Arc::new(Status { connected: AtomicBool::new(false), version: AtomicI64::new(version) });
+        Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, version, status }
     }
 
     pub fn connect(&self) -> Result<Client, SharedStoreError> {
         let mut client = connect(&self.config)?;
         client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(SharedStoreError::Listen)?;
+        self.status.connected.store(true, Ordering::Relaxed);
         Ok(client)
     }
 
@@ -384,6 +407,7 @@ impl Follower {
                 count += 1;
             }
             self.save_version()?;
+            self.status.version.store(self.version, Ordering::Relaxed);
         }
     }
 
@@ -475,6 +499,7 @@ impl Follower {
                 }
             })();
             if let Err(e) = result {
+                self.status.connected.store(false, Ordering::Relaxed);
                 eprintln!("taskcell: store: {}", crate::error_chain(&e));
                 down_since_logged = true;
                 std::thread::sleep(Duration::from_secs(1));

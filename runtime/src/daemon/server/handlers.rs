@@ -312,6 +312,7 @@ impl Server {
                 "largest_tenant_bytes": self.code_caches.largest_tenant_bytes(),
             },
             "log_hub": self.hub.as_ref().map(|h| h.health(&self.config)),
+            "store": self.store_status.as_ref().map(|s| s.health()),
             "cpus": self.cpus.map(|c| serde_json::json!({"all": c.all.list(), "reserved": c.reserved.list(), "batch": c.batch.list()})),
         })
         .to_string()

@@ -127,6 +127,8 @@ pub struct Server {
     store_done: Receiver<StoreDone>,
     /// `--store`: what other nodes changed, already applied to the local store by the follower.
     store_changes: Option<Receiver<shared_store::Applied>>,
+    /// `--store`: the follower's connection and version, for health.
+    store_status: Option<Arc<shared_store::Status>>,
     /// Store jobs sent and not yet answered: a drain waits for them.
     store_pending: usize,
     reaper: Sender<jailer::Sandbox>,
@@ -188,6 +190,7 @@ impl Server {
             None => (None, None),
         };
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), Source::Signals.token(), Interest::READABLE)?;
+        let store_status = shared.as_ref().map(|s| s.follower.status.clone());
         let (store_jobs, db_jobs, store_done, store_changes) = start_store_thread(store.clone(), waker.clone(), shared);
         let (reaper, reaper_thread) = start_reaper_thread(cpus.map(|c| c.batch));
         let (resolver, resolved) = start_resolver_threads(RESOLVER_THREADS, waker.clone());
@@ -230,6 +233,7 @@ impl Server {
             db_jobs,
             store_done,
             store_changes,
+            store_status,
             store_pending: 0,
             reaper,
             reaper_thread: Some(reaper_thread),
