@@ -51,14 +51,26 @@ impl Postgres {
         let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status().expect("chown");
         assert!(status.success(), "chown {} to postgres", dir.display());
         let mut pg = Postgres { bin, dir, server: None };
-        let out = as_postgres(&pg.bin.join("initdb"))
+        pg.init();
+        pg.run();
+        Some(pg)
+    }
+
+    fn init(&self) {
+        let out = as_postgres(&self.bin.join("initdb"))
             .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "-D"])
-            .arg(pg.dir.join("data"))
+            .arg(self.dir.join("data"))
             .output()
             .expect("run initdb");
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        pg.run();
-        Some(pg)
+    }
+
+    /// Stop the server, throw its data away and start an empty one at the same place.
+    fn recreate(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.join("data")).expect("remove the server's data");
+        self.init();
+        self.run();
     }
 
     /// Start the server (again) on the same data, and wait until it takes connections.
@@ -247,6 +259,22 @@ fn a_node_started_after_a_deploy_serves_it() {
     b.restart();
     assert_eq!(result(&b, &t, "hello"), Ok(serde_json::json!({"v": 2})));
     b.run_task(&t, "gone", b"{}").assert_error(404, "not_found");
+}
+
+#[test]
+fn a_database_made_anew_is_followed_from_its_first_version() {
+    need_root!("a_database_made_anew_is_followed_from_its_first_version");
+    let Some(mut pg) = Postgres::start("db-anew") else { return };
+    let a = node("pg-a", &pg);
+    let t = common::unique("pgt");
+    assert_eq!(a.put_task(&t, "old", V1).status, 201);
+    wait_until(SYNC_GUARD, "node a has applied version 1", || a.health()["store"]["version"] == 1);
+
+    // The new database's first change is version 1 again: node a must not take it for one it has.
+    pg.recreate();
+    let b = node("pg-b", &pg);
+    assert_eq!(b.put_task(&t, "new", V2).status, 201);
+    wait_for(&a, &t, "new", &serde_json::json!({"v": 2}), "node a follows the database made anew");
 }
 
 #[test]

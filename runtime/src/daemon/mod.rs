@@ -409,7 +409,7 @@ fn shared_parts(url: &str, store: &Arc<store::Store>, state_dir: &std::path::Pat
     let mut follower = shared_store::Follower::new(config.clone(), store.clone(), state_dir);
     let from = follower.version;
     let client = match follower.connect() {
-        Ok(mut client) => match follower.catch_up(&mut client, &mut |_| {}) {
+        Ok(mut client) => match follower.check_database(&mut client).and_then(|()| follower.catch_up(&mut client, &mut |_| {})) {
             Ok(n) => {
                 eprintln!("taskcell: store: PostgreSQL, {n} change(s) applied after version {from}, now at {}", follower.version);
                 Some(client)

@@ -9,10 +9,11 @@
 //! tombstone), so that a node catching up hears of the delete too. The transaction ends with a NOTIFY, which
 //! PostgreSQL delivers at COMMIT.
 //!
-//! Two connections, each on a thread of its own and never on the event loop: the [`Writer`] (deploys and deletes,
+//! Two connections, each on a thread of its own and never on the event loop: the [`Writer`] (every change,
 //! answered only once committed) and the [`Follower`] (LISTEN, plus a poll every [`POLL`] in case a notification
 //! was lost, and a catch-up by version at every (re)connection), which applies what other nodes changed to the
-//! local [`Store`] and records the last version applied in `<state-dir>/store-version`. Requests only ever read
+//! local [`Store`] and records the last version applied in `<state-dir>/store-version` (with the database's id:
+//! a database made anew or restored from a backup is followed again from version 0). Requests only ever read
 //! the local store: a node whose database is gone keeps serving what it has, and refuses deploys.
 
 use std::io::Write;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
@@ -46,6 +47,9 @@ const SCHEMA: &str = "
 BEGIN;
 SELECT pg_advisory_xact_lock(8386110886206860396);
 CREATE SEQUENCE IF NOT EXISTS taskcell_version;
+CREATE TABLE IF NOT EXISTS taskcell_database (id text NOT NULL);
+INSERT INTO taskcell_database SELECT md5(random()::text || clock_timestamp()::text)
+    WHERE NOT EXISTS (SELECT 1 FROM taskcell_database);
 CREATE TABLE IF NOT EXISTS taskcell_tasks (
     tenant text NOT NULL,
     task text NOT NULL,
@@ -78,6 +82,8 @@ pub enum SharedStoreError {
     Url(#[source] postgres::Error),
     #[error("connecting to the store")]
     Connect(#[source] postgres::Error),
+    #[error("the store could not be reached less than a second ago")]
+    Down,
     #[error("making the store's tables")]
     Schema(#[source] postgres::Error),
     #[error("writing {change} to the store")]
@@ -128,10 +134,20 @@ pub enum SharedStoreError {
 }
 
 impl SharedStoreError {
+    /// A change in the database that cannot be applied anywhere, as opposed to one this node failed to apply.
+    fn bad_row(&self) -> bool {
+        matches!(
+            self,
+            SharedStoreError::BadSettings { .. }
+                | SharedStoreError::BadEgress { .. }
+                | SharedStoreError::Apply { source: StoreError::BadName { .. }, .. }
+        )
+    }
+
     /// The database could not be reached or went away (as opposed to a change it refused).
     pub fn unreachable(&self) -> bool {
         match self {
-            SharedStoreError::Connect(_) => true,
+            SharedStoreError::Connect(_) | SharedStoreError::Down => true,
             SharedStoreError::Write { source, .. } | SharedStoreError::Changes { source, .. } => lost(source),
             _ => false,
         }
@@ -167,15 +183,21 @@ fn connect(config: &postgres::Config) -> Result<Client, SharedStoreError> {
     Ok(client)
 }
 
-/// Deploys and deletes, committed before they are answered. Used by the database thread alone.
+/// Every change, committed before it is answered. Used by the database thread alone.
 pub struct Writer {
     config: postgres::Config,
     client: Option<Client>,
+    /// When a connection last failed: for [`RETRY_AFTER`], changes are refused without waiting for another
+    /// timeout, so that a burst of deploys while the database is away is answered at once.
+    failed_at: Option<Instant>,
 }
+
+/// How long after a failed connection the writer tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Writer {
     pub fn new(config: postgres::Config) -> Writer {
-        Writer { config, client: None }
+        Writer { config, client: None, failed_at: None }
     }
 
     /// The connection, made again if the last one broke.
@@ -184,7 +206,19 @@ impl Writer {
             self.client = None;
         }
         if self.client.is_none() {
-            self.client = Some(connect(&self.config)?);
+            if self.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+                return Err(SharedStoreError::Down);
+            }
+            match connect(&self.config) {
+                Ok(client) => {
+                    self.client = Some(client);
+                    self.failed_at = None;
+                }
+                Err(e) => {
+                    self.failed_at = Some(Instant::now());
+                    return Err(e);
+                }
+            }
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
@@ -342,6 +376,8 @@ pub struct Follower {
     store: Arc<Store>,
     secrets_dir: PathBuf,
     version_file: PathBuf,
+    /// The database the versions are of (its `taskcell_database` row, made at random with its tables).
+    database: String,
     /// The last version applied locally.
     pub version: i64,
     pub status: Arc<Status>,
@@ -350,9 +386,14 @@ pub struct Follower {
 impl Follower {
     pub fn new(config: postgres::Config, store: Arc<Store>, state_dir: &Path) -> Follower {
         let version_file = state_dir.join(VERSION_FILE);
-        let version = std::fs::read_to_string(&version_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        // "DATABASE-ID VERSION"; anything else is version 0 of no database.
+        let text = std::fs::read_to_string(&version_file).unwrap_or_default();
+        let (database, version) = match text.split_whitespace().collect::<Vec<_>>()[..] {
+            [id, version] => (id.to_string(), version.parse().unwrap_or(0)),
+            _ => (String::new(), 0),
+        };
         let status = Arc::new(Status { connected: AtomicBool::new(false), version: AtomicI64::new(version) });
-        Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, version, status }
+        Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, database, version, status }
     }
 
     pub fn connect(&self) -> Result<Client, SharedStoreError> {
@@ -360,6 +401,27 @@ impl Follower {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(SharedStoreError::Listen)?;
         self.status.connected.store(true, Ordering::Relaxed);
         Ok(client)
+    }
+
+    /// Versions count in one database: one made anew (another id) or restored from a backup (behind this node)
+    /// would never send its changes. Then start over from version 0 (what the node has is applied again, no harm).
+    pub fn check_database(&mut self, client: &mut Client) -> Result<(), SharedStoreError> {
+        let after = self.version;
+        let row = client
+            .query_one("SELECT (SELECT id FROM taskcell_database LIMIT 1), last_value, is_called FROM taskcell_version", &[])
+            .map_err(|source| SharedStoreError::Changes { after, source })?;
+        let database: String = row.get(0);
+        let last: i64 = if row.get::<_, bool>(2) { row.get(1) } else { 0 };
+        if database != self.database || last < self.version {
+            if self.version > 0 {
+                eprintln!(
+                    "taskcell: store: database {database} at version {last} is not the one this node followed to version {after}: applying everything again"
+                );
+            }
+            self.database = database;
+            self.version = 0;
+        }
+        Ok(())
     }
 
     /// Apply every change after the last one applied; each applied change is passed to `applied`.
@@ -386,22 +448,29 @@ impl Follower {
                 let kind: &str = row.get(1);
                 let tenant: String = row.get(2);
                 let data: Option<Vec<u8>> = row.get(4);
-                let change = match kind {
-                    "task" => {
-                        let task: String = row.get(3);
-                        let settings: String = row.get(5);
-                        self.apply_task(version, &tenant, &task, data.as_deref(), &settings)?.then_some(Applied::Task { tenant, task })
-                    }
-                    "egress" => {
-                        let allow: Vec<String> = serde_json::from_slice(data.as_deref().unwrap_or(b"[]"))
-                            .map_err(|source| SharedStoreError::BadEgress { version, source })?;
-                        self.store.put_egress(&tenant, &allow).map_err(|source| SharedStoreError::Apply { version, source })?;
-                        Some(Applied::Egress { tenant, allow })
-                    }
-                    _ => self.apply_secrets(version, FileWrite { tenant, contents: data })?,
-                };
-                if let Some(change) = change {
-                    applied(change);
+                let change = (|| -> Result<Option<Applied>, SharedStoreError> {
+                    Ok(match kind {
+                        "task" => {
+                            let task: String = row.get(3);
+                            let settings: String = row.get(5);
+                            self.apply_task(version, &tenant, &task, data.as_deref(), &settings)?.then_some(Applied::Task { tenant, task })
+                        }
+                        "egress" => {
+                            let allow: Vec<String> = serde_json::from_slice(data.as_deref().unwrap_or(b"[]"))
+                                .map_err(|source| SharedStoreError::BadEgress { version, source })?;
+                            self.store.put_egress(&tenant, &allow).map_err(|source| SharedStoreError::Apply { version, source })?;
+                            Some(Applied::Egress { tenant, allow })
+                        }
+                        _ => self.apply_secrets(version, FileWrite { tenant, contents: data })?,
+                    })
+                })();
+                match change {
+                    Ok(Some(change)) => applied(change),
+                    Ok(None) => {}
+                    // A row no node could have written (a bad name or shape) is passed over, or it would stop
+                    // this node following for good; a local failure (a full disk) is retried from this version.
+                    Err(e) if e.bad_row() => eprintln!("taskcell: store: {}; passed over", crate::error_chain(&e)),
+                    Err(e) => return Err(e),
                 }
                 self.version = version;
                 count += 1;
@@ -457,7 +526,7 @@ impl Follower {
         let mut f =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("creating", &tmp))?;
         // Not fsynced: a version file older than the tasks only makes a restart apply a few changes again.
-        writeln!(f, "{}", self.version).map_err(io("writing", &tmp))?;
+        writeln!(f, "{} {}", self.database, self.version).map_err(io("writing", &tmp))?;
         std::fs::rename(&tmp, &self.version_file).map_err(io("renaming", &self.version_file))
     }
 
@@ -486,6 +555,7 @@ impl Follower {
                 down_since_logged = false;
             }
             let result = (|| -> Result<(), SharedStoreError> {
+                self.check_database(&mut c)?;
                 loop {
                     let mut stop = false;
                     self.catch_up(&mut c, &mut |a| stop |= !applied(a))?;
