@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{unique, Daemon, HANG};
+use common::{unique, Daemon, TempDir, HANG};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -463,28 +463,10 @@ fn taskcell_socket_is_honoured_and_socket_wins() {
     assert!(out.stderr.contains(&elsewhere.display().to_string()), "{}", out.stderr);
 }
 
-/// A directory of this test's own under the temporary directory, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("taskcell-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_wrong_socket_says_which_and_why() {
     // No daemon needed: nothing listens there.
-    let dir = TempDir::new("nosock");
+    let dir = TempDir::new("cli-nosock");
     let socket = dir.0.join("nothing.sock");
     let out = tc_in(&socket, &["health"], b"");
     assert_eq!(out.code, Some(1), "{}", out.stderr);
@@ -501,7 +483,7 @@ fn a_wrong_socket_says_which_and_why() {
 #[test]
 fn bad_json_input_is_refused_before_anything_is_sent() {
     // A listener that only counts connections stands in for the daemon: none may arrive.
-    let dir = TempDir::new("badjson");
+    let dir = TempDir::new("cli-badjson");
     let socket = dir.0.join("count.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -533,7 +515,7 @@ fn usage_errors_exit_2_and_help_lists_every_command() {
     }
     assert!(out.stdout.contains("--socket PATH") && out.stdout.contains("--json") && out.stdout.contains("TASKCELL_SOCKET"));
 
-    let dir = TempDir::new("usage");
+    let dir = TempDir::new("cli-usage");
     let socket = dir.0.join("none.sock");
     for args in [
         &["call", "acme"][..],

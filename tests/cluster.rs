@@ -12,25 +12,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Client, Daemon, Response};
+use common::{wait_until, Client, Daemon, Response, TempDir};
 use serde_json::json;
-
-/// A temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::copy(self.0.join("haproxy.log"), "/tmp/cluster-haproxy.log");
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// HAProxy in the foreground (`-db`), killed and reaped when dropped.
 struct Haproxy(Child);
@@ -111,15 +100,12 @@ fn p50(mut v: Vec<Duration>) -> Duration {
 #[test]
 fn tenants_stay_on_their_node_and_only_a_dead_nodes_tenants_move() {
     need_root!("tenants_stay_on_their_node_and_only_a_dead_nodes_tenants_move");
-    let _ = std::fs::remove_file("/tmp/cluster-haproxy.log");
     let Some(haproxy) = haproxy_binary() else {
         eprintln!("\n**********\nSKIPPED: haproxy is not installed (apt-get install haproxy)\n**********\n");
         assert!(std::env::var_os("CI").is_none(), "haproxy is missing and CI is set: .ci/run must install it");
         return;
     };
-    let dir = TempDir(std::env::temp_dir().join(format!("taskcell-cluster-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("cluster");
     let key = dir.0.join("token.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -254,10 +240,8 @@ fn tenants_stay_on_their_node_and_only_a_dead_nodes_tenants_move() {
         assert_eq!((r.status, &node_of(&r)), (200, n), "tenant {t} after node2 came back: {}", r.text());
     }
     drop(proxy.0.kill());
-    let mut err = String::new();
-    if let Some(mut e) = proxy.0.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    // HAProxy's own messages and its request log went to this file (its stderr).
+    let err = std::fs::read_to_string(dir.0.join("haproxy.log")).unwrap_or_default();
     let _ = proxy.0.wait();
     assert!(!err.contains("[ALERT]"), "HAProxy alerts:\n{err}");
     drop(nodes);

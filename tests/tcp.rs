@@ -9,32 +9,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Client, Daemon, Response};
+use common::{Client, Daemon, Response, TempDir};
 use serde_json::json;
 
 const NODE: &str = "node-7.test";
-
-/// A temporary directory, removed when dropped (a failed test leaves nothing behind either).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("taskcell-tcp-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn write_key(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::write(path, bytes).unwrap();
@@ -87,7 +69,7 @@ fn assert_node(r: &Response) {
 #[test]
 fn tenant_tokens_over_tcp() {
     need_root!("tenant_tokens_over_tcp");
-    let tmp = TempDir::new("tokens");
+    let tmp = TempDir::new("tcp-tokens");
     let key = tmp.0.join("token.key");
     let key_bytes = b"a key for tests, 32 bytes or more";
     write_key(&key, key_bytes, 0o600);
@@ -226,7 +208,7 @@ fn tenant_tokens_over_tcp() {
 #[test]
 fn bad_keys_and_groups_stop_the_daemon_at_start() {
     need_root!("bad_keys_and_groups_stop_the_daemon_at_start");
-    let tmp = TempDir::new("refusals");
+    let tmp = TempDir::new("tcp-refusals");
     let key = tmp.0.join("token.key");
     let (socket, state) = (tmp.0.join("s.sock"), tmp.0.join("state"));
     let secrets_key = tmp.0.join("secrets.key");

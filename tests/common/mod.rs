@@ -566,6 +566,25 @@ pub fn sandbox_cgroups(groups: &[PathBuf]) -> usize {
         .sum()
 }
 
+/// A directory of the test's own, `taskcell-<label>-<pid>` under the temporary directory, made empty and
+/// removed when dropped (a failed test leaves nothing behind either).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("taskcell-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the test's temporary directory");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A name no other test uses: tenants of a shared daemon stay apart.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
