@@ -26,7 +26,8 @@ run: all
 test: all
 	$(CARGO) test --release --workspace -- --test-threads=4
 
-# Many nodes on one machine (three daemons behind HAProxy; needs the haproxy package): part of `make test` too.
+# Many nodes on one machine (three daemons behind HAProxy, one PostgreSQL, one log hub; needs the haproxy and
+# postgresql packages): part of `make test` too.
 cluster-test: all
 	$(CARGO) test --release --test cluster -- --nocapture
 

@@ -9,84 +9,16 @@
 #[macro_use]
 mod common;
 
-use std::io::ErrorKind;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
 use serde_json::Value;
 
-/// How long to wait for more events before calling a stream quiet (then probes are sent again).
-const QUIET: Duration = Duration::from_millis(500);
 /// How many probes may go unseen before the hub is called broken.
 const PROBES: usize = 120;
-
-/// A `taskcell log-hub` of the test's own, stopped (and waited for) when dropped.
-struct Hub {
-    child: Option<Child>,
-    log: PathBuf,
-    input: String,
-    output: String,
-}
-
-impl Hub {
-    fn start(name: &str, input: &str, output: &str) -> Hub {
-        let log = std::env::temp_dir().join(format!("taskcell-it-{}-{}.hub.log", std::process::id(), unique(name)));
-        let file = std::fs::File::create(&log).expect("create the hub's log");
-        let child = Command::new(env!("CARGO_BIN_EXE_taskcell"))
-            .args(["log-hub", "--in", input, "--out", output])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start taskcell log-hub");
-        let mut hub = Hub { child: Some(child), log, input: String::new(), output: String::new() };
-        // The hub says where it bound (port 0 is any free one).
-        let mut line = None;
-        wait_until(Duration::from_secs(20), "the hub to bind", || {
-            if let Some(status) = hub.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the hub exited with {status}: {}", std::fs::read_to_string(&hub.log).unwrap_or_default());
-            }
-            line =
-                std::fs::read_to_string(&hub.log).unwrap().lines().find_map(|l| l.strip_prefix("taskcell log-hub: in ").map(String::from));
-            line.is_some()
-        });
-        let line = line.unwrap();
-        let (i, o) = line.split_once(" out ").expect("in ADDR out ADDR");
-        (hub.input, hub.output) = (i.to_string(), o.to_string());
-        hub
-    }
-
-    fn signal(&mut self, sig: i32) -> ExitStatus {
-        let mut child = self.child.take().expect("the hub is running");
-        // SAFETY: kill on the pid of a child this test started and has not reaped.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the hub did not stop within 15 s of signal {sig}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// A port held by a listener that is no hub (it never speaks ZeroMQ), to be freed for the hub that comes later.
 fn held_endpoint() -> (TcpListener, String) {
@@ -101,96 +33,6 @@ fn node(name: &str, node: &str, hub_in: &str, hub_out: &str, more: &[&str]) -> D
     Daemon::start(name, &flags)
 }
 
-/// The HS256 key of a node's TCP listener, in a file removed when dropped.
-struct TokenKey(PathBuf);
-
-impl TokenKey {
-    fn new() -> TokenKey {
-        use std::os::unix::fs::PermissionsExt;
-        let path = std::env::temp_dir().join(format!("taskcell-it-{}-{}.key", std::process::id(), unique("hub-key")));
-        std::fs::write(&path, [7u8; 32]).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        TokenKey(path)
-    }
-
-    fn token(&self, tenant: &str) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_taskcell"))
-            .args(["token", "--tenant", tenant, "--ttl", "1h", "--key", self.0.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "taskcell token: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-}
-
-impl Drop for TokenKey {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The TCP address a daemon logged it listens on (it was given port 0).
-fn tcp_addr(d: &Daemon) -> std::net::SocketAddr {
-    let log = std::fs::read_to_string(&d.log).unwrap();
-    let line = log.lines().find_map(|l| l.strip_prefix("taskcell: listening on tcp ")).unwrap_or_else(|| panic!("no tcp line in\n{log}"));
-    line.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-/// A `/v1/logs` stream, read line by line.
-struct Stream {
-    client: Client,
-    partial: Vec<u8>,
-}
-
-impl Stream {
-    fn open(d: &Daemon, path: &str) -> Stream {
-        Stream::on(d.client(), path, &[])
-    }
-
-    fn on(mut client: Client, path: &str, headers: &[(&str, &str)]) -> Stream {
-        client.send("GET", path, headers, b"").unwrap();
-        assert_eq!(client.read_stream_head().unwrap().0, 200);
-        Stream { client, partial: Vec::new() }
-    }
-
-    /// The next event, or None if none came within `guard`.
-    fn next(&mut self, guard: Duration) -> Option<Value> {
-        loop {
-            if let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.partial.drain(..=i).collect();
-                return Some(
-                    serde_json::from_slice(&line).unwrap_or_else(|e| panic!("bad line {:?}: {e}", String::from_utf8_lossy(&line))),
-                );
-            }
-            self.client.set_timeout(guard);
-            match self.client.read_chunk() {
-                Ok(Some(chunk)) => self.partial.extend_from_slice(&chunk),
-                Ok(None) => panic!("the log stream ended"),
-                Err(e) if e.kind() == ErrorKind::TimedOut => return None,
-                Err(e) => panic!("reading the log stream: {e}"),
-            }
-        }
-    }
-
-    /// Every event until the stream is quiet.
-    fn drain(&mut self) -> Vec<Value> {
-        std::iter::from_fn(|| self.next(QUIET)).collect()
-    }
-
-    /// Every event up to the first for which `done` is true (a hang fails the test).
-    fn until(&mut self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            let e = self.next(HANG).unwrap_or_else(|| panic!("no event {what} in {HANG:?}; saw {seen:?}"));
-            let stop = done(&e);
-            seen.push(e);
-            if stop {
-                return seen;
-            }
-        }
-    }
-}
-
 fn log_run(d: &Daemon, tenant: &str, message: &str) {
     let code = format!("module.exports = () => {{ console.log({}); return 1 }}", Value::from(message));
     let r = d.run(tenant, &code, Value::Null);
@@ -203,7 +45,7 @@ fn is(e: &Value, message: &str, node: &str) -> bool {
 
 /// Send probes from `from` (node name `node`) for `tenant` until each stream has one: zmq has connected every
 /// socket and passed every subscription on. Returns what each stream saw.
-fn probe_until_through(from: &Daemon, node: &str, tenant: &str, streams: &mut [&mut Stream]) -> Vec<Vec<Value>> {
+fn probe_until_through(from: &Daemon, node: &str, tenant: &str, streams: &mut [&mut LogStream]) -> Vec<Vec<Value>> {
     let mut seen: Vec<Vec<Value>> = vec![Vec::new(); streams.len()];
     for n in 0..PROBES {
         log_run(from, tenant, &format!("probe-{n}"));
@@ -232,11 +74,11 @@ fn every_node_streams_every_nodes_events_once() {
     let a = node("hub-a", "node-a", &hub.input, &hub.output, &tcp);
     let b = node("hub-b", "node-b", &hub.input, &hub.output, &[]);
     let (t, other) = (unique("hubt"), unique("hubo"));
-    let mut all = Stream::open(&a, "/v1/logs");
-    let mut only_t = Stream::open(&a, &format!("/v1/logs?tenant={t}"));
+    let mut all = LogStream::open(&a, "/v1/logs");
+    let mut only_t = LogStream::open(&a, &format!("/v1/logs?tenant={t}"));
     // A tenant's token on TCP follows its tenant's events only, from every node, without asking for them.
     let bearer = format!("Bearer {}", key.token(&t));
-    let mut token_t = Stream::on(Client::connect_tcp(tcp_addr(&a)), "/v1/logs", &[("Authorization", &bearer)]);
+    let mut token_t = LogStream::on(Client::connect_tcp(tcp_addr(&a)), "/v1/logs", &[("Authorization", &bearer)]);
     probe_until_through(&b, "node-b", &t, &mut [&mut all, &mut only_t, &mut token_t]);
     // The other tenant's subscription is the empty one (all's): probes for it come through too.
     probe_until_through(&b, "node-b", &other, &mut [&mut all]);
@@ -288,7 +130,7 @@ fn an_absent_or_dead_hub_never_fails_a_run_and_its_losses_are_reported() {
     let a = node("nohub-a", "node-a", &input, &output, &[]);
     let b = node("nohub-b", "node-b", &input, &output, &[]);
     let t = unique("nohub");
-    let mut stream = Stream::open(&a, &format!("/v1/logs?tenant={t}"));
+    let mut stream = LogStream::open(&a, &format!("/v1/logs?tenant={t}"));
     for n in 0..3 {
         log_run(&b, &t, &format!("unheard-{n}"));
     }

@@ -6,138 +6,14 @@
 //! `postgresql` package). "Within a second" is not asserted: tests poll for the change, never time it.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cluster::Postgres;
 use common::{wait_until, Daemon};
 use serde_json::Value;
 
 /// Longest a change may take to reach another node before the test calls it lost (a hang detector).
 const SYNC_GUARD: Duration = Duration::from_secs(15);
-
-/// A PostgreSQL server of the test's own. Dropped: stopped (by its pid) and its directory removed.
-struct Postgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    server: Option<Child>,
-}
-
-/// The directory of `initdb` and `postgres` (Debian keeps them under /usr/lib/postgresql/VERSION/bin).
-fn postgres_bin() -> Option<PathBuf> {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten().map(|e| e.path().join("bin")).collect();
-    versions.sort();
-    versions.into_iter().rev().find(|b| b.join("initdb").is_file() && b.join("postgres").is_file())
-}
-
-/// Run as the `postgres` user (the server refuses root): setpriv execs in place, so a pid is the server's own.
-fn as_postgres(program: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
-    c
-}
-
-impl Postgres {
-    /// A fresh, running server, or None (after a loud note) where PostgreSQL is not installed outside CI.
-    fn start(test: &str) -> Option<Postgres> {
-        let Some(bin) = postgres_bin() else {
-            eprintln!("\n**********\nSKIPPED: PostgreSQL is not installed (apt-get install postgresql): {test}\n**********\n");
-            assert!(std::env::var_os("CI").is_none(), "{test} needs PostgreSQL, and CI is set: .ci/run must install it");
-            return None;
-        };
-        let dir = std::env::temp_dir().join(format!("taskcell-pg-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("the server's directory");
-        let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status().expect("chown");
-        assert!(status.success(), "chown {} to postgres", dir.display());
-        let mut pg = Postgres { bin, dir, server: None };
-        pg.init();
-        pg.run();
-        Some(pg)
-    }
-
-    fn init(&self) {
-        let out = as_postgres(&self.bin.join("initdb"))
-            .args(["--auth=trust", "--username=postgres", "--no-sync", "--encoding=UTF8", "-D"])
-            .arg(self.dir.join("data"))
-            .output()
-            .expect("run initdb");
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Stop the server, throw its data away and start an empty one at the same place.
-    fn recreate(&mut self) {
-        self.stop();
-        std::fs::remove_dir_all(self.dir.join("data")).expect("remove the server's data");
-        self.init();
-        self.run();
-    }
-
-    /// Start the server (again) on the same data, and wait until it takes connections.
-    fn run(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log")).expect("the server's log");
-        let child = as_postgres(&self.bin.join("postgres"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .arg("-k")
-            .arg(&self.dir)
-            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup the log"))
-            .stderr(log)
-            .spawn()
-            .expect("start postgres");
-        self.server = Some(child);
-        let started = Instant::now();
-        loop {
-            let ready = Command::new(self.bin.join("pg_isready")).arg("-q").arg("-h").arg(&self.dir).status().is_ok_and(|s| s.success());
-            if ready {
-                return;
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "postgres did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stop the server (a fast shutdown: it disconnects the daemons) and wait for it to be gone.
-    fn stop(&mut self) {
-        let Some(mut child) = self.server.take() else { return };
-        // SAFETY: kill(2) on the pid of our own child, which has not been waited for, so not reused.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-        let started = Instant::now();
-        while child.try_wait().ok().flatten().is_none() {
-            if started.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@localhost/postgres?host={}", self.dir.display())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-
-    /// `pg_dump` of the whole database, as text.
-    fn dump(&self) -> Vec<u8> {
-        let out =
-            as_postgres(&self.bin.join("pg_dump")).arg("-h").arg(&self.dir).args(["-U", "postgres", "postgres"]).output().expect("pg_dump");
-        assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
-        out.stdout
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn node(name: &str, pg: &Postgres) -> Daemon {
     Daemon::start(name, &["--store", &pg.url(), "--node-name", name])

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::{cgroup, procfs};
 
+pub mod cluster;
 pub mod netns;
 
 // Re-exported for the tests; not every test file uses every one (as with dead code, see the top).
