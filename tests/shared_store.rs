@@ -53,6 +53,10 @@ fn wait_for(d: &Daemon, tenant: &str, task: &str, want: &Value, what: &str) {
     wait_until(SYNC_GUARD, what, || result(d, tenant, task).as_ref() == Ok(want));
 }
 
+fn metric(d: &Daemon, name: &str) -> Option<f64> {
+    d.get("/metrics").text().lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 const V1: &str = "module.exports = () => ({v: 1})\n";
 const V2: &str = "module.exports = () => ({v: 2})\n";
 
@@ -77,6 +81,16 @@ fn a_deploy_through_one_node_runs_on_the_other() {
     assert_eq!(r.status, 204, "{}", r.text());
     wait_until(SYNC_GUARD, "node b forgets the task deleted through node a", || b.run_task(&t, "hello", b"{}").status == 404);
     b.request("DELETE", &format!("/v1/tenants/{t}/tasks/hello"), &[], b"").assert_error(404, "not_found");
+
+    // /metrics counts what each node committed, and what it followed from the database (all three changes).
+    assert_eq!(metric(&a, "taskcell_store_changes_committed_total"), Some(2.0));
+    assert_eq!(metric(&b, "taskcell_store_changes_committed_total"), Some(1.0));
+    wait_until(SYNC_GUARD, "node b to have followed all three changes", || {
+        metric(&b, "taskcell_store_changes_followed_total") == Some(3.0)
+    });
+    assert_eq!(metric(&b, "taskcell_store_version"), Some(3.0));
+    assert_eq!(metric(&b, "taskcell_store_connected"), Some(1.0));
+    assert_eq!(metric(&a, "taskcell_store_changes_refused_total"), Some(0.0));
 }
 
 #[test]
@@ -178,6 +192,9 @@ fn losing_the_database_keeps_serving_and_refuses_deploys() {
     assert_eq!(a.get(&format!("/v1/tenants/{t}/egress")).json()["allow"], serde_json::json!([]));
     put_secret(&b, &t, "TOKEN", "refused-value").assert_error(503, "store_unavailable");
     assert_eq!(b.get(&format!("/v1/tenants/{t}/secrets")).json()["secrets"], serde_json::json!([]), "a refused secret is not held");
+    assert_eq!(metric(&a, "taskcell_store_changes_refused_total"), Some(2.0));
+    assert_eq!(metric(&b, "taskcell_store_changes_refused_total"), Some(2.0));
+    assert_eq!(metric(&b, "taskcell_store_connected"), Some(0.0));
 
     pg.run();
     wait_until(SYNC_GUARD, "node a takes deploys again once the database is back", || a.put_task(&t, "hello", V2).status == 200);

@@ -38,6 +38,18 @@ pub struct Gauges {
     /// With a log hub: this node's events the hub did not get (a counter, kept by the publisher), and whether
     /// the connection to it is up.
     pub log_hub: Option<(u64, bool)>,
+    /// With `--store`: the shared store's connection, version and change counts.
+    pub store: Option<StoreGauges>,
+}
+
+/// What `/metrics` tells of the shared store (kept by its threads, read when served).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreGauges {
+    pub connected: bool,
+    pub version: u64,
+    pub committed: u64,
+    pub refused: u64,
+    pub followed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -214,6 +226,20 @@ impl Metrics {
             let name = "taskcell_log_hub_connected";
             family(o, name, "gauge", "1 while the connection to the log hub's input is up.");
             sample(o, name, &[], connected as u64);
+        }
+        if let Some(st) = gauges.store {
+            #[rustfmt::skip]
+            let rows = [
+                ("taskcell_store_connected", "gauge", "1 while the follower's connection to the shared store is up.", st.connected as u64),
+                ("taskcell_store_version", "gauge", "The last version of the shared store applied to this node's copy.", st.version),
+                ("taskcell_store_changes_committed_total", "counter", "Changes through this node committed to the shared store.", st.committed),
+                ("taskcell_store_changes_refused_total", "counter", "Changes through this node the shared store could not take (503 or 500).", st.refused),
+                ("taskcell_store_changes_followed_total", "counter", "Changes read from the shared store and applied to this node's copy.", st.followed),
+            ];
+            for (name, kind, help, value) in rows {
+                family(o, name, kind, help);
+                sample(o, name, &[], value);
+            }
         }
 
         let name = "taskcell_invocation_duration_seconds";

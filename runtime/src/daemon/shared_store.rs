@@ -20,13 +20,14 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
+use super::metrics::StoreGauges;
 use super::secrets::{self, FileWrite};
 use super::store::{self, Store, StoreError, TaskSettings};
 
@@ -358,9 +359,24 @@ pub struct Status {
     pub connected: AtomicBool,
     /// The last version applied locally.
     pub version: AtomicI64,
+    /// Changes this node committed to the database, and those it could not (answered 503 or 500).
+    pub committed: AtomicU64,
+    pub refused: AtomicU64,
+    /// Changes read from the database and applied locally (every node's, this one's own included).
+    pub followed: AtomicU64,
 }
 
 impl Status {
+    pub fn gauges(&self) -> StoreGauges {
+        StoreGauges {
+            connected: self.connected.load(Ordering::Relaxed),
+            version: self.version.load(Ordering::Relaxed).max(0) as u64,
+            committed: self.committed.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            followed: self.followed.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn health(&self) -> serde_json::Value {
         serde_json::json!({
             "kind": "postgres",
@@ -392,7 +408,7 @@ impl Follower {
             [id, version] => (id.to_string(), version.parse().unwrap_or(0)),
             _ => (String::new(), 0),
         };
-        let status = Arc::new(Status { connected: AtomicBool::new(false), version: AtomicI64::new(version) });
+        let status = Arc::new(Status { version: AtomicI64::new(version), ..Status::default() });
         Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, database, version, status }
     }
 
@@ -477,6 +493,7 @@ impl Follower {
             }
             self.save_version()?;
             self.status.version.store(self.version, Ordering::Relaxed);
+            self.status.followed.fetch_add(rows.len() as u64, Ordering::Relaxed);
         }
     }
 

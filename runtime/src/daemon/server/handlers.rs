@@ -328,6 +328,7 @@ impl Server {
             log_events_dropped: self.log_dropped,
             egress_open: self.open_egress_tunnels() as u64,
             log_hub: self.hub.as_ref().map(|h| h.stats()),
+            store: self.store_status.as_ref().map(|s| s.gauges()),
         }
     }
 }

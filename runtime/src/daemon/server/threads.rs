@@ -72,7 +72,8 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
     let (done_tx, done) = mpsc::channel::<StoreDone>();
     let (db_jobs, changes) = match shared {
         Some(SharedParts { writer, follower, client }) => {
-            let db_jobs = start_database_thread(writer, jobs_tx.clone(), done_tx.clone(), waker.clone());
+            let status = follower.status.clone();
+            let db_jobs = start_database_thread(writer, status, jobs_tx.clone(), done_tx.clone(), waker.clone());
             (Some(db_jobs), Some(start_follower_thread(follower, client, waker.clone())))
         }
         None => (None, None),
@@ -179,6 +180,7 @@ pub(super) fn start_store_thread(store: Arc<Store>, waker: Arc<Waker>, shared: O
 /// locally and answer; one the database cannot take is answered here (503 while it cannot be reached).
 fn start_database_thread(
     mut writer: shared_store::Writer,
+    status: Arc<shared_store::Status>,
     store_jobs: Sender<StoreJob>,
     done_tx: Sender<StoreDone>,
     waker: Arc<Waker>,
@@ -197,6 +199,11 @@ fn start_database_thread(
                     StoreJob::WriteSecrets { write, .. } => writer.put_secrets(write),
                     StoreJob::LoadCache { .. } => Ok(()),
                 };
+                // A delete of nothing changed nothing (404); a cache load is no change at all.
+                let counter = if outcome.is_ok() { &status.committed } else { &status.refused };
+                if !matches!(job, StoreJob::LoadCache { .. } | StoreJob::Delete { existed: Some(false), .. }) {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let failed = match outcome {
                     Ok(()) => {
                         if store_jobs.send(job).is_err() {
