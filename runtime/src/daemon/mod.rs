@@ -457,6 +457,12 @@ fn serve(config: Config) -> Result<(), String> {
     // One daemon per state directory: a second one would sweep the first's temporary files mid-deploy.
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let store = Arc::new(store::Store::open(&config.state_dir).map_err(|e| crate::error_chain(&e))?);
+    // `--store`: caught up before anything reads the state directory (the secrets just below), so that a node
+    // started after a change elsewhere serves it from its first request.
+    let shared = match &config.store {
+        Some(url) => Some(shared_parts(url, &store, &config.state_dir)?),
+        None => None,
+    };
     // Tenants' secrets are opened into this process's memory: no core file of it, and no /proc/PID/mem
     // for anyone but root.
     // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and touches no memory.
@@ -520,10 +526,6 @@ fn serve(config: Config) -> Result<(), String> {
     let cpus = cpus::CpuClasses::new(config.reserved_cpus);
     let spawner = spawner::Spawner::start(jailer.clone(), node, config.spawners, waker.clone(), cpus.map(|c| (c.all, c.batch)));
     let socket_path = config.socket.clone();
-    let shared = match &config.store {
-        Some(url) => Some(shared_parts(url, &store, &config.state_dir)?),
-        None => None,
-    };
     let parts = server::Parts { poll, waker, listener, tcp, signals, spawner, store, secrets, cpus, shared };
     let mut server = server::Server::new(config.clone(), parts).map_err(|e| format!("event loop: {e}"))?;
     eprintln!(
