@@ -203,3 +203,75 @@ fn losing_the_database_keeps_serving_and_refuses_deploys() {
     a.assert_running("after the database came back");
     b.assert_running("after the database came back");
 }
+
+#[test]
+fn a_single_nodes_state_is_imported_and_served_by_the_nodes_of_the_store() {
+    need_root!("a_single_nodes_state_is_imported_and_served_by_the_nodes_of_the_store");
+    let Some(pg) = Postgres::start("import") else { return };
+    // A single node, no --store: a task with settings, a plain one, a secret and an allow-list.
+    let single = Daemon::start("pg-single", &["--node-name", "single"]);
+    let t = common::unique("pgt");
+    let webtask = "module.exports = function (ctx, cb) { cb(null, 'hello ' + ctx.data.name) }\n";
+    let r = single.request(
+        "PUT",
+        &format!("/v1/tenants/{t}/tasks/greet?model=webtask"),
+        &[("Content-Type", "application/javascript")],
+        webtask.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(single.put_task(&t, "plain", V1).status, 201);
+    let value = "imported-secret-value-7a1e";
+    assert_eq!(put_secret(&single, &t, "TOKEN", value).status, 201);
+    assert_eq!(put_egress(&single, &t, &["api.example.com:443"]).status, 200);
+    single.signal(libc::SIGTERM);
+    single.wait_exit(Duration::from_secs(15));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskcell"))
+        .args(["store-import", "--state-dir", single.state.to_str().unwrap(), "--store", &pg.url()])
+        .output()
+        .expect("taskcell store-import");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "store-import: {said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("2 task(s), 1 egress allow-list(s), 1 secrets file(s) committed"), "{said}");
+    assert!(!said.contains(value), "store-import printed a secret's value: {said}");
+
+    // A new node of the store, with the key the secrets were sealed under, serves all of it.
+    let key = single.dir.join("secrets.key");
+    let b = Daemon::start("pg-b", &["--store", &pg.url(), "--node-name", "pg-b", "--secrets-key", key.to_str().unwrap()]);
+    let r = b.run_task(&t, "greet", br#"{"name": "Ada"}"#);
+    assert_eq!((r.status, r.json()["result"].clone()), (200, serde_json::json!("hello Ada")), "{}", r.text());
+    assert_eq!(result(&b, &t, "plain"), Ok(serde_json::json!({"v": 1})));
+    let read = "module.exports = (d, ctx) => ctx.secrets.TOKEN || null";
+    assert_eq!(b.run_ok(&t, read, Value::Null)["result"], value, "{}", b.log_tail());
+    assert_eq!(b.get(&format!("/v1/tenants/{t}/egress")).json()["allow"], serde_json::json!(["api.example.com:443"]));
+    let dump = pg.dump();
+    assert!(!dump.windows(value.len()).any(|w| w == value.as_bytes()), "a secret's value is in pg_dump's output");
+
+    // The single node itself joins the store: it follows its own changes back and serves as before.
+    let joined = Daemon::start(
+        "pg-joined",
+        &[
+            "--store",
+            &pg.url(),
+            "--node-name",
+            "joined",
+            "--secrets-key",
+            key.to_str().unwrap(),
+            "--state-dir",
+            single.state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(result(&joined, &t, "plain"), Ok(serde_json::json!({"v": 1})));
+    assert_eq!(joined.health()["store"]["version"], 4, "{}", joined.health());
+    // b and joined name single's directory (its key): they go first.
+    drop((joined, b));
+    drop(single);
+
+    // Bad use is refused with a clear word and exit 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskcell"))
+        .args(["store-import", "--state-dir", "/nonexistent", "--store", &pg.url()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a state directory"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -132,6 +132,10 @@ pub enum SharedStoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the state directory to import")]
+    ImportRead(#[source] StoreError),
+    #[error("reading the secrets to import")]
+    ImportSecrets(#[source] super::secrets::SecretsError),
 }
 
 impl SharedStoreError {
@@ -591,6 +595,122 @@ impl Follower {
                 down_since_logged = true;
                 std::thread::sleep(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+/// What `taskcell store-import` copied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub tasks: usize,
+    pub egress_lists: usize,
+    pub secrets_files: usize,
+}
+
+/// Copy one node's state directory into the shared store: every task with its settings, every allow-list and
+/// every tenant's sealed secrets file, each committed and announced as a change through a node would be (a
+/// task of the same name already there gets this version). Values stay sealed: the nodes that follow need the
+/// key the directory's secrets were sealed under.
+pub fn import(state_dir: &Path, config: postgres::Config, say: &mut dyn FnMut(String)) -> Result<Imported, SharedStoreError> {
+    let store = Store::open(state_dir).map_err(SharedStoreError::ImportRead)?;
+    let mut writer = Writer::new(config);
+    let mut done = Imported::default();
+    for tenant in store.tenants().map_err(SharedStoreError::ImportRead)? {
+        for info in store.list(&tenant).map_err(SharedStoreError::ImportRead)? {
+            let Some((info, source)) = store.get(&tenant, &info.task).map_err(SharedStoreError::ImportRead)? else { continue };
+            writer.put_task(&tenant, &info.task, &source, &info.settings)?;
+            say(format!("task {tenant}/{} ({} bytes, sha256 {})", info.task, info.size, info.sha256));
+            done.tasks += 1;
+        }
+    }
+    for (tenant, allow) in store.egress_lists().map_err(SharedStoreError::ImportRead)? {
+        writer.put_egress(&tenant, &allow)?;
+        say(format!("egress allow-list of {tenant} ({} entries)", allow.len()));
+        done.egress_lists += 1;
+    }
+    let dir = secrets::dir_in(state_dir);
+    let mut tenants = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let tenant = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|t| store::valid_name(t));
+                tenants.extend(tenant.map(str::to_owned));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(SharedStoreError::Io { op: "listing", path: dir, source }),
+    }
+    tenants.sort();
+    for tenant in tenants {
+        let file = secrets::read_file(&dir, &tenant).map_err(SharedStoreError::ImportSecrets)?;
+        if file.contents.is_some() {
+            writer.put_secrets(&file)?;
+            say(format!("secrets of {tenant} (sealed)"));
+            done.secrets_files += 1;
+        }
+    }
+    Ok(done)
+}
+
+const IMPORT_USAGE: &str = "usage: taskcell store-import --state-dir DIR --store postgres://USER@HOST/DB
+
+Copies a node's state directory (its tasks with their settings, egress allow-lists and sealed secrets) into the
+shared store, once, when a single node becomes the first of many. Every node that follows the store needs the
+secrets key this directory's secrets were sealed under.";
+
+/// `taskcell store-import`.
+pub fn import_main(raw: Vec<String>) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let mut flags = crate::args::Flags::new(raw);
+    let (mut state_dir, mut url) = (None, None);
+    while let Some((flag, inline)) = flags.next_flag() {
+        let slot = match flag.as_str() {
+            "--state-dir" => &mut state_dir,
+            "--store" => &mut url,
+            "-h" | "--help" => {
+                println!("{IMPORT_USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("taskcell store-import: unknown flag {other}\n{IMPORT_USAGE}");
+                return ExitCode::from(2);
+            }
+        };
+        match flags.value(&flag, inline) {
+            Ok(v) => *slot = Some(v),
+            Err(e) => {
+                eprintln!("taskcell store-import: {e}\n{IMPORT_USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(state_dir), Some(url)) = (state_dir, url) else {
+        eprintln!("taskcell store-import: --state-dir and --store are required\n{IMPORT_USAGE}");
+        return ExitCode::from(2);
+    };
+    let config = match parse_url(&url) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("taskcell store-import: {}", crate::error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if !Path::new(&state_dir).join("tasks").is_dir() {
+        eprintln!("taskcell store-import: {state_dir} is not a state directory (no tasks/ in it)");
+        return ExitCode::from(2);
+    }
+    match import(Path::new(&state_dir), config, &mut |line| println!("imported {line}")) {
+        Ok(n) => {
+            println!(
+                "taskcell store-import: {} task(s), {} egress allow-list(s), {} secrets file(s) committed",
+                n.tasks, n.egress_lists, n.secrets_files
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("taskcell store-import: {} (what was printed above is committed; running it again is safe)", crate::error_chain(&e));
+            ExitCode::from(1)
         }
     }
 }

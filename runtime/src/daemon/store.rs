@@ -402,6 +402,20 @@ impl Store {
         sync_dir(&dir)
     }
 
+    /// Every tenant that has a directory here (tasks or an allow-list), sorted.
+    pub fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err("listing", &self.root))? {
+            let entry = entry.map_err(io_err("listing", &self.root))?;
+            let is_dir = entry.file_type().map_err(io_err("stat", &entry.path()))?.is_dir();
+            if let Some(name) = entry.file_name().to_str().filter(|n| is_dir && valid_name(n)) {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Every tenant's stored egress allow-list, as stored (read once, at start-up). A file that is not a list
     /// of strings is reported, not served.
     pub fn egress_lists(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
