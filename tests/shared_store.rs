@@ -275,3 +275,84 @@ fn a_single_nodes_state_is_imported_and_served_by_the_nodes_of_the_store() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a state directory"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn runs_never_fail_and_the_nodes_agree_while_the_database_restarts_under_load() {
+    need_root!("runs_never_fail_and_the_nodes_agree_while_the_database_restarts_under_load");
+    let Some(mut pg) = Postgres::start("db-chaos") else { return };
+    let (a, b) = (node("pg-a", &pg), node("pg-b", &pg));
+    let t = common::unique("pgt");
+    assert_eq!(a.put_task(&t, "hello", V1).status, 201);
+    wait_for(&b, &t, "hello", &serde_json::json!({"v": 1}), "node b has the task before the load starts");
+
+    // Clients on both nodes run the task without pause; a deployer pushes numbered versions through both
+    // nodes in turn. The database is restarted three times under them.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (runs, failures, acked, refused) = std::thread::scope(|s| {
+        let runners: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|d| {
+                let (stop, t) = (&stop, &t);
+                s.spawn(move || {
+                    let (mut runs, mut failures) = (0u64, Vec::new());
+                    let mut c = d.client();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r =
+                            c.request("POST", &format!("/v1/tenants/{t}/tasks/hello/run"), &[("Content-Type", "application/json")], b"{}");
+                        runs += 1;
+                        if r.status != 200 {
+                            failures.push(format!("{} {}", r.status, r.text()));
+                        }
+                    }
+                    (runs, failures)
+                })
+            })
+            .collect();
+        let (a, b, t, stop) = (&a, &b, &t, &stop);
+        let deployer = s.spawn(move || {
+            let (mut acked, mut refused, mut version) = (None, 0u64, 1u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                version += 1;
+                let through = if version % 2 == 0 { a } else { b };
+                let r = through.put_task(t, "hello", &format!("module.exports = () => ({{v: {version}}})\n"));
+                match r.status {
+                    200 => acked = Some(version),
+                    503 => {
+                        assert_eq!(r.kind(), "store_unavailable", "{}", r.text());
+                        refused += 1;
+                    }
+                    other => panic!("a deploy while the database restarts: {other} {}", r.text()),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (acked, refused)
+        });
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            pg.stop();
+            std::thread::sleep(Duration::from_millis(700));
+            pg.run();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (acked, refused) = deployer.join().expect("the deployer");
+        let (mut runs, mut failures) = (0, Vec::new());
+        for r in runners {
+            let (n, f) = r.join().expect("a runner");
+            runs += n;
+            failures.extend(f);
+        }
+        (runs, failures, acked, refused)
+    });
+    eprintln!("STORE CHAOS: {runs} runs, {} failed; last deploy acknowledged {acked:?}, {refused} refused with 503", failures.len());
+    assert!(failures.is_empty(), "runs failed while the database restarted: {:?}", &failures[..failures.len().min(5)]);
+    assert!(refused > 0, "no deploy was refused: the database never went away under the load");
+    // Once it is back for good, both nodes settle on the last version the database acknowledged.
+    let last = acked.expect("some deploy was acknowledged");
+    for d in [&a, &b] {
+        wait_for(d, &t, "hello", &serde_json::json!({"v": last}), "each node settles on the last acknowledged version");
+        assert_eq!(d.health()["store"]["connected"], true);
+        d.assert_running("after the database restarted under load");
+    }
+    assert_eq!(a.health()["store"]["version"], b.health()["store"]["version"]);
+}
