@@ -356,3 +356,41 @@ fn runs_never_fail_and_the_nodes_agree_while_the_database_restarts_under_load() 
     }
     assert_eq!(a.health()["store"]["version"], b.health()["store"]["version"]);
 }
+
+#[test]
+fn a_database_on_tcp_is_reached_over_verified_tls_only() {
+    need_root!("a_database_on_tcp_is_reached_over_verified_tls_only");
+    let Some(pg) = Postgres::start_tls("tls") else { return };
+    let ca = pg.dir.join("ca.pem").display().to_string();
+    let t = common::unique("pgt");
+    // sslmode=require, the certificate checked against the test's CA and the name localhost.
+    let url = pg.tcp_url("localhost", "sslmode=require");
+    let (a, b) = (
+        Daemon::start("pg-tls-a", &["--store", &url, "--store-ca", &ca, "--node-name", "a"]),
+        Daemon::start("pg-tls-b", &["--store", &url, "--store-ca", &ca, "--node-name", "b"]),
+    );
+    assert_eq!(a.health()["store"]["connected"], true, "{}", a.log_tail());
+    assert_eq!(a.put_task(&t, "hello", V1).status, 201);
+    wait_for(&b, &t, "hello", &serde_json::json!({"v": 1}), "node b follows over TLS");
+    // The server saw TLS: pg_stat_ssl says so for every connection of the daemons (application_name taskcell).
+    let said = pg.psql(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'taskcell'",
+    );
+    let (tls, all) = said.split_once('|').expect("two counts");
+    assert!(all.parse::<u32>().unwrap() >= 2 && tls == all, "connections with TLS | all: {said}");
+
+    // Without TLS (sslmode=disable) the server turns the node away: deploys are refused, nothing is changed.
+    let plain = Daemon::start("pg-tls-plain", &["--store", &pg.tcp_url("localhost", "sslmode=disable"), "--store-ca", &ca]);
+    assert_eq!(plain.health()["store"]["connected"], false);
+    plain.put_task(&t, "other", V1).assert_error(503, "store_unavailable");
+    // Without the CA (the system's roots only), and with the CA but a name the certificate is not for: the
+    // node refuses the server.
+    let unknown_ca = Daemon::start("pg-tls-noca", &["--store", &url]);
+    let wrong_name = Daemon::start("pg-tls-name", &["--store", &pg.tcp_url("127.0.0.1", "sslmode=require"), "--store-ca", &ca]);
+    for d in [&unknown_ca, &wrong_name] {
+        assert_eq!(d.health()["store"]["connected"], false);
+        d.put_task(&t, "other", V1).assert_error(503, "store_unavailable");
+        assert!(std::fs::read_to_string(&d.log).unwrap().contains("certificate verify failed"), "{}", d.log_tail());
+    }
+    assert_eq!(a.run_task(&t, "other", b"{}").status, 404, "a refused deploy reached the database");
+}

@@ -27,7 +27,7 @@ fi
 
 MIRROR=${VM_MIRROR:-http://deb.debian.org/debian}
 SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,nodejs,make,curl,jq,procps
+PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64,initramfs-tools,nodejs,make,curl,jq,procps,libssl3
 
 root=$vm/base.tree
 raw=$vm/base.raw

@@ -25,6 +25,10 @@ pub struct Postgres {
     bin: PathBuf,
     pub dir: PathBuf,
     server: Option<Child>,
+    /// `-c` settings beyond the defaults (TLS on a TCP port: [`Postgres::start_tls`]).
+    settings: Vec<String>,
+    /// With TLS: the port on 127.0.0.1.
+    pub port: Option<u16>,
 }
 
 /// The directory of `initdb` and `postgres` (Debian keeps them under /usr/lib/postgresql/VERSION/bin).
@@ -54,8 +58,48 @@ impl Postgres {
         std::fs::create_dir_all(&dir).expect("the server's directory");
         let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status().expect("chown");
         assert!(status.success(), "chown {} to postgres", dir.display());
-        let mut pg = Postgres { bin, dir, server: None };
+        let mut pg = Postgres { bin, dir, server: None, settings: vec!["listen_addresses=".into()], port: None };
         pg.init();
+        pg.run();
+        Some(pg)
+    }
+
+    /// As `start`, listening also on 127.0.0.1 with TLS only: a certificate for `localhost` (no IP) signed by a
+    /// CA of the test's own (`dir/ca.pem`), and `pg_hba.conf` taking TCP connections over TLS alone.
+    pub fn start_tls(test: &str) -> Option<Postgres> {
+        let mut pg = Postgres::start(test)?;
+        pg.stop();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&pg.dir).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        #[rustfmt::skip]
+        openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=taskcell test CA", "-keyout", "ca.key", "-out", "ca.pem"]);
+        #[rustfmt::skip]
+        openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", "server.key", "-out", "server.csr"]);
+        std::fs::write(pg.dir.join("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+        #[rustfmt::skip]
+        openssl(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-extfile", "server.ext", "-out", "server.pem"]);
+        for f in ["server.key", "server.pem"] {
+            let status = Command::new("chown").arg("postgres:postgres").arg(pg.dir.join(f)).status().expect("chown");
+            assert!(status.success());
+        }
+        std::fs::set_permissions(pg.dir.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        // Over TCP, TLS or nothing: a client that does not ask for TLS is turned away.
+        std::fs::write(pg.dir.join("data/pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let file = |f: &str| pg.dir.join(f).display().to_string();
+        pg.settings = vec![
+            "listen_addresses=127.0.0.1".into(),
+            format!("port={port}"),
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", file("server.pem")),
+            format!("ssl_key_file={}", file("server.key")),
+        ];
+        pg.port = Some(port);
         pg.run();
         Some(pg)
     }
@@ -85,7 +129,8 @@ impl Postgres {
             .arg(self.dir.join("data"))
             .arg("-k")
             .arg(&self.dir)
-            .args(["-c", "listen_addresses=", "-c", "fsync=off"])
+            .args(["-c", "fsync=off"])
+            .args(self.settings.iter().flat_map(|c| ["-c", c.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup the log"))
             .stderr(log)
@@ -94,7 +139,12 @@ impl Postgres {
         self.server = Some(child);
         let started = Instant::now();
         loop {
-            let ready = Command::new(self.bin.join("pg_isready")).arg("-q").arg("-h").arg(&self.dir).status().is_ok_and(|s| s.success());
+            let mut isready = Command::new(self.bin.join("pg_isready"));
+            isready.arg("-q").arg("-h").arg(&self.dir);
+            if let Some(port) = self.port {
+                isready.arg("-p").arg(port.to_string());
+            }
+            let ready = isready.status().is_ok_and(|s| s.success());
             if ready {
                 return;
             }
@@ -119,18 +169,45 @@ impl Postgres {
         }
     }
 
+    /// Its Unix socket (in its directory; with TLS, the socket's name has the TCP port in it).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@localhost/postgres?host={}", self.dir.display())
+        match self.port {
+            Some(port) => format!("postgres://postgres@localhost:{port}/postgres?host={}", self.dir.display()),
+            None => format!("postgres://postgres@localhost/postgres?host={}", self.dir.display()),
+        }
+    }
+
+    /// With TLS: its TCP port on `host` (`localhost` matches the certificate, `127.0.0.1` does not), with `query`.
+    pub fn tcp_url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port.expect("a server started with start_tls"))
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
+    /// One query through psql on the Unix socket, its rows unaligned (`a|b`).
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.unwrap_or(5432).to_string();
+        let out = as_postgres(&self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &port, "-U", "postgres", "-At", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// `pg_dump` of the whole database, as text.
     pub fn dump(&self) -> Vec<u8> {
-        let out =
-            as_postgres(&self.bin.join("pg_dump")).arg("-h").arg(&self.dir).args(["-U", "postgres", "postgres"]).output().expect("pg_dump");
+        let port = self.port.unwrap_or(5432).to_string();
+        let out = as_postgres(&self.bin.join("pg_dump"))
+            .arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &port, "-U", "postgres", "postgres"])
+            .output()
+            .expect("pg_dump");
         assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
         out.stdout
     }

@@ -23,7 +23,7 @@ mod spawner;
 pub mod store;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +94,8 @@ pub struct Config {
     /// `--store postgres://...`: the database that is every node's source of truth (see `shared_store`); None:
     /// the state directory alone.
     pub store: Option<String>,
+    /// `--store-ca FILE`: the CA that signed the database server's certificate (else the system's roots).
+    pub store_ca: Option<PathBuf>,
 }
 
 /// The operator's egress settings (`--egress-*`), checked when given.
@@ -156,6 +158,7 @@ impl Default for Config {
             log_hub_in: None,
             log_hub_out: None,
             store: None,
+            store_ca: None,
         }
     }
 }
@@ -264,6 +267,7 @@ impl Config {
                 })?;
                 self.store = Some(value.to_string());
             }
+            "store-ca" => self.store_ca = Some(PathBuf::from(value)),
             "egress-max-conns" => self.egress.max_conns = args::count(&flag, value)?.max(1) as usize,
             _ => return Err(ArgError::Unknown(flag)),
         }
@@ -404,9 +408,12 @@ pub fn main(raw: Vec<String>) -> ExitCode {
 
 /// `--store`: the database's two clients, the follower caught up if the database answers now (so that a node
 /// started after a deploy serves it from its first request), or not (it serves its local copy meanwhile).
-fn shared_parts(url: &str, store: &Arc<store::Store>, state_dir: &std::path::Path) -> Result<server::SharedParts, String> {
-    let config = shared_store::parse_url(url).map_err(|e| format!("--store: {}", crate::error_chain(&e)))?;
-    let mut follower = shared_store::Follower::new(config.clone(), store.clone(), state_dir);
+fn shared_parts(url: &str, ca: Option<&Path>, store: &Arc<store::Store>, state_dir: &Path) -> Result<server::SharedParts, String> {
+    let db = shared_store::Database::new(url, ca).map_err(|e| format!("--store: {}", crate::error_chain(&e)))?;
+    if let Some(warning) = db.cleartext_risk() {
+        eprintln!("taskcell: store: warning: {warning}");
+    }
+    let mut follower = shared_store::Follower::new(db.clone(), store.clone(), state_dir);
     let from = follower.version;
     let client = match follower.connect() {
         Ok(mut client) => match follower.check_database(&mut client).and_then(|()| follower.catch_up(&mut client, &mut |_| {})) {
@@ -424,7 +431,7 @@ fn shared_parts(url: &str, store: &Arc<store::Store>, state_dir: &std::path::Pat
             None
         }
     };
-    Ok(server::SharedParts { writer: shared_store::Writer::new(config), follower, client })
+    Ok(server::SharedParts { writer: shared_store::Writer::new(db), follower, client })
 }
 
 /// Raise the soft limit on open files to the hard one: every connection and sandbox holds descriptors.
@@ -460,7 +467,7 @@ fn serve(config: Config) -> Result<(), String> {
     // `--store`: caught up before anything reads the state directory (the secrets just below), so that a node
     // started after a change elsewhere serves it from its first request.
     let shared = match &config.store {
-        Some(url) => Some(shared_parts(url, &store, &config.state_dir)?),
+        Some(url) => Some(shared_parts(url, config.store_ca.as_deref(), &store, &config.state_dir)?),
         None => None,
     };
     // Tenants' secrets are opened into this process's memory: no core file of it, and no /proc/PID/mem

@@ -124,8 +124,9 @@ pub const SETTINGS: &[Setting] = &[
         "store",
         "postgres://URL",
         "none",
-        "PostgreSQL as every node's source of truth for tasks, secrets (sealed) and egress lists (the state directory stays the local copy); a deploy is answered once committed there, 503 store_unavailable while it cannot be reached",
+        "PostgreSQL as every node's source of truth for tasks, secrets (sealed) and egress lists (the state directory stays the local copy); a deploy is answered once committed there, 503 store_unavailable while it cannot be reached; ?sslmode=require for TLS",
     ),
+    s("store-ca", "FILE", "system roots", "the CA (PEM) that signed the store's server certificate; the certificate and host name are always verified"),
 ];
 
 /// `taskcell serve --help`.

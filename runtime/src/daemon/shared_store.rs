@@ -24,8 +24,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openssl::ssl::{SslConnector, SslMethod, SslVersion};
+use postgres::config::{Host, SslMode};
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
+use postgres::Client;
+use postgres_openssl::MakeTlsConnector;
 
 use super::metrics::StoreGauges;
 use super::secrets::{self, FileWrite};
@@ -132,6 +135,12 @@ pub enum SharedStoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("setting up TLS to the store (--store-ca {ca})")]
+    Tls {
+        ca: String,
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
     #[error("reading the state directory to import")]
     ImportRead(#[source] StoreError),
     #[error("reading the secrets to import")]
@@ -182,15 +191,51 @@ pub fn parse_url(url: &str) -> Result<postgres::Config, SharedStoreError> {
     Ok(config)
 }
 
-fn connect(config: &postgres::Config) -> Result<Client, SharedStoreError> {
-    let mut client = config.connect(NoTls).map_err(SharedStoreError::Connect)?;
+/// Where the store is and how to reach it: the URL's settings and a TLS connector, used as the URL's `sslmode`
+/// says (`prefer`, the default, takes TLS where the server offers it; `require` refuses a server without it;
+/// `disable`; never over a Unix socket). The server's certificate and host name are always verified, against
+/// `--store-ca` or else the system's roots: `require` is libpq's `verify-full`.
+#[derive(Clone)]
+pub struct Database {
+    config: postgres::Config,
+    tls: MakeTlsConnector,
+}
+
+impl Database {
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Database, SharedStoreError> {
+        let config = parse_url(url)?;
+        let tls_err = |source| SharedStoreError::Tls { ca: ca.map_or("none".into(), |c| c.display().to_string()), source };
+        // SslConnector verifies the peer against the default paths; host names are checked by the adapter.
+        let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
+        builder.set_min_proto_version(Some(SslVersion::TLS1_2)).map_err(tls_err)?;
+        if let Some(ca) = ca {
+            builder.set_ca_file(ca).map_err(tls_err)?;
+        }
+        Ok(Database { config, tls: MakeTlsConnector::new(builder.build()) })
+    }
+
+    /// A database on another host reached without `sslmode=require` (a warning at start, not an error: a
+    /// private network may be trusted).
+    pub fn cleartext_risk(&self) -> Option<String> {
+        let remote = self.config.get_hosts().iter().find_map(|h| match h {
+            Host::Tcp(name) if !matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1") => Some(name.clone()),
+            _ => None,
+        })?;
+        (self.config.get_ssl_mode() != SslMode::Require).then(|| {
+            format!("the store's host {remote} is not local and its URL lacks sslmode=require: a server without TLS is used in the clear")
+        })
+    }
+}
+
+fn connect(db: &Database) -> Result<Client, SharedStoreError> {
+    let mut client = db.config.connect(db.tls.clone()).map_err(SharedStoreError::Connect)?;
     client.batch_execute(SCHEMA).map_err(SharedStoreError::Schema)?;
     Ok(client)
 }
 
 /// Every change, committed before it is answered. Used by the database thread alone.
 pub struct Writer {
-    config: postgres::Config,
+    db: Database,
     client: Option<Client>,
     /// When a connection last failed: for [`RETRY_AFTER`], changes are refused without waiting for another
     /// timeout, so that a burst of deploys while the database is away is answered at once.
@@ -201,8 +246,8 @@ pub struct Writer {
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Writer {
-    pub fn new(config: postgres::Config) -> Writer {
-        Writer { config, client: None, failed_at: None }
+    pub fn new(db: Database) -> Writer {
+        Writer { db, client: None, failed_at: None }
     }
 
     /// The connection, made again if the last one broke.
@@ -214,7 +259,7 @@ impl Writer {
             if self.failed_at.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
                 return Err(SharedStoreError::Down);
             }
-            match connect(&self.config) {
+            match connect(&self.db) {
                 Ok(client) => {
                     self.client = Some(client);
                     self.failed_at = None;
@@ -392,7 +437,7 @@ impl Status {
 
 /// Keeps the local store up to date with the database.
 pub struct Follower {
-    config: postgres::Config,
+    db: Database,
     store: Arc<Store>,
     secrets_dir: PathBuf,
     version_file: PathBuf,
@@ -404,7 +449,7 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub fn new(config: postgres::Config, store: Arc<Store>, state_dir: &Path) -> Follower {
+    pub fn new(db: Database, store: Arc<Store>, state_dir: &Path) -> Follower {
         let version_file = state_dir.join(VERSION_FILE);
         // "DATABASE-ID VERSION"; anything else is version 0 of no database.
         let text = std::fs::read_to_string(&version_file).unwrap_or_default();
@@ -413,11 +458,11 @@ impl Follower {
             _ => (String::new(), 0),
         };
         let status = Arc::new(Status { version: AtomicI64::new(version), ..Status::default() });
-        Follower { config, store, secrets_dir: secrets::dir_in(state_dir), version_file, database, version, status }
+        Follower { db, store, secrets_dir: secrets::dir_in(state_dir), version_file, database, version, status }
     }
 
     pub fn connect(&self) -> Result<Client, SharedStoreError> {
-        let mut client = connect(&self.config)?;
+        let mut client = connect(&self.db)?;
         client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(SharedStoreError::Listen)?;
         self.status.connected.store(true, Ordering::Relaxed);
         Ok(client)
@@ -611,9 +656,9 @@ pub struct Imported {
 /// every tenant's sealed secrets file, each committed and announced as a change through a node would be (a
 /// task of the same name already there gets this version). Values stay sealed: the nodes that follow need the
 /// key the directory's secrets were sealed under.
-pub fn import(state_dir: &Path, config: postgres::Config, say: &mut dyn FnMut(String)) -> Result<Imported, SharedStoreError> {
+pub fn import(state_dir: &Path, db: Database, say: &mut dyn FnMut(String)) -> Result<Imported, SharedStoreError> {
     let store = Store::open(state_dir).map_err(SharedStoreError::ImportRead)?;
-    let mut writer = Writer::new(config);
+    let mut writer = Writer::new(db);
     let mut done = Imported::default();
     for tenant in store.tenants().map_err(SharedStoreError::ImportRead)? {
         for info in store.list(&tenant).map_err(SharedStoreError::ImportRead)? {
@@ -653,7 +698,7 @@ pub fn import(state_dir: &Path, config: postgres::Config, say: &mut dyn FnMut(St
     Ok(done)
 }
 
-const IMPORT_USAGE: &str = "usage: taskcell store-import --state-dir DIR --store postgres://USER@HOST/DB
+const IMPORT_USAGE: &str = "usage: taskcell store-import --state-dir DIR --store postgres://USER@HOST/DB [--store-ca FILE]
 
 Copies a node's state directory (its tasks with their settings, egress allow-lists and sealed secrets) into the
 shared store, once, when a single node becomes the first of many. Every node that follows the store needs the
@@ -663,11 +708,12 @@ secrets key this directory's secrets were sealed under.";
 pub fn import_main(raw: Vec<String>) -> std::process::ExitCode {
     use std::process::ExitCode;
     let mut flags = crate::args::Flags::new(raw);
-    let (mut state_dir, mut url) = (None, None);
+    let (mut state_dir, mut url, mut ca) = (None, None, None);
     while let Some((flag, inline)) = flags.next_flag() {
         let slot = match flag.as_str() {
             "--state-dir" => &mut state_dir,
             "--store" => &mut url,
+            "--store-ca" => &mut ca,
             "-h" | "--help" => {
                 println!("{IMPORT_USAGE}");
                 return ExitCode::SUCCESS;
@@ -689,8 +735,8 @@ pub fn import_main(raw: Vec<String>) -> std::process::ExitCode {
         eprintln!("taskcell store-import: --state-dir and --store are required\n{IMPORT_USAGE}");
         return ExitCode::from(2);
     };
-    let config = match parse_url(&url) {
-        Ok(c) => c,
+    let db = match Database::new(&url, ca.as_deref().map(Path::new)) {
+        Ok(db) => db,
         Err(e) => {
             eprintln!("taskcell store-import: {}", crate::error_chain(&e));
             return ExitCode::from(2);
@@ -700,7 +746,7 @@ pub fn import_main(raw: Vec<String>) -> std::process::ExitCode {
         eprintln!("taskcell store-import: {state_dir} is not a state directory (no tasks/ in it)");
         return ExitCode::from(2);
     }
-    match import(Path::new(&state_dir), config, &mut |line| println!("imported {line}")) {
+    match import(Path::new(&state_dir), db, &mut |line| println!("imported {line}")) {
         Ok(n) => {
             println!(
                 "taskcell store-import: {} task(s), {} egress allow-list(s), {} secrets file(s) committed",
