@@ -774,4 +774,16 @@ mod tests {
         assert!(SCHEMA.contains(&WRITE_LOCK.to_string()), "the schema takes the writers' lock");
         assert_eq!(parse_url("postgres://x@localhost/db").unwrap().get_connect_timeout(), Some(&CONNECT_TIMEOUT));
     }
+
+    #[test]
+    fn a_remote_database_without_required_tls_is_warned_of() {
+        let risk = |url: &str| Database::new(url, None).unwrap().cleartext_risk();
+        assert!(risk("postgres://t@db.internal/t").is_some_and(|w| w.contains("db.internal")));
+        assert!(risk("postgres://t@10.0.0.5/t?sslmode=prefer").is_some());
+        assert!(risk("postgres://t@db.internal/t?sslmode=require").is_none());
+        for local in ["postgres://t@localhost/t", "postgres://t@127.0.0.1/t", "postgres://t@localhost/t?host=/run/postgresql"] {
+            assert!(risk(local).is_none(), "{local}");
+        }
+        assert!(Database::new("postgres://t@db/t", Some(Path::new("/nonexistent/ca.pem"))).is_err(), "a CA file that is not there");
+    }
 }
