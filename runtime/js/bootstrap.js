@@ -830,9 +830,10 @@ process.on('unhandledRejection', (reason, promise) => {
 });
 
 // ---- egress --------------------------------------------------------------------------------------
-// The sandbox's network namespace holds only lo. The daemon listens on 127.0.0.1:3128 inside it; a TCP
-// connection to anywhere but this sandbox's own loopback is made there instead, and opened with
-// `CONNECT host:port HTTP/1.1` (docs/protocol.md, "Egress"). The daemon decides (allow-list, addresses,
+// The sandbox's network namespace holds only lo. The daemon listens inside it on 127.0.0.1:3128 and on the
+// abstract Unix socket EGRESS_PATH; a TCP connection to anywhere but this sandbox's own loopback is made to
+// the Unix socket instead (Node reads it for a third less CPU than TCP, and a download goes at the rate Node
+// reads: docs/egress.md), and opened with `CONNECT host:port HTTP/1.1` (docs/protocol.md, "Egress"). The daemon decides (allow-list, addresses,
 // limits), connects, answers 200 and then carries bytes both ways unread; any other answer fails the
 // connection with the error it names (code EGRESS_DENIED for a refusal). Patched here, at
 // net.Socket.prototype.connect and tls.connect, so that fetch (undici calls net.connect and tls.connect),
@@ -841,8 +842,9 @@ process.on('unhandledRejection', (reason, promise) => {
 // convenience, not enforcement: tenant code that bypasses it reaches nothing but the same daemon.
 
 const tls = require('tls');
-const EGRESS_HOST = '127.0.0.1';
-const EGRESS_PORT = 3128;
+// crate::EGRESS_SOCKET. Node 20 connects to an abstract name with the whole of sun_path (the name padded with
+// NULs), and the daemon binds it so.
+const EGRESS_PATH = '\0taskcell-egress';
 const EGRESS_ANSWER_LIMIT = 16 * 1024;
 const socketConnect = net.Socket.prototype.connect;
 const socketWriteGeneric = net.Socket.prototype._writeGeneric;
@@ -945,7 +947,7 @@ function tunnel(sock, host, port, cb) {
     sock.destroy(egressError(message, code === null ? 'EGRESS_DENIED' : code[1], reason === null ? 'refused' : reason[1], bare, port));
     return false;
   };
-  return reflectApply(socketConnect, sock, [{ host: EGRESS_HOST, port: EGRESS_PORT }]);
+  return reflectApply(socketConnect, sock, [{ path: EGRESS_PATH }]);
 }
 
 net.Socket.prototype.connect = function connect(...args) {

@@ -21,8 +21,8 @@ pub struct Spawned {
     pub socket: UnixStream,
     /// Read end of the pipe on the sandbox's stdout and stderr.
     pub output: OwnedFd,
-    /// The egress proxy's listener, made inside the sandbox's network namespace (non-blocking).
-    pub egress: std::net::TcpListener,
+    /// The egress proxy's listeners, made inside the sandbox's network namespace (non-blocking).
+    pub egress: jailer::net::Endpoints,
     /// Its processes once ready (init and Node), found here, off the event loop, so that giving it every CPU
     /// when a tenant takes it is one pass over their threads.
     pub processes: Vec<i32>,
@@ -151,7 +151,7 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     let mut sandbox = jailer.make(spec).map_err(|e| crate::error_chain(&e))?;
     // Before the runtime is ready, so that the endpoint exists before any tenant code can look for it.
     let egress_addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, crate::EGRESS_PORT);
-    let egress = match jailer::net::listen_inside(&sandbox, egress_addr) {
+    let egress = match jailer::net::listen_inside(&sandbox, egress_addr, &crate::egress_socket_name()) {
         Ok(l) => l,
         Err(e) => {
             // A sandbox whose command died at once has no namespace left to enter: say how it died, as

@@ -1,8 +1,10 @@
 //! Egress: tenant code's TCP connections out of its sandbox, through the daemon (docs/protocol.md, "Egress").
 //!
-//! Every sandbox has a listener on 127.0.0.1:3128 inside its own network namespace (made by the spawner with
-//! `jailer::net::listen_inside`); the namespace still holds only `lo`. A connection to it is a tunnel: the
-//! runtime writes `CONNECT host:port HTTP/1.1`, the daemon checks the tenant's allow-list, the limits, resolves
+//! Every sandbox has two listeners inside its own network namespace, made by the spawner with
+//! `jailer::net::listen_inside`: 127.0.0.1:3128, and the abstract Unix socket `crate::EGRESS_SOCKET` that the
+//! bootstrap uses (Node spends a third less CPU reading a Unix socket than TCP over loopback, and a download
+//! goes at the rate Node reads; docs/egress.md). The namespace still holds only `lo`. A connection to either is
+//! a tunnel, the same behind both: the runtime writes `CONNECT host:port HTTP/1.1`, the daemon checks the tenant's allow-list, the limits, resolves
 //! the name itself (`--egress-resolve` first, else on a resolver thread), checks the address
 //! (`egress_policy::check_address`) and connects to that very address (no second lookup, so a name that
 //! answers differently the second time changes nothing), answers `200` or a refusal naming why, and then
@@ -18,7 +20,8 @@ use super::*;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use mio::net::TcpStream;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::Registry;
 
 use crate::daemon::egress_policy::{self, Destination, Rule};
 
@@ -26,6 +29,10 @@ use crate::daemon::egress_policy::{self, Destination, Rule};
 pub(super) const HEAD_LIMIT: usize = 8 << 10;
 /// Bytes buffered in each direction of a tunnel; a full buffer stops reading the side that fills it.
 const TUNNEL_BUFFER: usize = 256 << 10;
+/// The send buffer of a tunnel's Unix socket toward the sandbox. A Unix stream socket holds what the reader has
+/// not yet read against the writer's send buffer (the default, about 208 KiB, wakes the loop every 200 KiB
+/// of a download); this much lets the loop hand Node a megabyte a wake-up.
+const UNIX_SNDBUF: usize = 1 << 20;
 /// Bytes a tunnel moves (both directions) per turn of the loop before the others have theirs.
 const TUNNEL_BUDGET: usize = 1 << 20;
 /// Connections accepted from one sandbox's listener per turn.
@@ -109,7 +116,7 @@ impl Pipe {
     }
 
     /// Splice once from `from` into the free space.
-    fn fill(&mut self, from: &TcpStream) -> io::Result<Filled> {
+    fn fill(&mut self, from: &impl AsRawFd) -> io::Result<Filled> {
         let want = TUNNEL_BUFFER - self.len;
         let w = self.ends()?.1.as_raw_fd();
         match splice(from.as_raw_fd(), w, want) {
@@ -129,7 +136,7 @@ impl Pipe {
     }
 
     /// Splice once from the pipe into `to`.
-    fn drain_into(&mut self, to: &TcpStream) -> io::Result<usize> {
+    fn drain_into(&mut self, to: &impl AsRawFd) -> io::Result<usize> {
         let len = self.len;
         let r = self.ends()?.0.as_raw_fd();
         let n = splice(r, to.as_raw_fd(), len)?;
@@ -186,6 +193,109 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// A sandbox's egress listeners (see `jailer::net`).
+pub(super) struct Listeners {
+    tcp: TcpListener,
+    unix: UnixListener,
+}
+
+impl Listeners {
+    pub(super) fn from_std(e: jailer::net::Endpoints) -> Listeners {
+        Listeners { tcp: TcpListener::from_std(e.tcp), unix: UnixListener::from_std(e.unix) }
+    }
+
+    pub(super) fn register(&mut self, registry: &Registry, sb: Key) -> io::Result<()> {
+        registry.register(&mut self.tcp, Source::Sandbox(sb, SandboxFd::Egress(Via::Tcp)).token(), Interest::READABLE)?;
+        registry.register(&mut self.unix, Source::Sandbox(sb, SandboxFd::Egress(Via::Unix)).token(), Interest::READABLE)
+    }
+
+    fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.tcp);
+        let _ = registry.deregister(&mut self.unix);
+    }
+
+    fn accept(&self, via: Via) -> io::Result<Inner> {
+        match via {
+            Via::Tcp => self.tcp.accept().map(|(s, _)| Inner::Tcp(s)),
+            Via::Unix => self.unix.accept().map(|(s, _)| Inner::Unix(s)),
+        }
+    }
+}
+
+/// The sandbox's end of a tunnel, whichever listener it came through.
+enum Inner {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Inner {
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Inner::Tcp(s) => s,
+            Inner::Unix(s) => s,
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Inner::Tcp(s) => s.read(buf),
+            Inner::Unix(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Inner::Tcp(s) => s.write(buf),
+            Inner::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Inner::Tcp(s) => s.shutdown(how),
+            Inner::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// Made ready to carry a tunnel's bytes.
+    fn tune(&self) {
+        match self {
+            Inner::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            // SO_SNDBUFFORCE, past net.core.wmem_max, needs CAP_NET_ADMIN; without it SO_SNDBUF, which the
+            // kernel caps at wmem_max (only more wake-ups).
+            Inner::Unix(s) => {
+                let size = UNIX_SNDBUF as libc::c_int;
+                for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+                    // SAFETY: setsockopt on the tunnel's own socket, with a pointer to a local int and its size.
+                    let r = unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            opt,
+                            (&size as *const libc::c_int).cast(),
+                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                        )
+                    };
+                    if r == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsRawFd for Inner {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Inner::Tcp(s) => s.as_raw_fd(),
+            Inner::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Ready {
     inner_read: bool,
@@ -200,7 +310,7 @@ impl Ready {
 
 pub(super) struct Tunnel {
     sb: Key,
-    inner: TcpStream,
+    inner: Inner,
     outer: Option<TcpStream>,
     phase: Phase,
     head: Vec<u8>,
@@ -355,12 +465,12 @@ impl Server {
         self.tunnels.len()
     }
 
-    pub(super) fn on_egress_accept(&mut self, sb: Key) {
+    pub(super) fn on_egress_accept(&mut self, sb: Key, via: Via) {
         for _ in 0..ACCEPT_BUDGET {
             let Some(s) = self.sbs.get_mut(sb) else { return };
-            let Some(listener) = s.egress.as_ref() else { return };
-            let stream = match listener.accept() {
-                Ok((stream, _)) => stream,
+            let Some(listeners) = s.egress.as_ref() else { return };
+            let stream = match listeners.accept(via) {
+                Ok(stream) => stream,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -405,7 +515,7 @@ impl Server {
             if self
                 .poll
                 .registry()
-                .register(&mut t.inner, Source::Tunnel(key, End::Inner).token(), Interest::READABLE | Interest::WRITABLE)
+                .register(t.inner.source(), Source::Tunnel(key, End::Inner).token(), Interest::READABLE | Interest::WRITABLE)
                 .is_err()
             {
                 self.tunnels.remove(key);
@@ -418,7 +528,7 @@ impl Server {
             self.on_tunnel_event(key, End::Inner, true, false);
         }
         // More may be waiting: after everyone else's turn.
-        self.egress_accept_again.push_back(sb);
+        self.egress_accept_again.push_back((sb, via));
     }
 
     pub(super) fn on_tunnel_event(&mut self, key: Key, end: End, readable: bool, writable: bool) {
@@ -603,7 +713,7 @@ impl Server {
             Err(e) => return self.refuse(key, Refusal::Connect(e)),
         }
         let _ = outer.set_nodelay(true);
-        let _ = t.inner.set_nodelay(true);
+        t.inner.tune();
         t.phase = Phase::Open;
         t.deadline = None;
         t.ready = Ready::ALL;
@@ -774,7 +884,7 @@ impl Server {
         self.uncount(key);
         let Some(mut t) = self.tunnels.remove(key) else { return };
         let registry = self.poll.registry();
-        let _ = registry.deregister(&mut t.inner);
+        let _ = registry.deregister(t.inner.source());
         if let Some(mut outer) = t.outer.take() {
             let _ = registry.deregister(&mut outer);
         }
@@ -786,8 +896,8 @@ impl Server {
     /// A sandbox killed or dead: no connection survives it, and none can be made to it any more.
     pub(super) fn close_sandbox_egress(&mut self, sb: Key) {
         let Some(s) = self.sbs.get_mut(sb) else { return };
-        if let Some(mut listener) = s.egress.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        if let Some(mut listeners) = s.egress.take() {
+            listeners.deregister(self.poll.registry());
         }
         let keys: Vec<Key> = s.tunnels.drain().collect();
         for key in keys {
@@ -800,8 +910,8 @@ impl Server {
         for key in std::mem::take(&mut self.tunnel_again) {
             self.pump(key);
         }
-        for sb in std::mem::take(&mut self.egress_accept_again) {
-            self.on_egress_accept(sb);
+        for (sb, via) in std::mem::take(&mut self.egress_accept_again) {
+            self.on_egress_accept(sb, via);
         }
     }
 

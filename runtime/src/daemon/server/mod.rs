@@ -36,7 +36,7 @@ use invoke::*;
 use placement::*;
 use pool::*;
 use threads::*;
-use tokens::{End, SandboxFd, Source};
+use tokens::{End, SandboxFd, Source, Via};
 use wire::*;
 
 pub use placement::BOOT_CPU_WEIGHT;
@@ -143,8 +143,8 @@ pub struct Server {
     /// Egress tunnels (see `egress`), and those with budget-bound work left from this turn.
     tunnels: Slab<egress::Tunnel>,
     tunnel_again: VecDeque<Key>,
-    /// Sandboxes whose egress listener had more connections waiting than one turn accepts.
-    egress_accept_again: VecDeque<Key>,
+    /// Sandboxes' egress listeners that had more connections waiting than one turn accepts.
+    egress_accept_again: VecDeque<(Key, Via)>,
     /// Each tenant's stored allow-list: the entries as given, and parsed.
     egress_lists: HashMap<String, (Vec<String>, Vec<crate::daemon::egress_policy::Rule>)>,
     resolver: Sender<ResolveJob>,
@@ -309,7 +309,7 @@ impl Server {
                                 SandboxFd::Socket => self.on_sandbox_socket(key, readable, event.is_writable()),
                                 SandboxFd::Pid => self.on_sandbox_exit(key),
                                 SandboxFd::Output => self.on_sandbox_output(key),
-                                SandboxFd::Egress => self.on_egress_accept(key),
+                                SandboxFd::Egress(via) => self.on_egress_accept(key, via),
                             }
                         }
                     }

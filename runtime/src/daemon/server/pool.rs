@@ -64,8 +64,8 @@ pub(super) struct Sb {
     pub(super) partial_since: Option<Instant>,
     /// The version of its tenant's secrets it was last sent (0: none).
     pub(super) secrets_version: u64,
-    /// The egress proxy's listener inside the sandbox (dropped when it is killed), and its tunnels.
-    pub(super) egress: Option<mio::net::TcpListener>,
+    /// The egress proxy's listeners inside the sandbox (dropped when it is killed), and its tunnels.
+    pub(super) egress: Option<egress::Listeners>,
     pub(super) tunnels: HashSet<Key>,
     /// Of those, the ones past the allow-list (resolving, connecting or open): at most `SANDBOX_OPEN_MAX`.
     pub(super) egress_open: usize,
@@ -328,7 +328,7 @@ impl Server {
             boot_processes: processes,
             partial_since: None,
             secrets_version: 0,
-            egress: Some(mio::net::TcpListener::from_std(egress)),
+            egress: Some(egress::Listeners::from_std(egress)),
             tunnels: HashSet::new(),
             egress_open: 0,
             sandbox: Some(sandbox),
@@ -344,9 +344,7 @@ impl Server {
             && registry
                 .register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE)
                 .is_ok()
-            && s.egress
-                .as_mut()
-                .is_some_and(|l| registry.register(l, Source::Sandbox(key, SandboxFd::Egress).token(), Interest::READABLE).is_ok());
+            && s.egress.as_mut().is_some_and(|l| l.register(registry, key).is_ok());
         if !ok {
             eprintln!("taskcell: could not register a sandbox with the event loop");
             self.remove_sandbox(key);

@@ -18,8 +18,17 @@ pub enum SandboxFd {
     Pid,
     /// Its stdout and stderr pipe.
     Output,
-    /// The egress proxy's listener inside its network namespace.
-    Egress,
+    /// One of the egress proxy's listeners inside its network namespace.
+    Egress(Via),
+}
+
+/// Which of a sandbox's egress listeners (see `jailer::net`): the same tunnels behind both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// 127.0.0.1:3128, for tenant code that speaks CONNECT itself.
+    Tcp,
+    /// The abstract Unix socket the bootstrap uses.
+    Unix,
 }
 
 /// Which end of an egress tunnel an event is for.
@@ -50,7 +59,7 @@ const GEN_MASK: usize = 0xff_ffff;
 
 impl Source {
     /// Layout for slab members: kind in the top bits, then 24 bits of generation, the slot index, and (for a
-    /// sandbox) two bits naming the descriptor.
+    /// sandbox) three bits naming the descriptor.
     pub fn token(self) -> Token {
         match self {
             Source::Listener(Transport::Unix) => Token(0),
@@ -63,9 +72,10 @@ impl Source {
                     SandboxFd::Socket => 0,
                     SandboxFd::Pid => 1,
                     SandboxFd::Output => 2,
-                    SandboxFd::Egress => 3,
+                    SandboxFd::Egress(Via::Tcp) => 3,
+                    SandboxFd::Egress(Via::Unix) => 4,
                 };
-                Token(SB_KIND | (k.gen as usize & GEN_MASK) << 32 | (k.index as usize) << 2 | sub)
+                Token(SB_KIND | (k.gen as usize & GEN_MASK) << 32 | (k.index as usize) << 3 | sub)
             }
             Source::Tunnel(k, end) => {
                 let sub = match end {
@@ -89,13 +99,15 @@ impl Source {
             (3, _) => Source::Listener(Transport::Tcp),
             (_, CONN_KIND) => Source::Conn(Key { index: low, gen }),
             (_, SB_KIND) => {
-                let fd = match low & 3 {
+                let fd = match low & 7 {
                     0 => SandboxFd::Socket,
                     1 => SandboxFd::Pid,
                     2 => SandboxFd::Output,
-                    _ => SandboxFd::Egress,
+                    3 => SandboxFd::Egress(Via::Tcp),
+                    4 => SandboxFd::Egress(Via::Unix),
+                    _ => return None,
                 };
-                Source::Sandbox(Key { index: low >> 2, gen }, fd)
+                Source::Sandbox(Key { index: low >> 3, gen }, fd)
             }
             (_, TUNNEL_KIND) => {
                 let end = if low & 1 == 0 { End::Inner } else { End::Outer };
@@ -112,11 +124,11 @@ mod tests {
 
     #[test]
     fn every_source_survives_the_round_trip() {
-        let keys = [Key { index: 0, gen: 0 }, Key { index: 7, gen: 3 }, Key { index: u32::MAX >> 2, gen: 0xff_ffff }];
+        let keys = [Key { index: 0, gen: 0 }, Key { index: 7, gen: 3 }, Key { index: u32::MAX >> 3, gen: 0xff_ffff }];
         let mut all = vec![Source::Listener(Transport::Unix), Source::Listener(Transport::Tcp), Source::Waker, Source::Signals];
         for k in keys {
             all.push(Source::Conn(k));
-            for fd in [SandboxFd::Socket, SandboxFd::Pid, SandboxFd::Output, SandboxFd::Egress] {
+            for fd in [SandboxFd::Socket, SandboxFd::Pid, SandboxFd::Output, SandboxFd::Egress(Via::Tcp), SandboxFd::Egress(Via::Unix)] {
                 all.push(Source::Sandbox(k, fd));
             }
             for end in [End::Inner, End::Outer] {
