@@ -1002,3 +1002,49 @@ fn silent_connections_to_the_proxy_are_bounded() {
     assert!(r["closed"].as_u64().unwrap() >= 172, "{r}");
     d.assert_healthy();
 }
+
+/// The bootstrap tunnels through the sandbox's Unix socket; tenant code may speak CONNECT on it or on
+/// 127.0.0.1:3128 itself: both get the same decisions, and share the sandbox's bound on held connections.
+#[test]
+fn both_endpoints_make_the_same_decisions_under_one_bound() {
+    need_root!("both_endpoints_make_the_same_decisions_under_one_bound");
+    common::netns::enter();
+    let d = daemon();
+    let e = echo();
+    put_list(d, "endpoints", &[format!("api.test:{}", e.port)]);
+    let code = r#"module.exports = async ({ port }) => {
+        const net = require('net');
+        const endpoints = { tcp: { port: 3128, host: '127.0.0.1' }, unix: { path: '\0taskcell-egress' } };
+        const ask = (to, target) => new Promise((res) => {
+          const s = net.connect(to, () => s.write(`CONNECT ${target} HTTP/1.1\r\n\r\n`));
+          let b = ''; s.setEncoding('latin1');
+          s.on('data', (d) => { b += d; if (b.startsWith('HTTP/1.1 200 ') && b.endsWith('\r\n\r\n')) s.write('ping'); if (b.endsWith('ping')) s.destroy(), res(b); });
+          s.on('end', () => res(b)); s.on('error', (e) => res('error ' + e.code));
+        });
+        const out = {};
+        for (const [name, to] of Object.entries(endpoints)) {
+          out[name] = { allowed: await ask(to, `api.test:${port}`), refused: await ask(to, 'elsewhere.test:80') };
+        }
+        // Silent connections, half through each endpoint: one bound for both.
+        const socks = []; let closed = 0;
+        for (let i = 0; i < 300; i++) {
+          const s = net.connect(i % 2 ? endpoints.tcp : endpoints.unix);
+          s.on('error', () => {}); s.on('close', () => closed++); socks.push(s);
+        }
+        await new Promise((r) => setTimeout(r, 1500));
+        out.open = socks.length - closed;
+        for (const s of socks) s.destroy();
+        return out;
+    };"#;
+    let r = result(d, "endpoints", code, json!({"port": e.port}));
+    for name in ["tcp", "unix"] {
+        let allowed = r[name]["allowed"].as_str().unwrap_or_default();
+        assert!(allowed.starts_with("HTTP/1.1 200 ") && allowed.ends_with("\r\n\r\nping"), "{name}: {allowed}");
+        let refused = r[name]["refused"].as_str().unwrap_or_default();
+        assert!(refused.starts_with("HTTP/1.1 403 "), "{name}: {refused}");
+        assert!(refused.contains("X-Taskcell-Egress-Reason: not_allowed"), "{name}: {refused}");
+    }
+    assert_eq!(e.accepted.load(Ordering::SeqCst), 2, "one connection through each endpoint");
+    assert!(r["open"].as_u64().unwrap() <= 128, "{r}");
+    d.assert_healthy();
+}
