@@ -1048,3 +1048,55 @@ fn both_endpoints_make_the_same_decisions_under_one_bound() {
     assert!(r["open"].as_u64().unwrap() <= 128, "{r}");
     d.assert_healthy();
 }
+
+/// Node's libuv reaches an abstract name with the whole of `sun_path` (1.46, 1.47: this host's Node 20) or with
+/// the name's own length (1.48 on): the daemon must answer on both forms. The test joins a sandbox's network
+/// namespace itself (a thread of its own, by the sandbox Node's /proc entry) and asks through each form; from
+/// outside any invocation, both get the same refusal (the padded form with an invocation is what every
+/// other test here goes through).
+#[test]
+fn the_unix_endpoint_answers_on_both_forms_of_its_name() {
+    use std::os::linux::net::SocketAddrExt;
+    need_root!("the_unix_endpoint_answers_on_both_forms_of_its_name");
+    common::netns::enter();
+    let d = daemon();
+    let e = echo();
+    put_list(d, "both-forms", &[format!("api.test:{}", e.port)]);
+    // The tenant's sandbox, made by its first run; any sandbox Node of this daemon would do.
+    assert_eq!(result(d, "both-forms", "module.exports = () => 1", Value::Null), json!(1));
+    let node = common::descendant_pids(d.pid())
+        .into_iter()
+        .find(|p| testkit::procfs::cmdline(*p).contains("bootstrap.js"))
+        .expect("a sandbox's Node among the daemon's descendants");
+    let ns = fs::File::open(format!("/proc/{node}/ns/net")).expect("the sandbox's network namespace");
+    let port = e.port;
+    let answers = thread::spawn(move || {
+        // SAFETY: setns on a descriptor of our own, on this thread alone (it ends here).
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let mut padded = [0u8; 107];
+        padded[..15].copy_from_slice(b"taskcell-egress");
+        let mut out = Vec::new();
+        for name in [&b"taskcell-egress"[..], &padded[..]] {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+            let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).expect("connect to the abstract name");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(format!("CONNECT api.test:{port} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            out.push(String::from_utf8_lossy(&head).to_string());
+        }
+        out
+    })
+    .join()
+    .expect("the thread in the sandbox's namespace");
+    for head in &answers {
+        assert!(head.starts_with("HTTP/1.1 403 ") && head.contains("X-Taskcell-Egress-Reason: no_invocation"), "{head}");
+    }
+    assert_eq!(answers[0], answers[1], "both forms of the name reach the same proxy");
+    assert_eq!(e.accepted.load(Ordering::SeqCst), 0, "nothing connected outside an invocation");
+    d.assert_healthy();
+}

@@ -76,7 +76,7 @@ fn main() {
                     };
                     let made = Instant::now();
                     let listener =
-                        egress.then(|| jailer::net::listen_inside(&sandbox, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8119), b"boot-rate"));
+                        egress.then(|| jailer::net::listen_inside(&sandbox, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8119), &[b"boot-rate"]));
                     let listened = Instant::now();
                     let exit = sandbox.wait();
                     let exited = Instant::now();

@@ -19,26 +19,30 @@ use nix::sched::{setns, CloneFlags};
 
 use crate::Sandbox;
 
-/// The daemon's endpoints inside one sandbox, both non-blocking.
+/// The daemon's endpoints inside one sandbox, all non-blocking: the TCP one, and one Unix one per name.
 pub struct Endpoints {
     pub tcp: TcpListener,
-    pub unix: UnixListener,
+    pub unix: Vec<UnixListener>,
 }
 
-/// Listeners on `addr` and on the abstract Unix name `name` inside the sandbox's network namespace.
+/// Listeners on `addr` and on each abstract Unix name of `names` inside the sandbox's network namespace.
 ///
 /// The network namespace is per thread: a short-lived thread joins the sandbox's namespace (through its
 /// pidfd, so that a recycled pid cannot name another process), binds and exits, so that no thread of the
 /// daemon is ever left in a sandbox's namespace, whatever fails.
-pub fn listen_inside(sandbox: &Sandbox, addr: SocketAddrV4, name: &[u8]) -> io::Result<Endpoints> {
+pub fn listen_inside(sandbox: &Sandbox, addr: SocketAddrV4, names: &[&[u8]]) -> io::Result<Endpoints> {
     let pidfd = sandbox.pidfd().try_clone_to_owned()?;
-    let name = name.to_vec();
+    let names: Vec<Vec<u8>> = names.iter().map(|n| n.to_vec()).collect();
     let thread = std::thread::Builder::new().name("netns-bind".into()).spawn(move || -> io::Result<Endpoints> {
         setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let tcp = TcpListener::bind(addr)?;
         tcp.set_nonblocking(true)?;
-        let unix = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
-        unix.set_nonblocking(true)?;
+        let mut unix = Vec::with_capacity(names.len());
+        for name in &names {
+            let l = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name)?)?;
+            l.set_nonblocking(true)?;
+            unix.push(l);
+        }
         Ok(Endpoints { tcp, unix })
     })?;
     thread.join().unwrap_or_else(|_| Err(io::Error::other("the thread binding inside the sandbox panicked")))

@@ -831,7 +831,7 @@ process.on('unhandledRejection', (reason, promise) => {
 
 // ---- egress --------------------------------------------------------------------------------------
 // The sandbox's network namespace holds only lo. The daemon listens inside it on 127.0.0.1:3128 and on the
-// abstract Unix socket EGRESS_PATH; a TCP connection to anywhere but this sandbox's own loopback is made to
+// abstract Unix socket EGRESS_TARGET; a TCP connection to anywhere but this sandbox's own loopback is made to
 // the Unix socket instead (Node reads it for a third less CPU than TCP, and a download goes at the rate Node
 // reads: docs/egress.md), and opened with `CONNECT host:port HTTP/1.1` (docs/protocol.md, "Egress"). The daemon decides (allow-list, addresses,
 // limits), connects, answers 200 and then carries bytes both ways unread; any other answer fails the
@@ -842,9 +842,13 @@ process.on('unhandledRejection', (reason, promise) => {
 // convenience, not enforcement: tenant code that bypasses it reaches nothing but the same daemon.
 
 const tls = require('tls');
-// crate::EGRESS_SOCKET. Node 20 connects to an abstract name with the whole of sun_path (the name padded with
-// NULs), and the daemon binds it so.
-const EGRESS_PATH = '\0taskcell-egress';
+// crate::EGRESS_SOCKET, where this Node's libuv reaches abstract names (1.46 and later: Node 20.4 on); the
+// daemon binds the name both as 1.46-1.47 connect to it (padded with NULs to the whole of sun_path) and as
+// 1.48 on do (its own length). An older Node tunnels through TCP 127.0.0.1:3128, as before.
+const EGRESS_TARGET = (() => {
+  const [major, minor] = String(process.versions.uv).split('.').map(Number);
+  return major > 1 || (major === 1 && minor >= 46) ? { path: '\0taskcell-egress' } : { host: '127.0.0.1', port: 3128 };
+})();
 const EGRESS_ANSWER_LIMIT = 16 * 1024;
 const socketConnect = net.Socket.prototype.connect;
 const socketWriteGeneric = net.Socket.prototype._writeGeneric;
@@ -947,7 +951,7 @@ function tunnel(sock, host, port, cb) {
     sock.destroy(egressError(message, code === null ? 'EGRESS_DENIED' : code[1], reason === null ? 'refused' : reason[1], bare, port));
     return false;
   };
-  return reflectApply(socketConnect, sock, [{ path: EGRESS_PATH }]);
+  return reflectApply(socketConnect, sock, [objectAssign({}, EGRESS_TARGET)]);
 }
 
 net.Socket.prototype.connect = function connect(...args) {

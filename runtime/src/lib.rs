@@ -34,16 +34,18 @@ pub const MODULES_PATH: &str = "/taskcell/modules";
 pub const EGRESS_PORT: u16 = 3128;
 
 /// The same proxy's Unix stream socket, an abstract name in the sandbox's network namespace: the one the
-/// bootstrap uses (bootstrap.js has the same name), because Node reads a Unix socket for a third less CPU than
-/// TCP over loopback, and a download's rate is Node's. Node 20's libuv connects to an abstract name with the
-/// whole of `sun_path` (the name padded with NULs to 107 bytes), so that is the name the daemon binds.
+/// bootstrap uses where its Node can (bootstrap.js has the same name), because Node reads a Unix socket for a
+/// third less CPU than TCP over loopback, and a download's rate is Node's. Node reaches abstract names from
+/// libuv 1.46 on (Node 20.4); libuv 1.46 and 1.47 connect with the whole of `sun_path` (the name padded with
+/// NULs), 1.48 and later with the name's own length: the daemon binds both forms ([`egress_socket_names`]).
+/// An older Node tunnels through `EGRESS_PORT`.
 pub const EGRESS_SOCKET: &str = "taskcell-egress";
 
-/// `EGRESS_SOCKET` as bound: padded with NULs to the whole of `sun_path` after its leading NUL.
-pub fn egress_socket_name() -> [u8; 107] {
-    let mut name = [0u8; 107];
-    name[..EGRESS_SOCKET.len()].copy_from_slice(EGRESS_SOCKET.as_bytes());
-    name
+/// `EGRESS_SOCKET` as bound: exactly, and padded with NULs to the whole of `sun_path` after its leading NUL.
+pub fn egress_socket_names() -> (Vec<u8>, [u8; 107]) {
+    let mut padded = [0u8; 107];
+    padded[..EGRESS_SOCKET.len()].copy_from_slice(EGRESS_SOCKET.as_bytes());
+    (EGRESS_SOCKET.as_bytes().to_vec(), padded)
 }
 
 /// Largest result the runtime sends, in bytes of JSON text (the API's default result limit). Larger

@@ -151,7 +151,8 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
     let mut sandbox = jailer.make(spec).map_err(|e| crate::error_chain(&e))?;
     // Before the runtime is ready, so that the endpoint exists before any tenant code can look for it.
     let egress_addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, crate::EGRESS_PORT);
-    let egress = match jailer::net::listen_inside(&sandbox, egress_addr, &crate::egress_socket_name()) {
+    let (exact, padded) = crate::egress_socket_names();
+    let egress = match jailer::net::listen_inside(&sandbox, egress_addr, &[&exact, &padded]) {
         Ok(l) => l,
         Err(e) => {
             // A sandbox whose command died at once has no namespace left to enter: say how it died, as

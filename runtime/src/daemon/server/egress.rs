@@ -196,28 +196,37 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 /// A sandbox's egress listeners (see `jailer::net`).
 pub(super) struct Listeners {
     tcp: TcpListener,
-    unix: UnixListener,
+    /// By `Via::Unix`'s index: at most two (the name exact and padded).
+    unix: Vec<UnixListener>,
 }
 
 impl Listeners {
     pub(super) fn from_std(e: jailer::net::Endpoints) -> Listeners {
-        Listeners { tcp: TcpListener::from_std(e.tcp), unix: UnixListener::from_std(e.unix) }
+        Listeners { tcp: TcpListener::from_std(e.tcp), unix: e.unix.into_iter().take(2).map(UnixListener::from_std).collect() }
     }
 
     pub(super) fn register(&mut self, registry: &Registry, sb: Key) -> io::Result<()> {
         registry.register(&mut self.tcp, Source::Sandbox(sb, SandboxFd::Egress(Via::Tcp)).token(), Interest::READABLE)?;
-        registry.register(&mut self.unix, Source::Sandbox(sb, SandboxFd::Egress(Via::Unix)).token(), Interest::READABLE)
+        for (i, l) in self.unix.iter_mut().enumerate() {
+            registry.register(l, Source::Sandbox(sb, SandboxFd::Egress(Via::Unix(i as u8))).token(), Interest::READABLE)?;
+        }
+        Ok(())
     }
 
     fn deregister(&mut self, registry: &Registry) {
         let _ = registry.deregister(&mut self.tcp);
-        let _ = registry.deregister(&mut self.unix);
+        for l in &mut self.unix {
+            let _ = registry.deregister(l);
+        }
     }
 
     fn accept(&self, via: Via) -> io::Result<Inner> {
         match via {
             Via::Tcp => self.tcp.accept().map(|(s, _)| Inner::Tcp(s)),
-            Via::Unix => self.unix.accept().map(|(s, _)| Inner::Unix(s)),
+            Via::Unix(i) => match self.unix.get(usize::from(i)) {
+                Some(l) => l.accept().map(|(s, _)| Inner::Unix(s)),
+                None => Err(io::ErrorKind::NotFound.into()),
+            },
         }
     }
 }

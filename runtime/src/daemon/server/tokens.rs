@@ -27,8 +27,9 @@ pub enum SandboxFd {
 pub enum Via {
     /// 127.0.0.1:3128, for tenant code that speaks CONNECT itself.
     Tcp,
-    /// The abstract Unix socket the bootstrap uses.
-    Unix,
+    /// The abstract Unix socket the bootstrap uses, by the index of its name (exact, padded: see
+    /// `crate::egress_socket_names`).
+    Unix(u8),
 }
 
 /// Which end of an egress tunnel an event is for.
@@ -73,7 +74,7 @@ impl Source {
                     SandboxFd::Pid => 1,
                     SandboxFd::Output => 2,
                     SandboxFd::Egress(Via::Tcp) => 3,
-                    SandboxFd::Egress(Via::Unix) => 4,
+                    SandboxFd::Egress(Via::Unix(i)) => 4 + (i as usize & 1),
                 };
                 Token(SB_KIND | (k.gen as usize & GEN_MASK) << 32 | (k.index as usize) << 3 | sub)
             }
@@ -104,7 +105,8 @@ impl Source {
                     1 => SandboxFd::Pid,
                     2 => SandboxFd::Output,
                     3 => SandboxFd::Egress(Via::Tcp),
-                    4 => SandboxFd::Egress(Via::Unix),
+                    4 => SandboxFd::Egress(Via::Unix(0)),
+                    5 => SandboxFd::Egress(Via::Unix(1)),
                     _ => return None,
                 };
                 Source::Sandbox(Key { index: low >> 3, gen }, fd)
@@ -128,7 +130,14 @@ mod tests {
         let mut all = vec![Source::Listener(Transport::Unix), Source::Listener(Transport::Tcp), Source::Waker, Source::Signals];
         for k in keys {
             all.push(Source::Conn(k));
-            for fd in [SandboxFd::Socket, SandboxFd::Pid, SandboxFd::Output, SandboxFd::Egress(Via::Tcp), SandboxFd::Egress(Via::Unix)] {
+            for fd in [
+                SandboxFd::Socket,
+                SandboxFd::Pid,
+                SandboxFd::Output,
+                SandboxFd::Egress(Via::Tcp),
+                SandboxFd::Egress(Via::Unix(0)),
+                SandboxFd::Egress(Via::Unix(1)),
+            ] {
                 all.push(Source::Sandbox(k, fd));
             }
             for end in [End::Inner, End::Outer] {
