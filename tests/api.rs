@@ -747,6 +747,10 @@ fn memory_bombs_are_507_and_the_sandbox_is_replaced() {
     need_root!("memory_bombs_are_507_and_the_sandbox_is_replaced");
     let d = Daemon::start("memory", &["--memory", "100000000", "--timeout-ms", "30000"]);
     let t = "hog";
+    // V8's heap is bounded below the sandbox's memory (the bootstrap resets the flag, not the limit).
+    let limit = d.run_ok(t, "module.exports = () => require('v8').getHeapStatistics().heap_size_limit", Value::Null);
+    let limit = limit["result"].as_u64().expect("the heap limit");
+    assert!(limit < 100_000_000, "V8's heap limit {limit} is not below the sandbox's memory");
     for code in [
         // On the V8 heap.
         "module.exports = () => { const a = []; for (;;) a.push(new Array(100000).fill(Math.random())) }",

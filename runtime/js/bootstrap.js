@@ -7,6 +7,26 @@
 // object (the spec wants one globalThis per tenant) and may replace JSON, Buffer or Promise methods, but
 // that must not change how frames are written. The socket never leaves this module's scope.
 
+// The daemon starts Node with --max-old-space-size, which V8 reads once, when it makes the heap. Any V8 flag
+// left set makes V8 refuse Node's code cache of its built-in modules (the cache carries a hash of the flags),
+// so that every built-in required from then on is compiled from source: net and tls cost 13 ms of CPU instead
+// of 3, a third of a boot, and a tenant's first require('https') pays the same. Set back to its default, the
+// flag no longer counts; the limit already in force stays (docs/boot.md, "The heap flag"). A Worker made by
+// tenant code gets V8's default heap limit, under the same memory cgroup. Through the binding, not
+// require('v8'), which would itself be compiled without the cache (5 ms); its deprecation warning is not
+// printed, and a Node without the binding takes the module.
+{
+  const quiet = process.noDeprecation;
+  process.noDeprecation = true;
+  try {
+    process.binding('v8').setFlagsFromString('--max-old-space-size=0');
+  } catch {
+    require('v8').setFlagsFromString('--max-old-space-size=0');
+  } finally {
+    process.noDeprecation = quiet;
+  }
+}
+
 const net = require('net');
 const vm = require('vm');
 const { createRequire } = require('module');
