@@ -43,6 +43,32 @@ impl Flags {
     }
 }
 
+/// A small command's `--name VALUE` options, each a string (the last one given wins): their values by name,
+/// or, after printing the usage (`-h`, `--help`: exit 0) or what is wrong with it (exit 2), the exit code.
+pub fn named_values(command: &str, raw: Vec<String>, names: &[&str], usage: &str) -> Result<Vec<Option<String>>, std::process::ExitCode> {
+    use std::process::ExitCode;
+    let mut flags = Flags::new(raw);
+    let mut values = vec![None; names.len()];
+    while let Some((flag, inline)) = flags.next_flag() {
+        if flag == "-h" || flag == "--help" {
+            println!("{usage}");
+            return Err(ExitCode::SUCCESS);
+        }
+        let Some(i) = names.iter().position(|n| *n == flag) else {
+            eprintln!("{command}: unknown flag {flag}\n{usage}");
+            return Err(ExitCode::from(2));
+        };
+        match flags.value(&flag, inline) {
+            Ok(v) => values[i] = Some(v),
+            Err(e) => {
+                eprintln!("{command}: {e}\n{usage}");
+                return Err(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(values)
+}
+
 /// A byte count: plain digits or with a K, M or G suffix (powers of 1024).
 pub fn bytes(flag: &str, value: &str) -> Result<u64, ArgError> {
     let invalid = || ArgError::Invalid { flag: flag.into(), value: value.into(), what: "byte count" };

@@ -381,29 +381,10 @@ const HUB_USAGE: &str = "usage: taskcell log-hub --in ADDR --out ADDR
 /// `taskcell log-hub --in ADDR --out ADDR`.
 pub fn hub_main(raw: Vec<String>) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let mut flags = crate::args::Flags::new(raw);
-    let (mut input, mut output) = (None, None);
-    while let Some((flag, inline)) = flags.next_flag() {
-        let slot = match flag.as_str() {
-            "--in" => &mut input,
-            "--out" => &mut output,
-            "-h" | "--help" => {
-                println!("{HUB_USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("taskcell log-hub: unknown flag {other}\n{HUB_USAGE}");
-                return ExitCode::from(2);
-            }
-        };
-        match flags.value(&flag, inline) {
-            Ok(v) => *slot = Some(v),
-            Err(e) => {
-                eprintln!("taskcell log-hub: {e}\n{HUB_USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let (input, output) = match crate::args::named_values("taskcell log-hub", raw, &["--in", "--out"], HUB_USAGE) {
+        Ok(mut v) => (v[0].take(), v[1].take()),
+        Err(code) => return code,
+    };
     let (Some(input), Some(output)) = (input, output) else {
         eprintln!("taskcell log-hub: --in and --out are required\n{HUB_USAGE}");
         return ExitCode::from(2);

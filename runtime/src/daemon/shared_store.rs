@@ -707,30 +707,11 @@ secrets key this directory's secrets were sealed under.";
 /// `taskcell store-import`.
 pub fn import_main(raw: Vec<String>) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let mut flags = crate::args::Flags::new(raw);
-    let (mut state_dir, mut url, mut ca) = (None, None, None);
-    while let Some((flag, inline)) = flags.next_flag() {
-        let slot = match flag.as_str() {
-            "--state-dir" => &mut state_dir,
-            "--store" => &mut url,
-            "--store-ca" => &mut ca,
-            "-h" | "--help" => {
-                println!("{IMPORT_USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("taskcell store-import: unknown flag {other}\n{IMPORT_USAGE}");
-                return ExitCode::from(2);
-            }
-        };
-        match flags.value(&flag, inline) {
-            Ok(v) => *slot = Some(v),
-            Err(e) => {
-                eprintln!("taskcell store-import: {e}\n{IMPORT_USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let names = ["--state-dir", "--store", "--store-ca"];
+    let (state_dir, url, ca) = match crate::args::named_values("taskcell store-import", raw, &names, IMPORT_USAGE) {
+        Ok(mut v) => (v[0].take(), v[1].take(), v[2].take()),
+        Err(code) => return code,
+    };
     let (Some(state_dir), Some(url)) = (state_dir, url) else {
         eprintln!("taskcell store-import: --state-dir and --store are required\n{IMPORT_USAGE}");
         return ExitCode::from(2);
