@@ -35,6 +35,16 @@ pub(super) fn log_text(message: &[u8]) -> String {
 }
 
 impl Server {
+    /// Write the sandbox's frames at the end of this turn (once, however often asked).
+    pub(super) fn schedule_flush(&mut self, key: Key) {
+        if let Some(s) = self.sbs.get_mut(key) {
+            if !s.flush_scheduled {
+                s.flush_scheduled = true;
+                self.flush_queue.push(key);
+            }
+        }
+    }
+
     pub(super) fn flush_sandbox(&mut self, key: Key) {
         let Some(s) = self.sbs.get_mut(key) else { return };
         let mut written = 0;
@@ -56,6 +66,15 @@ impl Server {
             // The runtime closed its end: it is dying; its pidfd will tell how.
             s.outbox.clear();
         }
+        // Woken for writability only while frames wait (a sandbox that reads slowly); otherwise each frame it
+        // reads would wake the loop.
+        let want = !s.outbox.is_empty();
+        if want != s.write_interest {
+            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if self.poll.registry().reregister(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), interest).is_ok() {
+                s.write_interest = want;
+            }
+        }
     }
 
     pub(super) fn on_sandbox_socket(&mut self, key: Key, readable: bool, writable: bool) {
@@ -69,8 +88,11 @@ impl Server {
         let mut protocol_error = None;
         {
             let Some(s) = self.sbs.get_mut(key) else { return };
-            let mut buf = [0u8; 64 << 10];
+            let buf = &mut self.read_buf[..];
             let mut budget = SANDBOX_READ_BUDGET;
+            // A short read emptied the socket: later frames are a new edge of its readiness (as in
+            // `read_conn`), so no read is spent on the WouldBlock. The sandbox's end is told by its pidfd.
+            let mut drained;
             loop {
                 if budget == 0 {
                     // More may be waiting (a log flood): come back after the other ready connections and
@@ -78,10 +100,11 @@ impl Server {
                     self.read_again.push_back(key);
                     break;
                 }
-                match s.socket.read(&mut buf) {
+                match s.socket.read(buf) {
                     Ok(0) => break,
                     Ok(n) => {
                         budget = budget.saturating_sub(n);
+                        drained = n < buf.len();
                         s.decoder.feed(&buf[..n])
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -98,7 +121,7 @@ impl Server {
                         }
                     }
                 }
-                if protocol_error.is_some() {
+                if protocol_error.is_some() || drained {
                     break;
                 }
             }

@@ -245,7 +245,7 @@ impl Server {
         if self.cpus.is_some() {
             self.busy_checks.push_back((Instant::now() + cpus::BUSY_WINDOW, id, None, 0));
         }
-        self.flush_sandbox(sb);
+        self.schedule_flush(sb);
     }
 
     /// Finish an invocation with a response (or a store job, for a deploy that compiled).

@@ -76,6 +76,8 @@ use crate::daemon::Config;
 /// The event loop thread's nice value (the spawners run at 10, sandboxes' processes at 0 in their own groups).
 const LOOP_NICE: i32 = -10;
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// The most read from a client's or a sandbox's socket at once, into the loop's one read buffer.
+const READ_CHUNK: usize = 64 << 10;
 
 pub struct Server {
     config: Config,
@@ -107,6 +109,12 @@ pub struct Server {
     cache_waits: HashMap<(String, String), Vec<Deferred>>,
     /// Sandboxes that used up their read budget with more perhaps waiting: read again after this turn.
     read_again: VecDeque<Key>,
+    /// Sandboxes given frames this turn: written at its end, so that the invocations dispatched to one
+    /// sandbox in a turn cost one write and wake it once (see `schedule_flush`).
+    flush_queue: Vec<Key>,
+    /// Where sockets are read into (then copied to the connection's input or the sandbox's decoder): one
+    /// buffer, not one zeroed on the stack at every read.
+    read_buf: Box<[u8]>,
     /// Connections to read, parse or close on the next pass of the loop (see `schedule`): answers never
     /// recurse into parsing the next pipelined request.
     advance_queue: VecDeque<Key>,
@@ -220,6 +228,8 @@ impl Server {
             code_caches: CodeCaches::new(code_cache_bytes),
             cache_waits: HashMap::new(),
             read_again: VecDeque::new(),
+            flush_queue: Vec::new(),
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             advance_queue: VecDeque::new(),
             accept_again: false,
             cpus,
@@ -300,6 +310,11 @@ impl Server {
                     Some(Source::Signals) => self.on_signal(),
                     Some(Source::Conn(k)) => {
                         if let Some(key) = self.conns.find(k.index, k.gen) {
+                            if event.is_read_closed() {
+                                if let Some(conn) = self.conns.get_mut(key) {
+                                    conn.peer_closed = true;
+                                }
+                            }
                             self.on_conn_event(key, readable, event.is_writable());
                         }
                     }
@@ -347,6 +362,13 @@ impl Server {
             if Instant::now() >= next_housekeeping {
                 self.housekeeping();
                 next_housekeeping = Instant::now() + HOUSEKEEPING;
+            }
+            // Last, once everything that may dispatch this turn has: each sandbox's frames in one write.
+            for key in std::mem::take(&mut self.flush_queue) {
+                if let Some(s) = self.sbs.get_mut(key) {
+                    s.flush_scheduled = false;
+                }
+                self.flush_sandbox(key);
             }
             if self.draining.is_some() && self.drained() {
                 self.shutdown();

@@ -45,6 +45,10 @@ pub(super) struct Sb {
     pub(super) output_tail: Vec<u8>,
     pub(super) decoder: Decoder,
     pub(super) outbox: Vec<u8>,
+    /// In the loop's `flush_queue`.
+    pub(super) flush_scheduled: bool,
+    /// Registered for writability too: only while `outbox` holds what the socket would not take.
+    pub(super) write_interest: bool,
     pub(super) tenant: Option<String>,
     pub(super) in_flight: HashSet<u32>,
     pub(super) compiled: HashSet<String>,
@@ -315,6 +319,8 @@ impl Server {
             output_tail: Vec::new(),
             decoder: Decoder::new(),
             outbox: Vec::new(),
+            flush_scheduled: false,
+            write_interest: false,
             tenant: None,
             in_flight: HashSet::new(),
             compiled: HashSet::new(),
@@ -337,9 +343,7 @@ impl Server {
         let registry = self.poll.registry();
         let s = self.sbs.get_mut(key).expect("just inserted");
         let pidfd = s.sandbox.as_ref().expect("set").pidfd().as_raw_fd();
-        let ok = registry
-            .register(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), Interest::READABLE | Interest::WRITABLE)
-            .is_ok()
+        let ok = registry.register(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), Interest::READABLE).is_ok()
             && registry.register(&mut SourceFd(&pidfd), Source::Sandbox(key, SandboxFd::Pid).token(), Interest::READABLE).is_ok()
             && registry
                 .register(&mut SourceFd(&s.output.as_raw_fd()), Source::Sandbox(key, SandboxFd::Output).token(), Interest::READABLE)

@@ -61,6 +61,12 @@ pub(super) struct Conn {
     /// Reading stopped with more perhaps waiting (the input buffer was full or the turn's read budget spent):
     /// the socket's edge-triggered readiness will not repeat, so the loop reads again itself.
     pub(super) read_pending: bool,
+    /// Registered for writability too: only while `output` holds what the socket would not take (see
+    /// `flush`). Registered for it always, the loop would be woken each time the client reads an answer.
+    pub(super) write_interest: bool,
+    /// The kernel said the client has shut down its side: read on to the end of the stream, not only to a
+    /// short read (see `read_conn`).
+    pub(super) peer_closed: bool,
 }
 
 impl Server {
@@ -89,12 +95,12 @@ impl Server {
                         read_closed: false,
                         scheduled: false,
                         read_pending: false,
+                        write_interest: false,
+                        peer_closed: false,
                     };
                     let key = self.conns.insert(conn);
                     let conn = self.conns.get_mut(key).expect("just inserted");
-                    if let Err(e) =
-                        self.poll.registry().register(&mut conn.stream, Source::Conn(key).token(), Interest::READABLE | Interest::WRITABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(&mut conn.stream, Source::Conn(key).token(), Interest::READABLE) {
                         eprintln!("taskcell: registering a connection: {e}");
                         self.conns.remove(key);
                     }
@@ -147,7 +153,7 @@ impl Server {
     pub(super) fn read_conn(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let limit = self.config.max_body + (64 << 10);
-        let mut buf = [0u8; 64 << 10];
+        let buf = &mut self.read_buf[..];
         let mut budget = CONN_READ_BUDGET;
         loop {
             // A busy connection's pipelined input is bounded: stop reading and let the socket push back.
@@ -159,7 +165,8 @@ impl Server {
                 }
                 return;
             }
-            match conn.stream.read(&mut buf[..budget.min(64 << 10)]) {
+            let asked = budget.min(READ_CHUNK);
+            match conn.stream.read(&mut buf[..asked]) {
                 Ok(0) => {
                     conn.read_closed = true;
                     return;
@@ -171,6 +178,13 @@ impl Server {
                     }
                     if !matches!(conn.state, ConnState::Streaming { .. } | ConnState::Closing) {
                         conn.input.extend_from_slice(&buf[..n]);
+                    }
+                    // A short read emptied the socket's queue: bytes arriving later are a new edge of its
+                    // readiness, so the read that would only say WouldBlock is spared (one syscall of about
+                    // four a request; libuv and nginx stop here too). Not once the client has shut down its
+                    // side: that was reported with this edge, so the end of the stream is read now.
+                    if n < asked && !conn.peer_closed {
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -336,6 +350,15 @@ impl Server {
             if *dropped > 0 && conn.output.len() < SUBSCRIBER_BACKLOG / 2 {
                 http::chunk(&mut conn.output, &logs::dropped_line(*dropped));
                 *dropped = 0;
+            }
+        }
+        // Woken for writability only while something waits to be written (a WouldBlock above, or the dropped
+        // line just added); re-arming also reports a socket that became writable meanwhile: no wake-up is lost.
+        let want = !conn.output.is_empty();
+        if want != conn.write_interest {
+            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            if self.poll.registry().reregister(&mut conn.stream, Source::Conn(key).token(), interest).is_ok() {
+                conn.write_interest = want;
             }
         }
         // Parsing waited for the answers to drain (back-pressure), or a closing connection is now empty.
