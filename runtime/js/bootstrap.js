@@ -84,6 +84,9 @@ const EMPTY = bufferAlloc(0);
 
 const socket = new net.Socket({ fd: 3, readable: true, writable: true });
 const socketWrite = socket.write.bind(socket);
+const socketCork = socket.cork.bind(socket);
+const socketUncork = socket.uncork.bind(socket);
+const enqueueMicrotask = queueMicrotask;
 
 // The invocation whose code is running: its id and its log budget. Logs and errors outside any
 // invocation are charged to `idle`, whose budget is renewed with each frame from the daemon.
@@ -116,8 +119,30 @@ function send(type, id, meta, body) {
   putU32(frame, 9, metaBuf.length);
   bytesSet(frame, metaBuf, HEADER_LEN);
   bytesSet(frame, bodyBuf, HEADER_LEN + metaBuf.length);
+  if (warming) return;
+  // A log goes out at once (what a task logged before it hangs still reaches the daemon), and with it
+  // whatever answers were held back before it, so that order is kept.
+  if (type === LOG) uncorkAnswers();
   // A false return only means Node buffers the rest; order is kept either way.
-  if (!warming) socketWrite(frame);
+  socketWrite(frame);
+}
+
+// Frames that arrive together (several Runs in one read) are answered together: the answers their code
+// gives synchronously or on the microtasks that follow are held back (corked) and written in one writev
+// once those microtasks have run, so that the daemon is woken once for the batch, not once per answer.
+// Answers that come later (timers, I/O) are written at once, as are logs.
+let corked = false;
+
+function corkAnswers() {
+  if (corked) return;
+  corked = true;
+  socketCork();
+}
+
+function uncorkAnswers() {
+  if (!corked) return;
+  corked = false;
+  socketUncork();
 }
 
 // True while warmUp runs: frames are built but not sent.
@@ -1057,6 +1082,17 @@ function setSecrets(id, meta) {
 // Chunks are kept as they arrive and joined only once a whole frame is there, so a large frame
 // arriving in many pieces is copied once.
 function onData(chunk) {
+  corkAnswers();
+  try {
+    takeFrames(chunk);
+  } finally {
+    // Queued behind the microtasks that the frames' code queued (the answers of synchronous and
+    // already-settled results), so it runs once they have.
+    enqueueMicrotask(uncorkAnswers);
+  }
+}
+
+function takeFrames(chunk) {
   chunks.push(chunk);
   buffered += chunk.length;
   while (buffered >= 4) {
