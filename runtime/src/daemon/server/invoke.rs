@@ -245,7 +245,14 @@ impl Server {
         if self.cpus.is_some() {
             self.busy_checks.push_back((Instant::now() + cpus::BUSY_WINDOW, id, None, 0));
         }
-        self.schedule_flush(sb);
+        // A sandbox with nothing else in flight is waiting: wake it now, so that it works while the loop goes
+        // on with the rest of its turn. One still busy with earlier Runs takes the turn's others in one write
+        // at its end (it reads them when it is done anyway).
+        if self.sbs.get(sb).is_some_and(|s| s.in_flight.len() == 1) {
+            self.flush_sandbox(sb);
+        } else {
+            self.schedule_flush(sb);
+        }
     }
 
     /// Finish an invocation with a response (or a store job, for a deploy that compiled).
