@@ -18,6 +18,25 @@ use super::{unique, wait_until, Client, Daemon, HANG};
 /// How long a log stream waits for more events before it calls itself quiet.
 pub const QUIET: Duration = Duration::from_millis(500);
 
+/// Send `sig` to a child of the test's own and wait for it up to `guard`: its exit status, or None once it
+/// has been killed (and reaped) for outliving the guard.
+fn signal_and_wait(child: &mut Child, sig: i32, guard: Duration) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on the pid of our own child, which has not been reaped, so not reused.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
+        }
+        if start.elapsed() > guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------- PostgreSQL ----------
 
 /// A PostgreSQL server of the test's own. Dropped: stopped (by its pid) and its directory removed.
@@ -156,17 +175,8 @@ impl Postgres {
     /// Stop the server (a fast shutdown: it disconnects the daemons) and wait for it to be gone.
     pub fn stop(&mut self) {
         let Some(mut child) = self.server.take() else { return };
-        // SAFETY: kill(2) on the pid of our own child, which has not been waited for, so not reused.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-        let started = Instant::now();
-        while child.try_wait().ok().flatten().is_none() {
-            if started.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Killed after the guard: it must not outlive the test, and a slow stop is not what is tested here.
+        let _ = signal_and_wait(&mut child, libc::SIGINT, Duration::from_secs(20));
     }
 
     /// Its Unix socket (in its directory; with TLS, the socket's name has the TCP port in it).
@@ -260,20 +270,8 @@ impl Hub {
 
     pub fn signal(&mut self, sig: i32) -> ExitStatus {
         let mut child = self.child.take().expect("the hub is running");
-        // SAFETY: kill on the pid of a child this test started and has not reaped.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the hub did not stop within 15 s of signal {sig}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal_and_wait(&mut child, sig, Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("the hub did not stop within 15 s of signal {sig}"))
     }
 }
 

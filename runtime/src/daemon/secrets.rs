@@ -212,17 +212,9 @@ impl Secrets {
 
     fn load_all(&mut self) -> Result<(), SecretsError> {
         let Ok(key) = &self.key else { return Ok(()) };
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(SecretsError::Io { what: "reading", path: self.dir.clone(), source }),
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(tenant) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else { continue };
-            if !super::store::valid_name(tenant) {
-                continue;
-            }
+        for tenant in tenants_in(&self.dir)? {
+            let tenant = tenant.as_str();
+            let path = self.dir.join(format!("{tenant}.json"));
             let text = std::fs::read(&path).map_err(|source| SecretsError::Io { what: "reading", path: path.clone(), source })?;
             let file: TenantFile = serde_json::from_slice(&text).map_err(|_| SecretsError::Format { path: path.clone() })?;
             let mut t = TenantSecrets { version: self.next_version, entries: BTreeMap::new() };
@@ -348,6 +340,22 @@ impl Secrets {
 }
 
 /// One tenant's file as it is on disk now (None: it has no secrets).
+/// The tenants that have a secrets file in `dir` (`<tenant>.json`, a valid name), sorted; none if there is no
+/// such directory.
+pub fn tenants_in(dir: &Path) -> Result<Vec<String>, SecretsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(SecretsError::Io { what: "reading", path: dir.to_path_buf(), source }),
+    };
+    let mut tenants: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").filter(|t| super::store::valid_name(t)).map(str::to_owned))
+        .collect();
+    tenants.sort();
+    Ok(tenants)
+}
+
 pub fn read_file(dir: &Path, tenant: &str) -> Result<FileWrite, SecretsError> {
     let path = dir.join(format!("{tenant}.json"));
     match std::fs::read(&path) {

@@ -674,20 +674,7 @@ pub fn import(state_dir: &Path, db: Database, say: &mut dyn FnMut(String)) -> Re
         done.egress_lists += 1;
     }
     let dir = secrets::dir_in(state_dir);
-    let mut tenants = Vec::new();
-    match std::fs::read_dir(&dir) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let tenant = name.to_str().and_then(|n| n.strip_suffix(".json")).filter(|t| store::valid_name(t));
-                tenants.extend(tenant.map(str::to_owned));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(SharedStoreError::Io { op: "listing", path: dir, source }),
-    }
-    tenants.sort();
-    for tenant in tenants {
+    for tenant in secrets::tenants_in(&dir).map_err(SharedStoreError::ImportSecrets)? {
         let file = secrets::read_file(&dir, &tenant).map_err(SharedStoreError::ImportSecrets)?;
         if file.contents.is_some() {
             writer.put_secrets(&file)?;

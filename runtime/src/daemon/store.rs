@@ -420,10 +420,8 @@ impl Store {
     /// of strings is reported, not served.
     pub fn egress_lists(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
         let mut out = Vec::new();
-        for tenant in fs::read_dir(&self.root).map_err(io_err("listing", &self.root))? {
-            let tenant = tenant.map_err(io_err("listing", &self.root))?;
-            let Some(name) = tenant.file_name().to_str().filter(|n| valid_name(n)).map(str::to_owned) else { continue };
-            let path = tenant.path().join(EGRESS_FILE);
+        for name in self.tenants()? {
+            let path = self.root.join(&name).join(EGRESS_FILE);
             let mut text = String::new();
             match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
                 Ok(mut f) => f.read_to_string(&mut text).map_err(io_err("reading", &path))?,

@@ -275,25 +275,29 @@ impl Inner {
             // SO_SNDBUFFORCE, past net.core.wmem_max, needs CAP_NET_ADMIN; without it SO_SNDBUF, which the
             // kernel caps at wmem_max (only more wake-ups).
             Inner::Unix(s) => {
-                let size = UNIX_SNDBUF as libc::c_int;
-                for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
-                    // SAFETY: setsockopt on the tunnel's own socket, with a pointer to a local int and its size.
-                    let r = unsafe {
-                        libc::setsockopt(
-                            s.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            opt,
-                            (&size as *const libc::c_int).cast(),
-                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                        )
-                    };
-                    if r == 0 {
-                        break;
-                    }
-                }
+                let _ =
+                    set_buffer(s.as_raw_fd(), libc::SO_SNDBUFFORCE, UNIX_SNDBUF) || set_buffer(s.as_raw_fd(), libc::SO_SNDBUF, UNIX_SNDBUF);
             }
         }
     }
+}
+
+/// Set a socket's send or receive buffer (`SO_SNDBUF`, `SO_SNDBUFFORCE`, `SO_RCVBUF`...) to `size` bytes;
+/// false if the kernel refused.
+fn set_buffer(fd: RawFd, opt: libc::c_int, size: usize) -> bool {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads an int from a pointer to a local int, with that int's size; an fd that is not
+    // a socket is an error return, not undefined behaviour.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
 }
 
 impl AsRawFd for Inner {
@@ -963,9 +967,7 @@ mod tests {
     /// Small socket buffers, so that a few megabytes fill them and the pipe behind them whatever the
     /// machine's TCP autotuning.
     fn small_buffers(fd: RawFd, opt: libc::c_int) {
-        let size: libc::c_int = 32 << 10;
-        // SAFETY: setsockopt with a pointer to a local int of the size given.
-        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), 4) };
+        assert!(set_buffer(fd, opt, 32 << 10));
     }
 
     /// Bytes spliced through a pipe arrive whole and in order while the reader stops and starts (it reads

@@ -66,15 +66,9 @@ impl Server {
             // The runtime closed its end: it is dying; its pidfd will tell how.
             s.outbox.clear();
         }
-        // Woken for writability only while frames wait (a sandbox that reads slowly); otherwise each frame it
-        // reads would wake the loop.
-        let want = !s.outbox.is_empty();
-        if want != s.write_interest {
-            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            if self.poll.registry().reregister(&mut s.socket, Source::Sandbox(key, SandboxFd::Socket).token(), interest).is_ok() {
-                s.write_interest = want;
-            }
-        }
+        // Woken for writability only while frames wait (a sandbox that reads slowly).
+        let token = Source::Sandbox(key, SandboxFd::Socket).token();
+        set_write_interest(self.poll.registry(), &mut s.socket, token, &mut s.write_interest, !s.outbox.is_empty());
     }
 
     pub(super) fn on_sandbox_socket(&mut self, key: Key, readable: bool, writable: bool) {

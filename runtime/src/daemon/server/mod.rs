@@ -521,6 +521,18 @@ impl Server {
     }
 }
 
+/// Registered for writability only while something waits to be written (`want`): always registered, a
+/// socket would wake the loop each time its peer reads. Re-arming also reports a socket that became writable
+/// meanwhile, so no wake-up is lost. `armed` is what the registration is now.
+fn set_write_interest(registry: &mio::Registry, source: &mut impl mio::event::Source, token: mio::Token, armed: &mut bool, want: bool) {
+    if want != *armed {
+        let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if registry.reregister(source, token, interest).is_ok() {
+            *armed = want;
+        }
+    }
+}
+
 fn rand_u32() -> u32 {
     let mut b = [0u8; 4];
     // SAFETY: getrandom writes at most 4 bytes into the local array.

@@ -352,15 +352,9 @@ impl Server {
                 *dropped = 0;
             }
         }
-        // Woken for writability only while something waits to be written (a WouldBlock above, or the dropped
-        // line just added); re-arming also reports a socket that became writable meanwhile: no wake-up is lost.
+        // Woken for writability only while something waits (a WouldBlock above, or the dropped line just added).
         let want = !conn.output.is_empty();
-        if want != conn.write_interest {
-            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            if self.poll.registry().reregister(&mut conn.stream, Source::Conn(key).token(), interest).is_ok() {
-                conn.write_interest = want;
-            }
-        }
+        set_write_interest(self.poll.registry(), &mut conn.stream, Source::Conn(key).token(), &mut conn.write_interest, want);
         // Parsing waited for the answers to drain (back-pressure), or a closing connection is now empty.
         let resume = before > OUTPUT_HIGH_WATER && conn.output.len() <= OUTPUT_HIGH_WATER && !conn.input.is_empty();
         let closing_done = matches!(conn.state, ConnState::Closing) && conn.output.is_empty() && written > 0;
