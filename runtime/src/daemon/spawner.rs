@@ -157,12 +157,12 @@ fn spawn_one(jailer: &Jailer, node: &NodeCommand) -> Outcome {
         Err(e) => {
             // A sandbox whose command died at once has no namespace left to enter: say how it died, as
             // await_ready would, rather than that the listener could not be made. ESRCH comes as soon as the
-            // process has left its namespaces, which can be before it can be waited for: give its death a
-            // moment to arrive then (await_ready returns at the death, or says it did not come).
-            let gone = e.raw_os_error() == Some(libc::ESRCH);
-            let died = gone || sandbox.try_wait(false).ok().flatten().is_some();
-            let wait = if gone { node.ready_timeout.min(Duration::from_secs(1)) } else { node.ready_timeout };
-            let why = if died { await_ready(&mut sandbox, &ours, &out_r, wait).err() } else { None };
+            // process has left its namespaces, which can be before it can be waited for: its death gets a
+            // moment (1 s) to arrive. A sandbox still alive after it keeps the listener's error.
+            let gone = e.raw_os_error() == Some(libc::ESRCH) || sandbox.try_wait(false).ok().flatten().is_some();
+            let death =
+                if gone { await_ready(&mut sandbox, &ours, &out_r, node.ready_timeout.min(Duration::from_secs(1))).err() } else { None };
+            let why = death.filter(|_| sandbox.try_wait(false).ok().flatten().is_some());
             sandbox.kill();
             return Err(why.unwrap_or_else(|| format!("making the egress listener inside the sandbox: {e}")));
         }
