@@ -92,3 +92,48 @@ fn a_burst_grows_the_pool_and_a_quiet_window_shrinks_it_back() {
     assert!(retired >= 1.0, "no pool sandbox was retired:\n{metrics}");
     d.assert_healthy();
 }
+
+/// New tenants one after another, one request each; every answer 200.
+fn new_tenants(d: &Daemon, prefix: &str, n: usize) {
+    let mut c = d.client();
+    for i in 0..n {
+        let body = json!({"code": "module.exports = (d) => d.i", "data": {"i": i}}).to_string();
+        let r = c.request("POST", &format!("/v1/tenants/{prefix}-{i}/run"), &[("Content-Type", "application/json")], body.as_bytes());
+        assert_eq!(r.status, 200, "tenant {prefix}-{i}: {}", r.text());
+    }
+}
+
+#[test]
+fn a_restart_keeps_the_demand_that_sized_the_pool_and_ignores_a_bad_record_of_it() {
+    need_root!("a_restart_keeps_the_demand_that_sized_the_pool_and_ignores_a_bad_record_of_it");
+    let d = Daemon::start("pool-restart", &["--pool-min", "2", "--pool-max", "10", "--pool-window-ms", "120000"]);
+    new_tenants(&d, "before", 12);
+    let h = d.health();
+    assert_eq!(h["pool"]["size"], 10, "{h}");
+
+    // A clean stop (SIGTERM) and a start over the same state directory: the pool is sized by the demand
+    // before the first refill, so it fills to the target the burst set, not to its minimum.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(15)).success(), "{}", d.log_tail());
+    let saved = std::fs::read_to_string(d.state.join("pool-demand.json")).expect("the demand file after SIGTERM");
+    d.restart();
+    let h = d.health();
+    assert_eq!(h["pool"]["size"], 10, "the restarted pool's target; saved demand {saved}: {h}");
+    let why = h["pool"]["sizing"]["why"].as_str().unwrap().to_string();
+    assert!(why.starts_with("the maximum") && why.contains("12 tenants"), "{why}");
+    wait_until(Duration::from_secs(90), "the restarted pool full at the target", || d.health()["pool"]["idle"].as_u64() >= Some(10));
+    assert!(d.log_tail().contains("the last run's demand (12 tenants"), "{}", d.log_tail());
+
+    // A demand file that is not one (corrupt, hostile, or from a far future version): reported, ignored,
+    // and the daemon starts with its minimum and serves.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(15)).success(), "{}", d.log_tail());
+    std::fs::write(d.state.join("pool-demand.json"), b"{\"saved_unix_s\": \"soon\", \"seconds\": [[1, -5]]").unwrap();
+    d.restart();
+    let h = d.health();
+    assert_eq!(h["pool"]["size"], 2, "{h}");
+    assert!(h["pool"]["sizing"]["why"].as_str().unwrap().starts_with("the minimum"), "{h}");
+    assert!(d.log_tail().contains("is not a demand file"), "{}", d.log_tail());
+    new_tenants(&d, "after", 3);
+    d.assert_healthy();
+}

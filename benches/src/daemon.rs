@@ -72,6 +72,11 @@ impl Daemon {
         if socket.as_os_str().len() > 100 {
             return Err(format!("socket path too long for a Unix socket: {}", socket.display()));
         }
+        // Every daemon the bench starts gets an empty state directory: a daemon keeps its pool's demand across
+        // restarts (docs/pool.md), and a round of the default pool must start from the default.
+        if state.exists() {
+            fs::remove_dir_all(&state).map_err(|e| format!("emptying {}: {e}", state.display()))?;
+        }
         fs::create_dir_all(&state).map_err(|e| format!("creating {}: {e}", state.display()))?;
         let logf = fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let mut cmd = Command::new(bin);

@@ -92,6 +92,29 @@ impl Demand {
         }
     }
 
+    /// The window's counts as (age in seconds at `now_s`, tenants), oldest first: what a restart takes over.
+    pub fn export(&mut self, now_s: u64) -> Vec<(u64, u32)> {
+        self.forget(now_s);
+        self.seconds.iter().map(|&(s, n)| (now_s.saturating_sub(s), n)).collect()
+    }
+
+    /// Counts an earlier run exported, `elapsed_s` seconds ago, added at `now_s` (their ages grown by
+    /// `elapsed_s`). What has left the window, or would date from before `now_s`'s clock began, is dropped; at
+    /// most one entry a second of the window is kept, so a hostile or corrupt file cannot make it grow.
+    pub fn import(&mut self, counts: &[(u64, u32)], elapsed_s: u64, now_s: u64) {
+        let mut seconds: std::collections::BTreeMap<u64, u32> = self.seconds.iter().copied().collect();
+        for &(age, n) in counts {
+            let Some(age) = age.checked_add(elapsed_s) else { continue };
+            if age >= self.window_s || age > now_s || n == 0 {
+                continue;
+            }
+            let slot = seconds.entry(now_s - age).or_insert(0);
+            *slot = slot.saturating_add(n);
+        }
+        self.seconds = seconds.into_iter().collect();
+        self.forget(now_s);
+    }
+
     /// The most tenants within any `SPAN_S` seconds of the window that ends at `now_s`.
     pub fn peak(&mut self, now_s: u64) -> u64 {
         self.forget(now_s);
@@ -228,6 +251,36 @@ mod tests {
         assert_eq!(d.peak(161), 3);
         assert_eq!(d.peak(166), 1);
         assert_eq!(d.peak(190), 0);
+    }
+
+    #[test]
+    fn demand_survives_a_restart_aged_by_the_time_between() {
+        let mut before = Demand::new(60);
+        for _ in 0..40 {
+            before.record(500);
+        }
+        before.record(530);
+        let saved = before.export(540);
+        assert_eq!(saved, vec![(40, 40), (10, 1)]);
+        // A new run's clock starts elsewhere; 5 s passed between the save and the start.
+        let mut after = Demand::new(60);
+        after.import(&saved, 5, 70);
+        assert_eq!(after.peak(70), 40, "the burst 45 s ago still sizes the pool");
+        // Its second falls out of the window 60 s after it happened: 15 s later.
+        assert_eq!(after.peak(85), 1);
+        // A save older than the window, or counts from before the new clock's start, bring nothing.
+        let mut late = Demand::new(60);
+        late.import(&saved, 30, 70);
+        assert_eq!(late.peak(70), 1);
+        let mut early = Demand::new(60);
+        early.import(&saved, 0, 20);
+        assert_eq!(early.peak(20), 1);
+        // Hostile counts: duplicates are summed into one second, overflow saturates, nothing grows past the window.
+        let mut hostile = Demand::new(60);
+        let junk: Vec<(u64, u32)> = (0..100_000).map(|i| (i % 70, u32::MAX)).chain([(u64::MAX, 1)]).collect();
+        hostile.import(&junk, 0, 1000);
+        assert_eq!(hostile.seconds.len(), 60);
+        assert!(hostile.peak(1000) > 0);
     }
 
     #[test]

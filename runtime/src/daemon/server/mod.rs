@@ -279,6 +279,7 @@ impl Server {
         let _ = jailer::sched::set_slice(jailer::sched::SHORT_SLICE_NS);
         // SAFETY: setpriority on this thread's own id, with integers only.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, LOOP_NICE) };
+        self.start_sizing();
         self.refill_pool();
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
@@ -481,6 +482,7 @@ impl Server {
     }
 
     fn shutdown(&mut self) {
+        self.sizing.save_demand(true);
         let ids: Vec<u32> = self.invocations.keys().copied().collect();
         for id in ids {
             self.complete(id, Err((503, "overloaded", "taskcell stopped before the invocation finished".into())));

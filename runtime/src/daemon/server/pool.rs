@@ -111,30 +111,135 @@ const SANDBOX_BYTES_GUESS: u64 = 32 << 20;
 /// Idle pool sandboxes retired per housekeeping tick when the target falls (teardown is kernel work).
 const SHRINK_PER_TICK: usize = 2;
 
+/// Where the window's demand is kept across restarts, in the state directory.
+const DEMAND_FILE: &str = "pool-demand.json";
+/// The longest demand file read back (a day's window of one entry a second is about 1.3 MB).
+const DEMAND_FILE_LIMIT: u64 = 4 << 20;
+/// How often changed demand is written out (and always at shutdown).
+const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(10);
+
 /// The pool's sizing state (see `pool_policy`).
 pub(super) struct PoolSizing {
     demand: pool_policy::Demand,
     window_s: u64,
-    /// Seconds are counted from here.
+    /// Seconds are counted from here: a window before the daemon's start, so that demand an earlier run
+    /// saved has seconds to go in.
     epoch: Instant,
     pub(super) target: usize,
     why: pool_policy::Why,
     memory_room: Option<u64>,
     /// What an idle sandbox is charged (memory cgroup, averaged over the sandboxes made).
     sandbox_bytes: u64,
+    demand_file: std::path::PathBuf,
+    /// Demand recorded since the last save.
+    unsaved: bool,
+    last_save: Instant,
+    /// The last error saving demand, printed once until it changes.
+    save_error: Option<String>,
+}
+
+/// The demand file: the window's counts as ages in seconds when it was written, and when that was.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedDemand {
+    saved_unix_s: u64,
+    /// (age in seconds, tenants that needed a sandbox in that second)
+    seconds: Vec<(u64, u32)>,
+}
+
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl PoolSizing {
     pub(super) fn new(config: &Config) -> PoolSizing {
         let window_s = config.pool_window.as_secs().max(1);
-        PoolSizing {
+        let now = Instant::now();
+        let mut sizing = PoolSizing {
             demand: pool_policy::Demand::new(window_s),
             window_s,
-            epoch: Instant::now(),
+            epoch: now.checked_sub(Duration::from_secs(window_s)).unwrap_or(now),
             target: config.pool_min,
             why: pool_policy::Why::Minimum,
             memory_room: None,
             sandbox_bytes: SANDBOX_BYTES_GUESS,
+            demand_file: config.state_dir.join(DEMAND_FILE),
+            unsaved: false,
+            last_save: now,
+            save_error: None,
+        };
+        sizing.load_demand();
+        sizing
+    }
+
+    /// The demand an earlier run saved, aged by the time since: a daemon restarted after a burst (an upgrade,
+    /// a rolling deploy, a crash) comes back with the pool that burst sized, not its minimum. A missing file
+    /// is a first start; a bad one is reported and ignored, never a reason not to start.
+    fn load_demand(&mut self) {
+        let file = &self.demand_file;
+        let text = match std::fs::File::open(file).and_then(|f| {
+            use std::io::Read;
+            let mut text = Vec::new();
+            f.take(DEMAND_FILE_LIMIT + 1).read_to_end(&mut text)?;
+            Ok(text)
+        }) {
+            Ok(text) if text.len() as u64 > DEMAND_FILE_LIMIT => {
+                eprintln!("taskcell: {} is over {DEMAND_FILE_LIMIT} bytes; the pool starts from its minimum", file.display());
+                return;
+            }
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => {
+                eprintln!("taskcell: reading {}: {e}; the pool starts from its minimum", file.display());
+                return;
+            }
+        };
+        match serde_json::from_slice::<SavedDemand>(&text) {
+            Ok(saved) => {
+                let elapsed = unix_now_s().saturating_sub(saved.saved_unix_s);
+                let now = self.now_s();
+                self.demand.import(&saved.seconds, elapsed, now);
+                let peak = self.demand.peak(now);
+                if peak > 0 {
+                    eprintln!(
+                        "taskcell: the last run's demand ({peak} tenants needed a sandbox within {} s, {elapsed} s ago) sizes the pool",
+                        pool_policy::SPAN_S
+                    );
+                }
+            }
+            Err(e) => eprintln!("taskcell: {} is not a demand file ({e}); the pool starts from its minimum", file.display()),
+        }
+    }
+
+    /// Writes the window's demand if it changed (or `force`, at shutdown), at most every
+    /// `DEMAND_SAVE_EVERY`: a small file replaced by rename, not synced (demand is a hint; a crash that loses
+    /// the last seconds only makes the next start's pool smaller).
+    pub(super) fn save_demand(&mut self, force: bool) {
+        if !force && (!self.unsaved || self.last_save.elapsed() < DEMAND_SAVE_EVERY) {
+            return;
+        }
+        self.last_save = Instant::now();
+        self.unsaved = false;
+        let now = self.now_s();
+        let saved = SavedDemand { saved_unix_s: unix_now_s(), seconds: self.demand.export(now) };
+        let text = serde_json::to_vec(&saved).expect("demand serialises");
+        let tmp = self.demand_file.with_extension("json.tmp");
+        let written = (|| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            f.write_all(&text)?;
+            std::fs::rename(&tmp, &self.demand_file)
+        })();
+        match written {
+            Ok(()) => self.save_error = None,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let message = format!("saving the pool's demand to {}: {e}", self.demand_file.display());
+                if self.save_error.as_deref() != Some(message.as_str()) {
+                    eprintln!("taskcell: {message}");
+                }
+                self.save_error = Some(message);
+            }
         }
     }
 
@@ -166,6 +271,7 @@ impl Server {
     pub(super) fn note_demand(&mut self) -> &mut Server {
         let now = self.sizing.now_s();
         self.sizing.demand.record(now);
+        self.sizing.unsaved = true;
         self.retarget_pool();
         self
     }
@@ -183,11 +289,18 @@ impl Server {
         (self.sizing.target, self.sizing.why) = pool_policy::target(sizing);
     }
 
+    /// At start: the target from memory and the demand the last run saved, before the first refill.
+    pub(super) fn start_sizing(&mut self) {
+        self.sizing.memory_room = memory_room();
+        self.retarget_pool();
+    }
+
     /// Housekeeping: memory read again, the target recomputed (demand leaves the window), idle sandboxes
     /// beyond it retired, a few a tick, the longest idle first.
     pub(super) fn size_pool(&mut self) {
         self.sizing.memory_room = memory_room();
         self.retarget_pool();
+        self.sizing.save_demand(false);
         let mut retired = 0;
         while self.pool.len() > self.sizing.target && retired < SHRINK_PER_TICK {
             let Some(sb) = self.pool.pop_front() else { break };
