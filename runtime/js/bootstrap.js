@@ -119,13 +119,12 @@ function send(type, id, meta, body) {
   putU32(frame, 9, metaBuf.length);
   bytesSet(frame, metaBuf, HEADER_LEN);
   bytesSet(frame, bodyBuf, HEADER_LEN + metaBuf.length);
+  if (warming) return;
   // A log goes out at once (what a task logged before it hangs still reaches the daemon), and with it
   // whatever answers were held back before it, so that order is kept.
   if (type === LOG) uncorkAnswers();
-  // A false return only means Node buffers the rest; order is kept either way. The warm-up writes nothing: an
-  // empty write, which puts no byte on the stream but takes Node's write path as a real answer does.
-  if (warming && id === WARMUP_ID && type !== LOG) warmedUp = true;
-  socketWrite(warming ? EMPTY : frame);
+  // A false return only means Node buffers the rest; order is kept either way.
+  socketWrite(frame);
 }
 
 // Frames that arrive together (several Runs in one read) are answered together: the answers their code
@@ -146,10 +145,8 @@ function uncorkAnswers() {
   socketUncork();
 }
 
-// True while warmUp runs: frames are built but not sent. warmedUp: its answer has been built.
+// True while warmUp runs: frames are built but not sent.
 let warming = false;
-let warmedUp = false;
-const WARMUP_ID = 0xffffffff;
 
 // Cuts `text` to at most maxBytes of UTF-8, never inside a character. Returns a Buffer.
 function utf8Prefix(text, maxBytes) {
@@ -1123,13 +1120,10 @@ socket.on('end', () => exit(0));
 socket.on('close', () => exit(0));
 socket.on('error', () => exit(0));
 
-// One pass through the whole invocation path (the socket's stream, frame parsing, the module wrapper, compiling,
-// AsyncLocalStorage, a promise, JSON, console, the answer's frame and its write) while the sandbox waits in the
-// pool, so that V8's one-off costs of the first invocation are not paid by a tenant's first request: each
-// function on the path is compiled when it first runs, Node's stream functions included (measured: 0.3-0.4 ms of
-// a pool hit's CPU was those, when the warm-up called onData directly). The frame goes in through the socket's
-// own Readable side (push: as a read from fd 3 would deliver it, without the bytes), and answers are written as
-// empty writes. Nothing reaches the daemon; the warm-up's compiled module is forgotten.
+// One pass through the whole invocation path (frame parsing, the module wrapper, compiling, AsyncLocalStorage,
+// a promise, JSON, console, the answer's frame) while the sandbox waits in the pool, so that V8's one-off
+// costs of the first invocation are not paid by a tenant's first request. Nothing is sent; the warm-up's
+// compiled module is forgotten.
 function warmUp() {
   const source = bufferFrom('module.exports = async (d, ctx) => { console.log(d.n); return { n: d.n + 1, ctx }; };');
   const data = bufferFrom('{"n": 1}');
@@ -1137,31 +1131,22 @@ function warmUp() {
   const frame = bufferAlloc(HEADER_LEN + meta.length + source.length + data.length);
   putU32(frame, 0, frame.length - 4);
   frame[4] = RUN;
-  putU32(frame, 5, WARMUP_ID);
+  putU32(frame, 5, 0xffffffff);
   putU32(frame, 9, meta.length);
   bytesSet(frame, meta, HEADER_LEN);
   bytesSet(frame, source, HEADER_LEN + meta.length);
   bytesSet(frame, data, HEADER_LEN + meta.length + source.length);
   // Stays true until the promise has settled on a microtask and its answer has been built (and dropped).
   warming = true;
-  socket.push(frame);
+  onData(frame);
 }
 
-// Ready once the warm-up has answered (the pushed frame reaches onData on a later tick, its answer after
-// microtasks), so that no frame of it can be sent for real. One that never answers is a broken runtime: after
-// a bounded wait it exits, and the daemon reports the sandbox's death at start-up.
-function finishWarmUp(turns) {
-  if (!warmedUp) {
-    if (turns < 1000) return setImmediate(finishWarmUp, turns + 1);
-    exit(70);
-  }
+installConsole();
+warmUp();
+setImmediate(() => {
   warming = false;
   compiled.delete('warmup');
   idle.logBytes = 0;
   idle.logTruncated = false;
   send(READY, 0, { pid: process.pid, node: process.version }, null);
-}
-
-installConsole();
-warmUp();
-setImmediate(finishWarmUp, 0);
+});
