@@ -51,7 +51,7 @@ pub const SETTINGS: &[Setting] = &[
         "half of --max-sandboxes",
         "the most: the pool grows by the new tenants of the busiest 10 s of the window, as memory allows",
     ),
-    s("pool-window-ms", "MS", "300000", "how far back demand for sandboxes sizes the pool; quiet that long, it is back at its minimum"),
+    s("pool-window-ms", "MS", "300000", "how far back demand for sandboxes sizes the pool; quiet that long, it is back at its minimum; kept across restarts in the state directory"),
     s("pool-size", "N", "none", "a pool of fixed size: sets both --pool-min and --pool-max"),
     s(
         "max-sandboxes",
