@@ -122,8 +122,8 @@ const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct PoolSizing {
     demand: pool_policy::Demand,
     window_s: u64,
-    /// Seconds are counted from here: a window before the daemon's start, so that demand an earlier run
-    /// saved has seconds to go in.
+    /// Seconds are counted from a window before this instant (`now_s`), so that demand an earlier run saved
+    /// has seconds to go in (an `Instant` a window back may not exist soon after the machine booted).
     epoch: Instant,
     pub(super) target: usize,
     why: pool_policy::Why,
@@ -157,7 +157,7 @@ impl PoolSizing {
         let mut sizing = PoolSizing {
             demand: pool_policy::Demand::new(window_s),
             window_s,
-            epoch: now.checked_sub(Duration::from_secs(window_s)).unwrap_or(now),
+            epoch: now,
             target: config.pool_min,
             why: pool_policy::Why::Minimum,
             memory_room: None,
@@ -244,7 +244,7 @@ impl PoolSizing {
     }
 
     fn now_s(&self) -> u64 {
-        self.epoch.elapsed().as_secs()
+        self.window_s + self.epoch.elapsed().as_secs()
     }
 
     pub(super) fn health(&self, config: &Config) -> serde_json::Value {
