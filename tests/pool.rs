@@ -107,33 +107,48 @@ fn new_tenants(d: &Daemon, prefix: &str, n: usize) {
 fn a_restart_keeps_the_demand_that_sized_the_pool_and_ignores_a_bad_record_of_it() {
     need_root!("a_restart_keeps_the_demand_that_sized_the_pool_and_ignores_a_bad_record_of_it");
     let d = Daemon::start("pool-restart", &["--pool-min", "2", "--pool-max", "10", "--pool-window-ms", "120000"]);
+    let file = d.state.join("pool-demand.json");
+    let restored = |log: &str| log.contains("the last run's demand (12 tenants") && log.contains("pool target 10");
     new_tenants(&d, "before", 12);
     let h = d.health();
     assert_eq!(h["pool"]["size"], 10, "{h}");
 
-    // A clean stop (SIGTERM) and a start over the same state directory: the pool is sized by the demand
-    // before the first refill, so it fills to the target the burst set, not to its minimum.
-    d.signal(libc::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(15)).success(), "{}", d.log_tail());
-    let saved = std::fs::read_to_string(d.state.join("pool-demand.json")).expect("the demand file after SIGTERM");
+    // kill -9: what the daemon saved on its own (every 10 s while demand changes) is what the next start has.
+    wait_until(Duration::from_secs(30), "the demand saved while running", || file.exists());
+    d.kill9();
     d.restart();
     let h = d.health();
-    assert_eq!(h["pool"]["size"], 10, "the restarted pool's target; saved demand {saved}: {h}");
+    assert_eq!(h["pool"]["size"], 10, "the target after kill -9 and a restart: {h}");
     let why = h["pool"]["sizing"]["why"].as_str().unwrap().to_string();
     assert!(why.starts_with("the maximum") && why.contains("12 tenants"), "{why}");
+    // Logged by the start's own sizing, before the first refill, with the target it set.
+    assert!(restored(&d.log_tail()), "{}", d.log_tail());
     wait_until(Duration::from_secs(90), "the restarted pool full at the target", || d.health()["pool"]["idle"].as_u64() >= Some(10));
-    assert!(d.log_tail().contains("the last run's demand (12 tenants"), "{}", d.log_tail());
 
-    // A demand file that is not one (corrupt, hostile, or from a far future version): reported, ignored,
-    // and the daemon starts with its minimum and serves.
+    // A clean stop writes it again; the next start has it too, and no temporary file is left.
     d.signal(libc::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(15)).success(), "{}", d.log_tail());
-    std::fs::write(d.state.join("pool-demand.json"), b"{\"saved_unix_s\": \"soon\", \"seconds\": [[1, -5]]").unwrap();
+    assert!(!d.state.join("pool-demand.json.tmp").exists());
     d.restart();
-    let h = d.health();
-    assert_eq!(h["pool"]["size"], 2, "{h}");
-    assert!(h["pool"]["sizing"]["why"].as_str().unwrap().starts_with("the minimum"), "{h}");
-    assert!(d.log_tail().contains("is not a demand file"), "{}", d.log_tail());
+    assert_eq!(d.health()["pool"]["size"], 10);
+
+    // Files that are not one (corrupt, over the size limit, saved by a clock far ahead): reported, ignored, and
+    // the daemon starts with its minimum and serves.
+    let bad: [(&[u8], &str); 3] = [
+        (b"{\"saved_unix_s\": \"soon\", \"seconds\": [[1, -5]]", "is not a demand file"),
+        (&[b' '; (4 << 20) + 1], "is over 4194304 bytes"),
+        (b"{\"saved_unix_s\": 99999999999, \"seconds\": [[1, 50]]}", "ahead of this clock"),
+    ];
+    for (content, complaint) in bad {
+        d.signal(libc::SIGTERM);
+        assert!(d.wait_exit(Duration::from_secs(15)).success(), "{}", d.log_tail());
+        std::fs::write(&file, content).unwrap();
+        d.restart();
+        let h = d.health();
+        assert_eq!(h["pool"]["size"], 2, "{complaint}: {h}");
+        assert!(h["pool"]["sizing"]["why"].as_str().unwrap().starts_with("the minimum"), "{h}");
+        assert!(d.log_tail().contains(complaint), "{complaint}: {}", d.log_tail());
+    }
     new_tenants(&d, "after", 3);
     d.assert_healthy();
 }

@@ -7,7 +7,9 @@
 //! [`SPAN_S`]-second span of the last `--pool-window`: after a burst of 200 new tenants the pool holds 200
 //! (bounded) for the next one, and once the window has passed quietly it is back at its minimum. Memory: each
 //! sandbox more is counted at what an idle one is charged (measured), and the target never takes
-//! `MemAvailable` below a reserve (a tenth of the RAM).
+//! `MemAvailable` below a reserve (a tenth of the RAM). The window's counts outlive a restart: [`Demand::export`]
+//! gives them as ages, [`Demand::import`] takes them back aged by the downtime (the daemon keeps them in its
+//! state directory).
 //!
 //! **Refill** ([`plan`]): the pool wants `target` idle sandboxes plus one for each tenant waiting; no more than
 //! `max_starting` boot at once; and no more than `max_sandboxes` are alive at once. At that cap a tenant that
