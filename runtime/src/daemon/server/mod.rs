@@ -10,6 +10,7 @@
 //! | `handlers` | one handler per endpoint, acting on the typed requests of `daemon::api` |
 //! | `invoke` | invocations: dispatch to a sandbox, completion, deadlines |
 //! | `pool` | sandboxes' lives: the pool, assignment to tenants, eviction, recycling, deaths |
+//! | `demand_file` | the pool's demand kept across restarts, in the state directory |
 //! | `frames` | a sandbox's socket: reading frames within a budget and checking each against the protocol |
 //! | `placement` | CPU classes: moving busy sandboxes to the batch CPUs and back |
 //! | `threads` | the store and reaper threads and what goes to and from them |
@@ -19,6 +20,7 @@
 //! threads, deployed code is written and fsynced on the store thread, dead sandboxes' cgroups are removed on
 //! the reaper thread; each reports back through the waker.
 
+mod demand_file;
 mod egress;
 mod frames;
 mod front;

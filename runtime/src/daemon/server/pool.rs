@@ -4,9 +4,9 @@
 
 use super::*;
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use super::demand_file::{self, SavedDemand};
 
 /// Output kept from a sandbox's stdout and stderr, to tell a V8 heap failure from other deaths.
 pub(super) const OUTPUT_TAIL: usize = 8 << 10;
@@ -115,18 +115,8 @@ const SANDBOX_BYTES_GUESS: u64 = 32 << 20;
 /// Idle pool sandboxes retired per housekeeping tick when the target falls (teardown is kernel work).
 const SHRINK_PER_TICK: usize = 2;
 
-/// Where the window's demand is kept across restarts, in the state directory.
-const DEMAND_FILE: &str = "pool-demand.json";
-/// The longest demand file read back.
-const DEMAND_FILE_LIMIT: u64 = 4 << 20;
-/// The newest seconds of demand written out (about 20 bytes each, so a file stays well under the limit even
-/// with a window of days; the default window of 5 minutes holds at most 300).
-const DEMAND_FILE_ENTRIES: usize = 100_000;
 /// How often changed demand is written out (and always at shutdown).
 const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(10);
-/// A file saved further ahead of this clock than this is not believed (a clock set back, or a forged time
-/// that would make old demand look fresh for a whole window).
-const DEMAND_CLOCK_SLACK_S: u64 = 60;
 
 /// The pool's sizing state (see `pool_policy`).
 pub(super) struct PoolSizing {
@@ -141,9 +131,6 @@ pub(super) struct PoolSizing {
     /// What an idle sandbox is charged (memory cgroup, averaged over the sandboxes made).
     sandbox_bytes: u64,
     demand_file: PathBuf,
-    /// What the last run's file brought: the busiest span's tenants and how long ago it was saved, for the
-    /// start's log line once the target is known.
-    restored: Option<(u64, u64)>,
     /// Demand recorded since the last save.
     unsaved: bool,
     last_save: Instant,
@@ -151,88 +138,12 @@ pub(super) struct PoolSizing {
     save_error: Option<String>,
 }
 
-/// The demand file: the window's counts as ages in seconds when it was written, and when that was.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SavedDemand {
-    saved_unix_s: u64,
-    /// (age in seconds, tenants that needed a sandbox in that second)
-    seconds: Vec<(u64, u32)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum DemandFileError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{path} is not a regular file")]
-    NotAFile { path: PathBuf },
-    #[error("{path} is over {DEMAND_FILE_LIMIT} bytes")]
-    TooLarge { path: PathBuf },
-    #[error("{path} is not a demand file: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
-    #[error("{path} was saved at {saved} s, ahead of this clock's {now} s")]
-    FromTheFuture { path: PathBuf, saved: u64, now: u64 },
-    #[error("saving the pool's demand to {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-}
-
-/// Seconds since 1970 by the wall clock (0 for a clock before it, which makes every saved file look
-/// too new and be ignored): what ages saved demand across a restart, when no monotonic clock survives.
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The demand file, if there is one. Opened without following a symlink and without blocking (a FIFO put there
-/// must not hold up the start), and read up to the limit.
-fn read_demand_file(path: &Path) -> Result<Option<SavedDemand>, DemandFileError> {
-    let read = |source| DemandFileError::Read { path: path.to_path_buf(), source };
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read(e)),
-    };
-    if !file.metadata().map_err(read)?.is_file() {
-        return Err(DemandFileError::NotAFile { path: path.to_path_buf() });
-    }
-    let mut text = Vec::new();
-    file.take(DEMAND_FILE_LIMIT + 1).read_to_end(&mut text).map_err(read)?;
-    if text.len() as u64 > DEMAND_FILE_LIMIT {
-        return Err(DemandFileError::TooLarge { path: path.to_path_buf() });
-    }
-    let saved: SavedDemand = serde_json::from_slice(&text).map_err(|source| DemandFileError::Parse { path: path.to_path_buf(), source })?;
-    let now = unix_now_s();
-    if saved.saved_unix_s > now + DEMAND_CLOCK_SLACK_S {
-        return Err(DemandFileError::FromTheFuture { path: path.to_path_buf(), saved: saved.saved_unix_s, now });
-    }
-    Ok(Some(saved))
-}
-
-/// Replaces the demand file by rename (no half-written file is ever read), without fsync: demand is a hint,
-/// and a crash that loses the last seconds only makes the next start's pool smaller. It is written on the
-/// loop thread: a few KB at the default window (at most `DEMAND_FILE_ENTRIES` entries), once in 10 s at most.
-fn write_demand_file(path: &Path, saved: &SavedDemand) -> Result<(), DemandFileError> {
-    let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec(saved).expect("demand serialises");
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&text))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        DemandFileError::Write { path: path.to_path_buf(), source }
-    })
-}
-
 impl PoolSizing {
     pub(super) fn new(config: &Config) -> PoolSizing {
         // The demand counts over at least one span, whatever the flag says; so do the seconds here.
         let window_s = config.pool_window.as_secs().max(pool_policy::SPAN_S);
         let now = Instant::now();
-        let mut sizing = PoolSizing {
+        PoolSizing {
             demand: pool_policy::Demand::new(window_s),
             window_s,
             epoch: now,
@@ -240,33 +151,30 @@ impl PoolSizing {
             why: pool_policy::Why::Minimum,
             memory_room: None,
             sandbox_bytes: SANDBOX_BYTES_GUESS,
-            demand_file: config.state_dir.join(DEMAND_FILE),
-            restored: None,
+            demand_file: config.state_dir.join(demand_file::NAME),
             unsaved: false,
             last_save: now,
             save_error: None,
-        };
-        sizing.load_demand();
-        sizing
+        }
     }
 
     /// The demand an earlier run saved, aged by the time since: a daemon restarted after a burst (an upgrade,
     /// a rolling deploy, a crash) comes back with the pool that burst sized, not its minimum. A missing file
-    /// is a first start; a bad one is reported and ignored, never a reason not to start.
-    fn load_demand(&mut self) {
-        match read_demand_file(&self.demand_file) {
-            Ok(None) => {}
-            Ok(Some(saved)) => {
-                let elapsed = unix_now_s().saturating_sub(saved.saved_unix_s);
-                let now = self.now_s();
-                self.demand.import(&saved.seconds, elapsed, now);
-                let peak = self.demand.peak(now);
-                if peak > 0 {
-                    self.restored = Some((peak, elapsed));
-                }
+    /// is a first start; a bad one is reported and ignored, never a reason not to start. Returns the busiest
+    /// span's tenants and how long ago the file was saved, if it brought any demand.
+    fn load_demand(&mut self) -> Option<(u64, u64)> {
+        let saved = match demand_file::read(&self.demand_file) {
+            Ok(saved) => saved?,
+            Err(e) => {
+                eprintln!("taskcell: {e}; the pool starts from its minimum");
+                return None;
             }
-            Err(e) => eprintln!("taskcell: {e}; the pool starts from its minimum"),
-        }
+        };
+        let elapsed = demand_file::unix_now_s().saturating_sub(saved.saved_unix_s);
+        let now = self.now_s();
+        self.demand.import(&saved.seconds, elapsed, now);
+        let peak = self.demand.peak(now);
+        (peak > 0).then_some((peak, elapsed))
     }
 
     /// Writes the window's demand if it changed (or `force`, at shutdown), at most every `DEMAND_SAVE_EVERY`.
@@ -278,8 +186,8 @@ impl PoolSizing {
         self.unsaved = false;
         let now = self.now_s();
         let mut seconds = self.demand.export(now);
-        seconds.drain(..seconds.len().saturating_sub(DEMAND_FILE_ENTRIES));
-        match write_demand_file(&self.demand_file, &SavedDemand { saved_unix_s: unix_now_s(), seconds }) {
+        seconds.drain(..seconds.len().saturating_sub(demand_file::MAX_ENTRIES));
+        match demand_file::write(&self.demand_file, &SavedDemand { saved_unix_s: demand_file::unix_now_s(), seconds }) {
             Ok(()) => self.save_error = None,
             Err(e) => {
                 let message = e.to_string();
@@ -339,9 +247,10 @@ impl Server {
 
     /// At start: the target from memory and the demand the last run saved, before the first refill.
     pub(super) fn start_sizing(&mut self) {
+        let restored = self.sizing.load_demand();
         self.sizing.memory_room = memory_room();
         self.retarget_pool();
-        if let Some((peak, elapsed)) = self.sizing.restored.take() {
+        if let Some((peak, elapsed)) = restored {
             eprintln!(
                 "taskcell: the last run's demand ({peak} tenants needed a sandbox within {} s, saved {elapsed} s ago): pool target {}, {}",
                 pool_policy::SPAN_S,
