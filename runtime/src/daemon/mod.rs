@@ -137,7 +137,7 @@ impl Default for Config {
             cpus: 1.0,
             idle_timeout: Duration::from_secs(300),
             max_age: Duration::from_secs(3600),
-            max_requests: 100_000,
+            max_requests: 1_000_000,
             queue_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_body: 1 << 20,

@@ -63,7 +63,7 @@ pub const SETTINGS: &[Setting] = &[
     s("queue-timeout-ms", "MS", "10000", "how long a request waits for a sandbox before 503 overloaded"),
     s("idle-timeout-ms", "MS", "300000", "a tenant's sandbox idle this long is recycled"),
     s("max-age-ms", "MS", "3600000", "a tenant's sandbox this old is recycled when idle"),
-    s("max-requests", "N", "100000", "a tenant's sandbox that served this many requests is recycled"),
+    s("max-requests", "N", "1000000", "a tenant's sandbox that served this many requests is recycled"),
     s("timeout-ms", "MS", "5000", "an invocation's time limit; past it the sandbox is killed (504)"),
     s("max-timeout-ms", "MS", "30000", "the longest time limit a task or run may ask for (timeout_ms); above it 400 bad_request"),
     s(
