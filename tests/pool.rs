@@ -152,3 +152,70 @@ fn a_restart_keeps_the_demand_that_sized_the_pool_and_ignores_a_bad_record_of_it
     new_tenants(&d, "after", 3);
     d.assert_healthy();
 }
+
+/// The value of one `taskcell_sandboxes_killed_total` series (0 if it is not there yet).
+fn killed(d: &Daemon, reason: &str) -> f64 {
+    let metrics = d.request("GET", "/metrics", &[], b"").text();
+    let series = format!("taskcell_sandboxes_killed_total{{reason=\"{reason}\"}}");
+    metrics.lines().find(|l| l.starts_with(&series)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+/// Six new tenants on a daemon of `--max-sandboxes 6 --pool-size 2`, each once the pool has a sandbox
+/// again (so that none waits, and none evicts another): at the end six tenants and an empty pool.
+fn fill_to_the_cap(d: &Daemon) {
+    for i in 0..6 {
+        wait_until(Duration::from_secs(60), "a pool sandbox for the next tenant", || {
+            let h = d.health();
+            h["pool"]["starting"] == 0 && h["pool"]["idle"].as_u64() > Some(0)
+        });
+        let env = d.run_ok(&format!("quiet-{i}"), "module.exports = (d) => d.i", json!({"i": i}));
+        assert_eq!((env["result"].clone(), env["cold"].clone()), (json!(i), json!(true)), "{env}");
+    }
+    assert_eq!(killed(d, "evicted"), 0.0, "a tenant waited for a sandbox");
+}
+
+/// At `--max-sandboxes`, tenants that have gone quiet give their places to the pool, least recently used
+/// first, so that the next new tenant finds a booted sandbox; a tenant still at work keeps its own. With
+/// `--pool-reclaim-idle-ms 0` the pool stays empty at the cap and a new tenant evicts one for itself.
+#[test]
+fn at_the_cap_tenants_gone_quiet_give_their_places_to_the_pool() {
+    need_root!("at_the_cap_tenants_gone_quiet_give_their_places_to_the_pool");
+    let d = Daemon::start("pool-reclaim", &["--max-sandboxes", "6", "--pool-size", "2", "--pool-reclaim-idle-ms", "2000"]);
+    // Six tenants, each a pool hit: the cap is reached with the pool empty.
+    fill_to_the_cap(&d);
+    // One tenant goes on working; the rest go quiet, and the pool takes two of their places.
+    let mut working = 0;
+    wait_until(Duration::from_secs(60), "the pool refilled from quiet tenants' places", || {
+        let env = d.run_ok("quiet-5", "module.exports = (d) => d.i", json!({"i": 5}));
+        assert_eq!(env["result"], 5, "{env}");
+        assert_eq!(env["cold"], false, "the tenant at work lost its sandbox: {env}");
+        working += 1;
+        let h = d.health();
+        h["pool"]["idle"] == 2 && h["pool"]["starting"] == 0
+    });
+    assert!(working > 0);
+    assert!(killed(&d, "reclaimed") >= 2.0, "the pool refilled at the cap without taking quiet tenants' places");
+    assert_eq!(killed(&d, "evicted"), 0.0, "no tenant waited, so none was evicted for one");
+    let h = d.health();
+    assert_eq!(h["sandboxes"]["tenants"], 4, "six tenants less the two reclaimed: {h}");
+    // The least recently used went first: quiet-0 starts again in a fresh sandbox (a pool hit), and
+    // a new tenant gets the other.
+    let env = d.run_ok("quiet-0", "module.exports = (d) => d.i", json!({"i": 0}));
+    assert_eq!((env["result"].clone(), env["cold"].clone()), (json!(0), json!(true)), "{env}");
+    let env = d.run_ok("newcomer", "module.exports = (d) => d.i", json!({"i": 7}));
+    assert_eq!((env["result"].clone(), env["cold"].clone()), (json!(7), json!(true)), "{env}");
+    d.assert_healthy();
+    drop(d);
+
+    // Reclaiming off: at the cap the pool stays empty, and a new tenant evicts one idle tenant for itself.
+    let d = Daemon::start("pool-no-reclaim", &["--max-sandboxes", "6", "--pool-size", "2", "--pool-reclaim-idle-ms", "0"]);
+    fill_to_the_cap(&d);
+    thread::sleep(Duration::from_millis(2500));
+    let h = d.health();
+    assert_eq!(h["pool"]["idle"], 0, "the pool took a tenant's place with reclaiming off: {h}");
+    assert_eq!(killed(&d, "reclaimed"), 0.0);
+    let env = d.run_ok("newcomer", "module.exports = (d) => d.i", json!({"i": 7}));
+    assert_eq!(env["result"], 7, "{env}");
+    assert!(killed(&d, "evicted") >= 1.0, "the newcomer was served without taking anyone's place");
+    d.assert_healthy();
+}

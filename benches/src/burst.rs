@@ -6,7 +6,7 @@
 //! with a pool sized for the burst.
 //!
 //! Every round has a fresh daemon whose pool is full (polled on `/v1/health`) before the burst: a daemon
-//! keeps each tenant's sandbox and its pool never evicts a tenant to refill (pool_policy), so after one
+//! keeps each tenant's sandbox and its pool takes a tenant's place only after 30 s idle (pool_policy), so after one
 //! burst a daemon near its cap on sandboxes could not start the next round with a full pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -50,6 +50,8 @@ pub struct Config {
     pool_max_given: bool,
     /// How far back demand for sandboxes sizes the pool.
     pub pool_window: Duration,
+    /// At the cap, a tenant's sandbox idle this long may give its place to the pool (zero: never).
+    pub pool_reclaim_idle: Duration,
     pub rootfs: Option<PathBuf>,
     pub timeout: Duration,
     pub memory: u64,
@@ -129,6 +131,7 @@ impl Default for Config {
             pool_max: 0,
             pool_max_given: false,
             pool_window: Duration::from_secs(300),
+            pool_reclaim_idle: Duration::from_secs(30),
             rootfs: None,
             timeout: Duration::from_millis(5000),
             memory: 128 << 20,
@@ -197,6 +200,7 @@ impl Config {
                 self.pool_max_given = true;
             }
             "pool-window-ms" => self.pool_window = ms(value)?,
+            "pool-reclaim-idle-ms" => self.pool_reclaim_idle = ms(value)?,
             "rootfs" => self.rootfs = Some(PathBuf::from(value)),
             "timeout-ms" => self.timeout = ms(value)?,
             "max-timeout-ms" => self.max_timeout = ms(value)?,

@@ -14,7 +14,10 @@
 //! **Refill** ([`plan`]): the pool wants `target` idle sandboxes plus one for each tenant waiting; no more than
 //! `max_starting` boot at once; and no more than `max_sandboxes` are alive at once. At that cap a tenant that
 //! is waiting may take the place of the least recently used idle tenant's sandbox (one eviction for each
-//! waiting tenant at most); the pool alone never evicts anyone.
+//! waiting tenant at most), and the pool itself may take the place of a tenant's sandbox that has been idle
+//! for `--pool-reclaim-idle-ms` (reclaimed): a tenant that came, was served and has gone quiet gives its
+//! place to the next new one, who then finds a booted sandbox instead of waiting for one. Never a tenant
+//! with an invocation in flight, and never more than the pool is short of its target.
 
 /// What the loop knows when it refills.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub struct PoolState {
     pub live: usize,
     /// Idle tenants' sandboxes that could be evicted (nothing in flight).
     pub evictable: usize,
+    /// Of those, the ones idle for at least the reclaim time (the least recently used, so the first evicted).
+    pub reclaimable: usize,
     /// The pool's target size (see [`target`]).
     pub pool_size: usize,
     pub max_starting: usize,
@@ -40,23 +45,38 @@ pub struct PoolState {
 pub struct Refill {
     /// Sandboxes to start now.
     pub start: usize,
-    /// Idle tenants' sandboxes to evict first (least recently used first), to stay within the cap.
+    /// Idle tenants' sandboxes to evict first (least recently used first), to stay within the cap, for
+    /// tenants that wait.
     pub evict: usize,
+    /// Then the next least recently used, for the pool (each idle for at least the reclaim time).
+    pub reclaim: usize,
 }
 
 pub fn plan(s: PoolState) -> Refill {
     let demand = s.pool_size + s.waiting_tenants;
-    let (mut starting, mut live, mut evictable, mut evictions) = (s.starting, s.live, s.evictable, s.waiting_tenants);
+    let (mut starting, mut live, mut evictable) = (s.starting, s.live, s.evictable);
+    let mut for_waiting = s.waiting_tenants;
+    // Victims go least recently used first, so a waiting tenant's eviction takes a reclaimable one while
+    // there are any: what is left of them is what the pool may take.
+    let mut reclaimable = s.reclaimable.min(s.evictable);
     let mut out = Refill::default();
     while s.idle + starting < demand && starting < s.max_starting {
         if live + starting >= s.max_sandboxes {
-            if evictions == 0 || evictable == 0 {
+            if evictable == 0 {
                 break;
             }
-            evictions -= 1;
+            if for_waiting > 0 {
+                for_waiting -= 1;
+                reclaimable = reclaimable.saturating_sub(1);
+                out.evict += 1;
+            } else if reclaimable > 0 {
+                reclaimable -= 1;
+                out.reclaim += 1;
+            } else {
+                break;
+            }
             evictable -= 1;
             live -= 1;
-            out.evict += 1;
         }
         starting += 1;
         out.start += 1;
@@ -205,36 +225,53 @@ mod tests {
 
     #[test]
     fn an_empty_pool_fills_up_to_its_size_within_the_boot_limit() {
-        assert_eq!(plan(state()), Refill { start: 4, evict: 0 });
-        assert_eq!(plan(PoolState { max_starting: 2, ..state() }), Refill { start: 2, evict: 0 });
-        assert_eq!(plan(PoolState { idle: 3, ..state() }), Refill { start: 1, evict: 0 });
-        assert_eq!(plan(PoolState { idle: 2, starting: 2, ..state() }), Refill { start: 0, evict: 0 });
+        assert_eq!(plan(state()), Refill { start: 4, ..Refill::default() });
+        assert_eq!(plan(PoolState { max_starting: 2, ..state() }), Refill { start: 2, ..Refill::default() });
+        assert_eq!(plan(PoolState { idle: 3, ..state() }), Refill { start: 1, ..Refill::default() });
+        assert_eq!(plan(PoolState { idle: 2, starting: 2, ..state() }), Refill::default());
         assert_eq!(plan(PoolState { idle: 9, ..state() }), Refill::default(), "never more than asked");
     }
 
     #[test]
     fn waiting_tenants_add_to_the_demand() {
         let s = PoolState { idle: 0, waiting_tenants: 3, max_starting: 16, ..state() };
-        assert_eq!(plan(s), Refill { start: 7, evict: 0 });
+        assert_eq!(plan(s), Refill { start: 7, ..Refill::default() });
     }
 
     #[test]
     fn at_the_cap_only_waiting_tenants_evict_and_one_each() {
         let full = PoolState { live: 100, evictable: 50, max_starting: 16, ..state() };
-        // The pool alone never evicts anyone.
+        // The pool alone evicts no one who has not been idle for the reclaim time.
         assert_eq!(plan(full), Refill::default());
         // Two tenants waiting: two evictions, two starts, however many more the pool would like.
-        assert_eq!(plan(PoolState { waiting_tenants: 2, ..full }), Refill { start: 2, evict: 2 });
+        assert_eq!(plan(PoolState { waiting_tenants: 2, ..full }), Refill { start: 2, evict: 2, reclaim: 0 });
         // Nothing idle to evict: wait.
         assert_eq!(plan(PoolState { waiting_tenants: 2, evictable: 0, ..full }), Refill::default());
-        assert_eq!(plan(PoolState { waiting_tenants: 3, evictable: 1, ..full }), Refill { start: 1, evict: 1 });
+        assert_eq!(plan(PoolState { waiting_tenants: 3, evictable: 1, ..full }), Refill { start: 1, evict: 1, reclaim: 0 });
+    }
+
+    #[test]
+    fn at_the_cap_the_pool_reclaims_long_idle_tenants_up_to_its_target() {
+        let full = PoolState { live: 100, evictable: 50, max_starting: 16, ..state() };
+        // Ten idle past the reclaim time, the pool four short: four reclaimed, four started.
+        assert_eq!(plan(PoolState { reclaimable: 10, ..full }), Refill { start: 4, evict: 0, reclaim: 4 });
+        // Two of them: two.
+        assert_eq!(plan(PoolState { reclaimable: 2, ..full }), Refill { start: 2, evict: 0, reclaim: 2 });
+        // The pool at its target: no one.
+        assert_eq!(plan(PoolState { reclaimable: 10, idle: 4, ..full }), Refill::default());
+        // A waiting tenant's eviction takes the least recently used first, a reclaimable one: one left.
+        assert_eq!(plan(PoolState { reclaimable: 2, waiting_tenants: 1, ..full }), Refill { start: 2, evict: 1, reclaim: 1 });
+        // Never more than are idle at all, nor more boots at once than allowed.
+        assert_eq!(plan(PoolState { reclaimable: 9, evictable: 3, ..full }), Refill { start: 3, evict: 0, reclaim: 3 });
+        assert_eq!(plan(PoolState { reclaimable: 10, max_starting: 1, ..full }), Refill { start: 1, evict: 0, reclaim: 1 });
+        assert_eq!(plan(PoolState { reclaimable: 10, starting: 3, max_starting: 4, ..full }), Refill { start: 1, evict: 0, reclaim: 1 });
     }
 
     #[test]
     fn below_the_cap_starts_without_evicting_until_it_is_reached() {
         let s = PoolState { live: 98, evictable: 10, waiting_tenants: 1, max_starting: 16, ..state() };
         // Demand 5: two fit under the cap, the third needs the one eviction the waiting tenant allows.
-        assert_eq!(plan(s), Refill { start: 3, evict: 1 });
+        assert_eq!(plan(s), Refill { start: 3, evict: 1, reclaim: 0 });
     }
     #[test]
     fn demand_is_the_busiest_span_of_the_window_and_is_forgotten() {

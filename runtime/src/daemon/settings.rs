@@ -52,6 +52,12 @@ pub const SETTINGS: &[Setting] = &[
         "the most: the pool grows by the new tenants of the busiest 10 s of the window, as memory allows",
     ),
     s("pool-window-ms", "MS", "300000", "how far back demand for sandboxes sizes the pool; quiet that long, it is back at its minimum; kept across restarts in the state directory"),
+    s(
+        "pool-reclaim-idle-ms",
+        "MS",
+        "30000",
+        "at --max-sandboxes, a tenant's sandbox idle this long gives its place to the pool (least recently used first); 0: never",
+    ),
     s("pool-size", "N", "none", "a pool of fixed size: sets both --pool-min and --pool-max"),
     s(
         "max-sandboxes",

@@ -22,6 +22,8 @@ pub(super) enum KillReason {
     MaxAge,
     MaxRequests,
     Evicted,
+    /// A tenant's sandbox idle for `--pool-reclaim-idle-ms` at the cap, its place given to the pool.
+    Reclaimed,
     /// An idle pool sandbox beyond the pool's target.
     PoolShrink,
     Shutdown,
@@ -36,6 +38,7 @@ impl KillReason {
             KillReason::MaxAge => "max_age",
             KillReason::MaxRequests => "max_requests",
             KillReason::Evicted => "evicted",
+            KillReason::Reclaimed => "reclaimed",
             KillReason::PoolShrink => "pool_shrink",
             KillReason::Shutdown => "shutdown",
         }
@@ -288,13 +291,22 @@ impl Server {
                 return;
             }
         }
-        let evictable = self.sbs.iter().filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty()).count();
+        let (mut evictable, mut reclaimable) = (0, 0);
+        let reclaim = self.config.pool_reclaim_idle;
+        let now = Instant::now();
+        for (_, s) in self.sbs.iter().filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty()) {
+            evictable += 1;
+            if !reclaim.is_zero() && now.duration_since(s.last_used) >= reclaim {
+                reclaimable += 1;
+            }
+        }
         let state = pool_policy::PoolState {
             idle: self.pool.len(),
             starting: self.starting,
             waiting_tenants: self.waiting_tenants(),
             live: self.live_sandboxes(),
             evictable,
+            reclaimable,
             pool_size: self.sizing.target,
             max_starting: self.config.max_starting,
             max_sandboxes: self.config.max_sandboxes,
@@ -303,7 +315,10 @@ impl Server {
         // Tenants waiting, or the next new one would: boots are what they wait for, on every CPU.
         self.spawner.set_urgent(state.waiting_tenants > 0 || state.idle == 0);
         for _ in 0..refill.evict {
-            self.evict_idle();
+            self.evict_idle(KillReason::Evicted);
+        }
+        for _ in 0..refill.reclaim {
+            self.evict_idle(KillReason::Reclaimed);
         }
         for _ in 0..refill.start {
             self.starting += 1;
@@ -317,7 +332,7 @@ impl Server {
     }
 
     /// Kill the least recently used tenant sandbox with nothing in flight; false if there is none.
-    pub(super) fn evict_idle(&mut self) -> bool {
+    pub(super) fn evict_idle(&mut self, reason: KillReason) -> bool {
         let victim = self
             .sbs
             .iter()
@@ -326,7 +341,7 @@ impl Server {
             .map(|(k, _)| k);
         match victim {
             Some(k) => {
-                self.kill_sandbox(k, KillReason::Evicted);
+                self.kill_sandbox(k, reason);
                 true
             }
             None => false,
