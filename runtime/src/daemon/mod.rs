@@ -13,6 +13,7 @@ pub mod log_hub;
 mod logs;
 mod metrics;
 mod pool_policy;
+mod replace_file;
 pub mod routes;
 mod secrets;
 mod server;

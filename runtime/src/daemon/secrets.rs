@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
+use super::replace_file::{self, Durability};
+
 /// At most this many secrets a tenant.
 pub const MAX_SECRETS: usize = 100;
 /// A value's largest size in bytes (UTF-8).
@@ -381,15 +383,7 @@ pub fn write_file(dir: &Path, write: &FileWrite) -> Result<(), SecretsError> {
             static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tmp = dir.join(format!(".tmp-{}-{}-{n}", write.tenant, std::process::id()));
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| io("creating", &tmp, e))?;
-            f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| io("writing", &tmp, e))?;
-            std::fs::rename(&tmp, &target).map_err(|e| io("renaming", &tmp, e))?;
+            replace_file::replace(&target, &tmp, contents, Durability::Synced).map_err(|e| io(e.step, &e.path, e.source))?;
         }
     }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing", dir, e))

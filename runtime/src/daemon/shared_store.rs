@@ -16,8 +16,6 @@
 //! a database made anew or restored from a backup is followed again from version 0). Requests only ever read
 //! the local store: a node whose database is gone keeps serving what it has, and refuses deploys.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -31,6 +29,7 @@ use postgres::Client;
 use postgres_openssl::MakeTlsConnector;
 
 use super::metrics::StoreGauges;
+use super::replace_file::{self, Durability};
 use super::secrets::{self, FileWrite};
 use super::store::{self, Store, StoreError, TaskSettings};
 
@@ -586,14 +585,13 @@ impl Follower {
 
     fn save_version(&self) -> Result<(), SharedStoreError> {
         let tmp = self.version_file.with_extension("tmp");
-        fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SharedStoreError + 'a {
-            move |source| SharedStoreError::Io { op, path: path.to_path_buf(), source }
-        }
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("creating", &tmp))?;
+        let line = format!("{} {}\n", self.database, self.version);
         // Not fsynced: a version file older than the tasks only makes a restart apply a few changes again.
-        writeln!(f, "{} {}", self.database, self.version).map_err(io("writing", &tmp))?;
-        std::fs::rename(&tmp, &self.version_file).map_err(io("renaming", &self.version_file))
+        replace_file::replace(&self.version_file, &tmp, line.as_bytes(), Durability::Hint).map_err(|e| SharedStoreError::Io {
+            op: e.step,
+            path: e.path,
+            source: e.source,
+        })
     }
 
     /// The follower's life on its thread: connect, catch up, then wait for notifications (or the poll) and catch

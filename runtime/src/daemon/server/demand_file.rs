@@ -3,9 +3,11 @@
 //! its downtime (`Demand::import`). Reading it never stops a start: every failure is a [`DemandFileError`]
 //! for the caller to report. The sizing that uses it is in `pool`.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+
+use crate::daemon::replace_file::{self, Durability};
 
 /// Where the window's demand is kept across restarts, in the state directory.
 pub(super) const NAME: &str = "pool-demand.json";
@@ -38,8 +40,8 @@ pub(super) enum DemandFileError {
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("{path} was saved at {saved} s, ahead of this clock's {now} s")]
     FromTheFuture { path: PathBuf, saved: u64, now: u64 },
-    #[error("saving the pool's demand to {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    #[error("saving the pool's demand: {step} {path}: {source}")]
+    Write { step: &'static str, path: PathBuf, source: io::Error },
 }
 
 /// Seconds since 1970 by the wall clock (0 for a clock before it, which makes every saved file look
@@ -79,17 +81,9 @@ pub(super) fn read(path: &Path) -> Result<Option<SavedDemand>, DemandFileError> 
 pub(super) fn write(path: &Path, saved: &SavedDemand) -> Result<(), DemandFileError> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec(saved).expect("demand serialises");
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(&text))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        DemandFileError::Write { path: path.to_path_buf(), source }
+    replace_file::replace(path, &tmp, &text, Durability::Hint).map_err(|e| DemandFileError::Write {
+        step: e.step,
+        path: e.path,
+        source: e.source,
     })
 }
