@@ -254,9 +254,9 @@ pub fn warm(ctx: &Ctx, warnings: &mut Vec<String>) -> Vec<Row> {
 }
 
 /// The pool-hit daemon of group 3, its two connections and its warm reference tenant. Every new tenant
-/// keeps its sandbox, so a daemon with a cap on sandboxes (taskcell's default depends on the machine's
-/// memory) eventually stops refilling its pool; the bench then starts a fresh daemon, so that every
-/// pool-hit sample really finds a full pool.
+/// keeps its sandbox (for 30 s at least, `--pool-reclaim-idle-ms`), so a daemon with a cap on sandboxes
+/// (taskcell's default depends on the machine's memory) may stop refilling its pool; the bench then starts
+/// a fresh daemon, so that every pool-hit sample really finds a full pool.
 const MAX_RESTARTS: u32 = 10;
 
 struct ColdDaemon<'c> {

@@ -27,12 +27,9 @@ pub struct ReplaceError {
 }
 
 /// Writes `bytes` to `tmp` (mode 0600, created or truncated, never through a symlink) and renames it to
-/// `path`. `tmp` must be in `path`'s directory and belong to this write alone. On failure `tmp` is removed.
+/// `path`. `tmp` must be in `path`'s directory and belong to this write alone. If a step after its creation
+/// fails, `tmp` is removed (what was at that name before this write, such as a symlink, is left alone).
 pub fn replace(path: &Path, tmp: &Path, bytes: &[u8], durability: Durability) -> Result<(), ReplaceError> {
-    let fail = |step, at: &Path, source| {
-        let _ = std::fs::remove_file(tmp);
-        ReplaceError { step, path: at.to_path_buf(), source }
-    };
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -40,7 +37,11 @@ pub fn replace(path: &Path, tmp: &Path, bytes: &[u8], durability: Durability) ->
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(tmp)
-        .map_err(|e| fail("creating", tmp, e))?;
+        .map_err(|source| ReplaceError { step: "creating", path: tmp.to_path_buf(), source })?;
+    let fail = |step, at: &Path, source| {
+        let _ = std::fs::remove_file(tmp);
+        ReplaceError { step, path: at.to_path_buf(), source }
+    };
     file.write_all(bytes).map_err(|e| fail("writing", tmp, e))?;
     if durability == Durability::Synced {
         file.sync_all().map_err(|e| fail("syncing", tmp, e))?;
@@ -83,6 +84,7 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
         let e = replace(&path, &tmp, b"new", Durability::Hint).unwrap_err();
         assert_eq!(e.step, "creating");
+        assert!(std::fs::symlink_metadata(&tmp).unwrap().file_type().is_symlink(), "not ours to remove");
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not to be touched");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         std::fs::remove_dir_all(&d).unwrap();

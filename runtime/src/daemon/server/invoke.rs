@@ -124,6 +124,9 @@ impl Server {
             },
         };
         self.dispatch(sb, conn, keep_alive, request_id, tenant, job, cold, started);
+        if cold {
+            self.refill_pool();
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -168,6 +171,10 @@ impl Server {
             }
         }
         if let Some(task) = wait_for {
+            // In use from now: not the least recently used idle sandbox an eviction or a reclaim would take.
+            if let Some(s) = self.sbs.get_mut(sb) {
+                s.last_used = Instant::now();
+            }
             let waiting = Deferred { sb, conn, keep_alive, request_id, job, cold, started };
             self.cache_waits.entry((tenant, task)).or_default().push(waiting);
             return;

@@ -453,10 +453,12 @@ impl Server {
     /// Give sandboxes (from the pool) to the tenants whose requests are queued, oldest first.
     pub(super) fn serve_pending(&mut self) {
         let mut waiting = std::mem::take(&mut self.pending);
+        let mut took = false;
         while let Some(p) = waiting.pop_front() {
             let sb = match self.tenants.get(&p.tenant).copied() {
                 Some(sb) => Some((sb, false)),
                 None => self.take_from_pool().map(|sb| {
+                    took = true;
                     self.metrics.cold_start(ColdStart::OnDemand);
                     self.assign(sb, &p.tenant);
                     (sb, true)
@@ -467,12 +469,17 @@ impl Server {
                 None => self.pending.push_back(p),
             }
         }
+        // Once, with every tenant still waiting back in the queue (they add to what the pool wants).
+        if took {
+            self.refill_pool();
+        }
     }
 
+    /// A pool sandbox for a tenant, or None. The caller refills the pool once it has dispatched the tenant's
+    /// request, so that a refill's work (waking a spawner, a reclaim) is not in front of it.
     pub(super) fn take_from_pool(&mut self) -> Option<Key> {
         while let Some(sb) = self.pool.pop_front() {
             if self.sbs.get(sb).is_some_and(|s| s.killed.is_none()) {
-                self.refill_pool();
                 return Some(sb);
             }
         }
