@@ -124,9 +124,6 @@ impl Server {
             },
         };
         self.dispatch(sb, conn, keep_alive, request_id, tenant, job, cold, started);
-        if cold {
-            self.refill_pool();
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
