@@ -13,7 +13,7 @@
 //! these tests comes and goes meanwhile.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -125,16 +125,21 @@ fn marker(test: &str) -> String {
 
 // ---------- running jails ----------
 
-/// Serialises the test that compares the host's tables against every other jail of these tests.
-fn jail_lock(exclusive: bool) -> File {
-    let path = std::env::temp_dir().join("taskcell-jail-tests.lock");
-    let file = File::options().create(true).truncate(false).write(true).open(&path).expect("open the lock file");
+/// Serialises the test that compares the host's tables against every other jail of these tests (they all run
+/// in this one process): a lock in memory, so that nothing is left in /tmp.
+enum JailLock {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+fn jail_lock(exclusive: bool) -> JailLock {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    // A test that panicked while holding it poisons it; the lock still serialises, so take it anyway.
     if exclusive {
-        file.lock().expect("lock exclusively");
+        JailLock::Exclusive(LOCK.write().unwrap_or_else(|e| e.into_inner()))
     } else {
-        file.lock_shared().expect("lock shared");
+        JailLock::Shared(LOCK.read().unwrap_or_else(|e| e.into_inner()))
     }
-    file
 }
 
 /// `taskcell jail --rootfs <rootfs> ARGS...`, with variables in the caller's environment that must not reach
