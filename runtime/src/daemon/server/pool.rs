@@ -82,6 +82,13 @@ pub(super) struct Sb {
     pub(super) egress_open: usize,
 }
 
+impl Sb {
+    /// A tenant's live sandbox with nothing in flight: what an eviction, a reclaim or a recycle may take.
+    pub(super) fn idle_tenant(&self) -> bool {
+        self.tenant.is_some() && self.killed.is_none() && self.in_flight.is_empty()
+    }
+}
+
 pub(super) fn drain_output(s: &mut Sb) {
     let mut buf = [0u8; 16 << 10];
     loop {
@@ -294,7 +301,7 @@ impl Server {
         let (mut evictable, mut reclaimable) = (0, 0);
         let reclaim = self.config.pool_reclaim_idle;
         let now = Instant::now();
-        for (_, s) in self.sbs.iter().filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty()) {
+        for (_, s) in self.sbs.iter().filter(|(_, s)| s.idle_tenant()) {
             evictable += 1;
             if !reclaim.is_zero() && now.duration_since(s.last_used) >= reclaim {
                 reclaimable += 1;
@@ -333,12 +340,7 @@ impl Server {
 
     /// Kill the least recently used tenant sandbox with nothing in flight; false if there is none.
     pub(super) fn evict_idle(&mut self, reason: KillReason) -> bool {
-        let victim = self
-            .sbs
-            .iter()
-            .filter(|(_, s)| s.tenant.is_some() && s.killed.is_none() && s.in_flight.is_empty())
-            .min_by_key(|(_, s)| s.last_used)
-            .map(|(k, _)| k);
+        let victim = self.sbs.iter().filter(|(_, s)| s.idle_tenant()).min_by_key(|(_, s)| s.last_used).map(|(k, _)| k);
         match victim {
             Some(k) => {
                 self.kill_sandbox(k, reason);
@@ -641,7 +643,7 @@ impl Server {
     pub(super) fn spent_sandboxes(&self, now: Instant) -> Vec<(Key, KillReason)> {
         let mut out = Vec::new();
         for (key, s) in self.sbs.iter() {
-            if s.tenant.is_none() || s.killed.is_some() || !s.in_flight.is_empty() {
+            if !s.idle_tenant() {
                 continue;
             }
             if now.duration_since(s.last_used) >= self.config.idle_timeout {
